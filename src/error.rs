@@ -1,0 +1,89 @@
+//! One error type for the whole engine. Every failure that depends on a file, a device or
+//! user input is a variant here, with enough context (file, tensor, key, limit) to act on.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    IoPlain(#[from] std::io::Error),
+
+    /// The bytes are not a GGUF file, or its structure is broken.
+    #[error("GGUF: {0}")]
+    Gguf(String),
+
+    /// The file ends before the data the header describes.
+    #[error("GGUF file is truncated: {0}")]
+    Truncated(String),
+
+    /// A metadata key is missing or has the wrong type.
+    #[error("GGUF metadata key `{key}`: {problem}")]
+    Metadata { key: String, problem: String },
+
+    #[error("unsupported architecture `{found}` (supported: {supported})")]
+    UnsupportedArchitecture { found: String, supported: String },
+
+    #[error("tensor `{tensor}` has unsupported type {ty} (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")]
+    UnsupportedTensorType { tensor: String, ty: String },
+
+    #[error("tensor `{0}` is missing from the model file")]
+    MissingTensor(String),
+
+    #[error("tensor `{tensor}`: expected shape {expected}, found {found}")]
+    Shape {
+        tensor: String,
+        expected: String,
+        found: String,
+    },
+
+    /// A buffer or binding would exceed what the adapter allows.
+    #[error("{what} needs {needed} bytes but the GPU allows {available} ({limit})")]
+    Limit {
+        what: String,
+        needed: u64,
+        available: u64,
+        limit: &'static str,
+    },
+
+    #[error("no usable GPU adapter{detail}. On a machine without a GPU install Mesa's software Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`)")]
+    NoAdapter { detail: String },
+
+    #[error("GPU device request failed: {0}")]
+    Device(String),
+
+    /// A shader failed to compile or validate (a bug, reported instead of a panic).
+    #[error("shader `{name}`: {message}")]
+    Shader { name: String, message: String },
+
+    #[error("GPU readback failed: {0}")]
+    Readback(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("prompt has {tokens} tokens but the context holds {context}")]
+    ContextOverflow { tokens: usize, context: usize },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// Attach a path to an I/O error.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

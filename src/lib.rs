@@ -1,0 +1,16 @@
+//! gemma-wgpu: Gemma 3 and Gemma 4 text models on the GPU through wgpu.
+//!
+//! One code path serves native (Vulkan, Metal, DX12) and the browser (WebGPU): the core API is
+//! async, weights stay quantized on the GPU, and every layer runs as WGSL compute kernels.
+
+pub mod error;
+pub mod gguf;
+pub mod gpu;
+pub mod kernels;
+pub mod model;
+pub mod quant;
+pub mod reference;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
