@@ -1,0 +1,488 @@
+//! The GPU context: adapter selection, device creation with the limits and features the engine
+//! needs, the kernel (pipeline) cache, and buffer helpers. Kernel code takes a `&GpuContext`; it
+//! never creates devices (the wgpu `hello_compute` split), so tests can inject their own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use super::shader::preprocess;
+use crate::{Error, Result};
+
+/// What the caller wants from the GPU. Defaults: any backend, the best adapter, every optional
+/// feature the adapter offers, and the adapter's own limits.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Restrict to these backends (`None`: Vulkan, Metal, DX12 and the browser's WebGPU).
+    pub backends: Option<wgpu::Backends>,
+    /// Pick the first adapter whose name contains this text (case-insensitive).
+    pub adapter_name: Option<String>,
+    /// Never use `shader-f16`, even when offered (tests the portable path).
+    pub disable_f16: bool,
+    /// Never use subgroup operations, even when offered.
+    pub disable_subgroups: bool,
+    /// Run under WebGPU's default limits (128 MiB per binding, 256 MiB per buffer, 16 KiB of
+    /// workgroup memory, 256 invocations) instead of the adapter's: proves portability.
+    pub webgpu_default_limits: bool,
+    /// Lower the per-binding limit further (tests tensor splitting).
+    pub max_binding_size: Option<u64>,
+    /// Prefer a software adapter (e.g. lavapipe) even when a real GPU is present.
+    pub force_fallback_adapter: bool,
+}
+
+/// What the device can do; kernels choose their variant from this at run time.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// `shader-f16` is enabled on the device.
+    pub f16: bool,
+    /// Subgroup operations are enabled on the device.
+    pub subgroups: bool,
+    /// Smallest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_min_size: u32,
+    /// Largest storage binding, in bytes.
+    pub max_binding: u64,
+    /// Largest buffer, in bytes.
+    pub max_buffer: u64,
+    /// Workgroups per dispatch dimension.
+    pub max_workgroups_per_dim: u32,
+    /// Workgroup memory, in bytes.
+    pub max_workgroup_storage: u32,
+    /// Invocations per workgroup.
+    pub max_invocations: u32,
+    /// Alignment of storage-buffer binding offsets, in bytes.
+    pub storage_offset_align: u32,
+    /// Alignment of uniform-buffer binding offsets, in bytes.
+    pub uniform_offset_align: u32,
+    /// Storage buffers a shader stage may bind.
+    pub max_storage_buffers: u32,
+    /// Running in a browser through WebGPU (Tint wants `enable subgroups;`, naga rejects it).
+    pub browser: bool,
+}
+
+/// A compiled compute pipeline plus the layout its bind groups use.
+#[derive(Debug)]
+pub struct Kernel {
+    pub name: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// What identifies a kernel: its source, entry point and specialisation. The capability flags
+/// (`F16`, `SUBGROUPS`) come from the context, so one context builds one variant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct KernelSpec {
+    /// Label, also used in error messages (e.g. `matvec_q4_0`).
+    pub name: String,
+    /// WGSL source; `shaders/common.wgsl` is prepended.
+    pub source: &'static str,
+    pub entry: &'static str,
+    /// Extra boolean flags for `#if`.
+    pub flags: Vec<(&'static str, bool)>,
+    /// `{{NAME}}` substitutions.
+    pub defines: Vec<(&'static str, String)>,
+}
+
+impl KernelSpec {
+    pub fn new(name: impl Into<String>, source: &'static str) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            entry: "main",
+            flags: Vec::new(),
+            defines: Vec::new(),
+        }
+    }
+
+    pub fn define(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.defines.push((name, value.to_string()));
+        self
+    }
+
+    pub fn flag(mut self, name: &'static str, on: bool) -> Self {
+        self.flags.push((name, on));
+        self
+    }
+
+    pub fn entry(mut self, entry: &'static str) -> Self {
+        self.entry = entry;
+        self
+    }
+
+    /// The final WGSL text for a device with these capabilities.
+    pub fn expand(&self, caps: &Caps) -> Result<String> {
+        let mut flags = vec![
+            ("F16", caps.f16),
+            ("SUBGROUPS", caps.subgroups),
+            ("SUBGROUPS_DIRECTIVE", caps.subgroups && caps.browser),
+        ];
+        flags.extend(self.flags.iter().copied());
+        let mut text = String::from(COMMON_WGSL);
+        text.push_str(self.source);
+        preprocess(&self.name, &text, &flags, &self.defines)
+    }
+}
+
+/// Prelude shared by every kernel.
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+/// Owns the device and queue and caches compiled kernels.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Caps,
+    kernels: Mutex<HashMap<KernelSpec, Arc<Kernel>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("caps", &self.caps)
+            .finish()
+    }
+}
+
+impl GpuContext {
+    /// Picks an adapter and creates the device.
+    pub async fn new(opts: &GpuOptions) -> Result<Self> {
+        let backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = select_adapter(&instance, backends, opts).await?;
+        let info = adapter.get_info();
+        let adapter_limits = adapter.limits();
+        let offered = adapter.features();
+
+        let mut features = wgpu::Features::empty();
+        if !opts.disable_f16 && offered.contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        if !opts.disable_subgroups && offered.contains(wgpu::Features::SUBGROUP) {
+            features |= wgpu::Features::SUBGROUP;
+        }
+
+        let mut limits = if opts.webgpu_default_limits {
+            wgpu::Limits::default()
+        } else {
+            adapter_limits.clone()
+        };
+        if let Some(max) = opts.max_binding_size {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(max);
+        }
+        // Never ask for more than the adapter has (a WebGPU default can exceed a weak adapter).
+        limits = limits.using_resolution(adapter_limits.clone());
+        limits.max_storage_buffer_binding_size = limits
+            .max_storage_buffer_binding_size
+            .min(adapter_limits.max_storage_buffer_binding_size);
+
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("gemma-wgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+
+        let caps = Caps {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
+            max_binding: limits.max_storage_buffer_binding_size,
+            max_buffer: limits.max_buffer_size,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            storage_offset_align: limits.min_storage_buffer_offset_alignment,
+            uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
+            max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
+            browser: info.backend == wgpu::Backend::BrowserWebGpu,
+        };
+        Ok(Self {
+            device,
+            queue,
+            info,
+            caps,
+            kernels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One line naming the adapter, backend and the variant in use.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}; f16 {}, subgroups {}, max binding {} MiB)",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            if self.caps.f16 { "on" } else { "off" },
+            if self.caps.subgroups { "on" } else { "off" },
+            self.caps.max_binding >> 20
+        )
+    }
+
+    /// Compiles (or fetches from the cache) the kernel for `spec`. Shader errors become
+    /// `Error::Shader` instead of wgpu's default panic.
+    pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
+        if let Some(k) = self
+            .kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(spec)
+        {
+            return Ok(k.clone());
+        }
+        let text = spec.expand(&self.caps)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&spec.name),
+                source: wgpu::ShaderSource::Wgsl(text.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&spec.name),
+                layout: None,
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(error) = super::poll_ready(scope.pop()).flatten() {
+            return Err(Error::Shader {
+                name: spec.name.clone(),
+                message: error.to_string(),
+            });
+        }
+        let layout = pipeline.get_bind_group_layout(0);
+        let kernel = Arc::new(Kernel {
+            name: spec.name.clone(),
+            pipeline,
+            layout,
+        });
+        self.kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.clone(), kernel.clone());
+        Ok(kernel)
+    }
+
+    /// A bind group for `kernel` with `resources[i]` at binding `i`.
+    pub fn bind(
+        &self,
+        kernel: &Kernel,
+        resources: &[wgpu::BindingResource<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.name),
+            layout: &kernel.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Checks that a storage buffer of `bytes` can be created and bound whole.
+    pub fn check_storage_size(&self, what: &str, bytes: u64) -> Result<()> {
+        if bytes > self.caps.max_binding {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                needed: bytes,
+                available: self.caps.max_binding,
+                limit: "max_storage_buffer_binding_size",
+            });
+        }
+        if bytes > self.caps.max_buffer {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                needed: bytes,
+                available: self.caps.max_buffer,
+                limit: "max_buffer_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// A zeroed storage buffer (also a copy source and destination).
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let bytes = bytes.max(4).next_multiple_of(4);
+        self.check_storage_size(label, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn storage_init<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if bytes.len() % 4 != 0 || bytes.is_empty() {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
+            return self.storage_init(label, &padded);
+        }
+        self.check_storage_size(label, bytes.len() as u64)?;
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            }))
+    }
+
+    /// A uniform buffer holding `value` (kernel parameters, written once at build time).
+    pub fn uniform_init<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Copies `count` elements of `T` starting at byte `offset` of `buffer` back to the CPU.
+    pub async fn read<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        count: usize,
+    ) -> Result<Vec<T>> {
+        let bytes = (count * std::mem::size_of::<T>()) as u64;
+        let padded = bytes.max(4).next_multiple_of(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
+        self.queue.submit([encoder.finish()]);
+        map_read(self, &staging, 0, padded).await?;
+        let data = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, T>(&view[..bytes as usize]).to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Runs `encode` in one compute pass and one submit, then waits for the GPU (tests and
+    /// one-off work; the model's step loop manages its own encoder).
+    pub async fn run(&self, encode: impl FnOnce(&mut wgpu::ComputePass<'_>)) -> Result<()> {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("run"),
+                timestamp_writes: None,
+            });
+            encode(&mut pass);
+        }
+        self.queue.submit([encoder.finish()]);
+        self.wait().await
+    }
+
+    /// Waits until all submitted work has finished.
+    pub async fn wait(&self) -> Result<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.await.map_err(|_| Error::Readback("device lost".into()))
+    }
+}
+
+/// Maps `buffer[offset..offset+size]` for reading and waits for it (native: by polling the
+/// device; browser: the promise resolves from the event loop).
+pub async fn map_read(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Result<()> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    buffer
+        .slice(offset..offset + size)
+        .map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+    #[cfg(not(target_arch = "wasm32"))]
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Readback(e.to_string()))?;
+    #[cfg(target_arch = "wasm32")]
+    let _ = ctx;
+    rx.await
+        .map_err(|_| Error::Readback("device lost".into()))?
+        .map_err(|e| Error::Readback(e.to_string()))
+}
+
+async fn select_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    opts: &GpuOptions,
+) -> Result<wgpu::Adapter> {
+    if let Some(want) = &opts.adapter_name {
+        let want_lc = want.to_lowercase();
+        let adapters = instance.enumerate_adapters(backends).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&want_lc))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: format!(
+                    " named like `{want}` (found: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: opts.force_fallback_adapter,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            detail: format!(" for backends {backends:?} ({e})"),
+        })
+}

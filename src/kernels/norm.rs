@@ -1,0 +1,110 @@
+//! RMSNorm (`shaders/rmsnorm.wgsl`): the input norms, per-head q/k norms, Gemma 4's
+//! weightless V-norm, and the post-norms fused with the residual add (`h += rms(x)·w`).
+
+use std::sync::Arc;
+
+use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::Result;
+
+const SOURCE: &str = include_str!("../../shaders/rmsnorm.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    len: u32,
+    rows_per_token: u32,
+    eps: f32,
+    has_weight: u32,
+}
+
+/// How the normalised row is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormOut {
+    /// `y = rms(x)·w`
+    Store,
+    /// `y += rms(x)·w` (residual add)
+    Add,
+}
+
+/// Kernel specs this module can build (for shader validation).
+pub fn specs() -> Vec<KernelSpec> {
+    [false, true]
+        .into_iter()
+        .map(|add| spec(if add { NormOut::Add } else { NormOut::Store }))
+        .collect()
+}
+
+fn spec(out: NormOut) -> KernelSpec {
+    KernelSpec::new(
+        if out == NormOut::Add {
+            "rmsnorm_add"
+        } else {
+            "rmsnorm"
+        },
+        SOURCE,
+    )
+    .define("WG", super::ROW_WG)
+    .flag("ADD", out == NormOut::Add)
+}
+
+/// `rows_per_token` rows of `len` elements per token.
+pub struct RmsNorm {
+    kernel: Arc<Kernel>,
+    bind_group: wgpu::BindGroup,
+    rows_per_token: u32,
+    max_per_dim: u32,
+}
+
+/// Buffers an `RmsNorm` reads and writes.
+pub struct RmsNormIo<'a> {
+    /// `[n_tokens · rows_per_token, len]` f32
+    pub x: wgpu::BindingResource<'a>,
+    /// `[len]` f32, or `None` for a weightless norm
+    pub weight: Option<wgpu::BindingResource<'a>>,
+    /// `[n_tokens · rows_per_token, len]` f32 (must not alias `x`)
+    pub y: wgpu::BindingResource<'a>,
+    /// the step uniform (`gpu::StepParams`)
+    pub step: wgpu::BindingResource<'a>,
+}
+
+impl RmsNorm {
+    pub fn new(
+        ctx: &GpuContext,
+        io: RmsNormIo<'_>,
+        len: u32,
+        rows_per_token: u32,
+        eps: f32,
+        out: NormOut,
+    ) -> Result<Self> {
+        let kernel = ctx.kernel(&spec(out))?;
+        let params = ctx.uniform_init(
+            "rmsnorm.params",
+            &Params {
+                len,
+                rows_per_token,
+                eps,
+                has_weight: io.weight.is_some() as u32,
+            },
+        );
+        let weight = io.weight.unwrap_or_else(|| io.x.clone());
+        let bind_group = ctx.bind(
+            &kernel,
+            &[io.x, weight, io.y, params.as_entire_binding(), io.step],
+        );
+        Ok(Self {
+            kernel,
+            bind_group,
+            rows_per_token,
+            max_per_dim: ctx.caps.max_workgroups_per_dim,
+        })
+    }
+}
+
+impl Op for RmsNorm {
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
+        let [x, y, z] = grid(step.n_tokens * self.rows_per_token, self.max_per_dim);
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}

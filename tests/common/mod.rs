@@ -1,0 +1,108 @@
+//! Shared test harness: one GPU context per capability variant, seeded inputs, and a
+//! closeness check that reports the worst mismatches (llm.c style).
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use gemma_wgpu::gpu::{GpuContext, GpuOptions};
+
+/// A capability variant every kernel test runs on.
+pub struct Variant {
+    pub name: &'static str,
+    pub ctx: GpuContext,
+}
+
+fn make(name: &'static str, portable: bool) -> Variant {
+    let opts = GpuOptions {
+        webgpu_default_limits: true,
+        disable_f16: portable,
+        disable_subgroups: portable,
+        backends: Some(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
+        ..Default::default()
+    };
+    let ctx = pollster::block_on(GpuContext::new(&opts)).unwrap_or_else(|e| {
+        panic!("tests need a GPU adapter (on a machine without a GPU: apt-get install mesa-vulkan-drivers): {e}")
+    });
+    Variant { name, ctx }
+}
+
+/// Contexts under WebGPU's default limits: the portable path (no `shader-f16`, no subgroups)
+/// and, where the adapter offers them, the fast path with both. Built once per test binary.
+pub fn variants() -> &'static [Variant] {
+    static V: OnceLock<Vec<Variant>> = OnceLock::new();
+    V.get_or_init(|| {
+        let mut v = vec![make("portable", true)];
+        let full = make("f16+subgroups", false);
+        if full.ctx.caps.f16 || full.ctx.caps.subgroups {
+            v.push(full);
+        } else {
+            eprintln!(
+                "adapter offers neither shader-f16 nor subgroups: testing the portable path only"
+            );
+        }
+        v
+    })
+}
+
+/// Deterministic pseudo-random numbers (SplitMix64), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.unit() * scale).collect()
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Asserts `|got - want| <= atol + rtol·|want|` elementwise; on failure prints the first
+/// mismatches, the worst error and the normalised mean squared error.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut bad = Vec::new();
+    let mut worst = (0usize, 0f32);
+    let (mut se, mut sw) = (0f64, 0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        se += (err as f64).powi(2);
+        sw += (w as f64).powi(2);
+        if !(err <= atol + rtol * w.abs()) {
+            if bad.len() < 10 {
+                bad.push(format!("  [{i}] got {g} want {w} (err {err:.3e})"));
+            }
+            if !(err <= worst.1) {
+                worst = (i, err);
+            }
+        }
+    }
+    if !bad.is_empty() {
+        panic!(
+            "{what}: {} mismatches (atol {atol:e}, rtol {rtol:e}); worst at [{}] err {:.3e}; nmse {:.3e}\n{}",
+            bad.len(),
+            worst.0,
+            worst.1,
+            se / sw.max(1e-30),
+            bad.join("\n")
+        );
+    }
+}
+
+/// Runs a future to completion (tests are the edge where blocking is fine).
+pub fn block<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}
