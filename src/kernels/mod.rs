@@ -6,3 +6,11 @@ pub mod norm;
 /// Workgroup size of row-wise kernels (norms, elementwise): within WebGPU's 256-invocation
 /// default and a power of two, as the reductions require.
 pub const ROW_WG: u32 = 256;
+
+/// Every kernel variant the engine can build (one entry per source × specialisation; the
+/// capability flags are applied on top). Used to validate all shaders without a GPU.
+pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
+    let mut v = Vec::new();
+    v.extend(norm::specs());
+    v
+}
