@@ -4,6 +4,8 @@
 //! `x / (1 + exp(−2u))`. A tanh that overflows to NaN, or a missing 0.044715·x³ term, fails by
 //! far more.
 
+// The shared harness trips this lint under clippy 1.95 (NaN-aware `!(err <= tol)` is deliberate).
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 mod common;
 
 use common::{assert_close, block, variants, Rng};
@@ -77,7 +79,9 @@ fn large_and_special_inputs() {
     ];
     let mut rng = Rng::new(3);
     gate.extend(rng.vec(998, 100.0));
-    let up: Vec<f32> = (0..gate.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+    let up: Vec<f32> = (0..gate.len())
+        .map(|i| 1.0 + (i % 7) as f32 * 0.25)
+        .collect();
     let width = gate.len() as u32;
     let want = reference::gelu::gelu_mul(&gate, &up);
     for v in variants() {
@@ -145,4 +149,44 @@ fn two_dimensional_dispatch() {
     let v = &variants()[0];
     let got = run_gpu(&v.ctx, &gate, &up, width, t);
     assert_close("gelu 2D dispatch", &got, &want, ATOL, RTOL);
+}
+
+/// Every variant this module can build passes naga's validator, on the portable path with no
+/// optional capability (baseline WebGPU) and with f16 + subgroups.
+#[test]
+fn shaders_validate() {
+    use gemma_wgpu::gpu::Caps;
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    for (f16, subgroups) in [(false, false), (true, true)] {
+        let caps = Caps {
+            f16,
+            subgroups,
+            subgroup_min_size: 8,
+            max_binding: 128 << 20,
+            max_buffer: 256 << 20,
+            max_workgroups_per_dim: 65535,
+            max_workgroup_storage: 16384,
+            max_invocations: 256,
+            storage_offset_align: 256,
+            uniform_offset_align: 256,
+            max_storage_buffers: 8,
+            browser: false,
+        };
+        // pack2x16float / unpack2x16float are baseline WebGPU (naga files them under this flag).
+        let mut allowed = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if f16 {
+            allowed |= Capabilities::SHADER_FLOAT16;
+        }
+        if subgroups {
+            allowed |= Capabilities::SUBGROUP;
+        }
+        for spec in gemma_wgpu::kernels::gelu::specs() {
+            let text = spec.expand(&caps).unwrap();
+            let module = naga::front::wgsl::parse_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {}", spec.name, e.emit_to_string(&text)));
+            Validator::new(ValidationFlags::all(), allowed)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} (f16 {f16}): {e:?}", spec.name));
+        }
+    }
 }

@@ -2,13 +2,17 @@
 //! `reference::rope::head_prep` (f64 arithmetic on the same CPU-built cos/sin table).
 //!
 //! Tolerances:
-//! - f32 out: atol 2e-5, rtol 1e-5. The GPU sums ≤ 512 squares in f32 (~1e-7 relative) and
-//!   rotates in f32 (a few ulp of values ≤ ~10); a wrong pairing, sign or angle is off by O(1).
+//! - f32 out: atol 5e-6, rtol 1e-5 (measured on lavapipe: max |err| 7e-7 on values up to ~10).
+//!   The GPU sums ≤ 512 squares in f32 (~1e-7 relative) and rotates in f32 (a few ulp); a wrong
+//!   pairing, sign or angle is off by O(1).
 //! - f16 out: the GPU value must be the f16 round-to-nearest-even of the f32 reference, or its
-//!   neighbour when the reference lies within 2e-5 (relative) of a rounding boundary.
+//!   neighbour when the reference lies within 2e-5 (relative) + ATOL of a rounding boundary
+//!   (measured: all but 1 of 11,008 values equal RNE(reference) exactly).
 //! - Pure packing (no norm, no RoPE, scale 1): bit-exact against `half::f16::from_f32` (RNE),
 //!   ties included: this pins what `pack2x16float` does on the adapter.
 
+// The shared harness trips this lint under clippy 1.95 (NaN-aware `!(err <= tol)` is deliberate).
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 mod common;
 
 use common::{assert_close, block, variants, Rng};
@@ -18,7 +22,7 @@ use gemma_wgpu::reference;
 use gemma_wgpu::rope::RopeTable;
 use half::f16;
 
-const ATOL: f32 = 2e-5;
+const ATOL: f32 = 5e-6;
 const RTOL: f32 = 1e-5;
 
 /// Runs one HeadPrep on `x` (`[T, in_stride]`) and returns the output words (f32 bits or
@@ -252,7 +256,12 @@ fn gemma4_full_layer_proportional_rope() {
         let plain = run_gpu(&v.ctx, &cfg, &x, &w, &table, t as u32, pos0);
         cfg.rope = true;
         for (hd, (r, p)) in rotated.chunks(d).zip(plain.chunks(d)).enumerate() {
-            assert_eq!(r[64..256], p[64..256], "head {hd} dims 64..256 [{}]", v.name);
+            assert_eq!(
+                r[64..256],
+                p[64..256],
+                "head {hd} dims 64..256 [{}]",
+                v.name
+            );
             assert_eq!(r[320..], p[320..], "head {hd} dims 320..512 [{}]", v.name);
             assert_ne!(r[..64], p[..64], "head {hd} dims 0..64 rotate [{}]", v.name);
         }
@@ -299,17 +308,8 @@ fn fused_qkv_row() {
         .chunks(stride)
         .flat_map(|row| row[nq * d..(nq + nkv) * d].to_vec())
         .collect();
-    let want = reference::rope::head_prep(
-        &k_only,
-        t,
-        nkv,
-        d,
-        true,
-        Some(&w),
-        1e-6,
-        Some(&table),
-        1.0,
-    );
+    let want =
+        reference::rope::head_prep(&k_only, t, nkv, d, true, Some(&w), 1e-6, Some(&table), 1.0);
     let mut cfg = HeadPrepConfig::qk(d as u32, nkv as u32, 1e-6, 1.0, HeadOut::F32);
     cfg.in_stride = Some(stride as u32);
     cfg.in_offset = (nq * d) as u32;
@@ -369,7 +369,50 @@ fn rejects_bad_configs() {
         step: s.as_entire_binding(),
     };
     let cfg = HeadPrepConfig::qk(256, 1, 1e-6, 1.0, HeadOut::F32);
-    assert!(HeadPrep::new(ctx, io(), &cfg).is_err(), "missing weight/table");
+    assert!(
+        HeadPrep::new(ctx, io(), &cfg).is_err(),
+        "missing weight/table"
+    );
     let cfg = HeadPrepConfig::v(6, 1, 1e-6, HeadNorm::None, HeadOut::F32);
     assert!(HeadPrep::new(ctx, io(), &cfg).is_err(), "d % 4 != 0");
+}
+
+/// Every variant this module can build passes naga's validator, on the portable path with no
+/// optional capability (baseline WebGPU) and with f16 + subgroups.
+#[test]
+fn shaders_validate() {
+    use gemma_wgpu::gpu::Caps;
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    for (f16, subgroups) in [(false, false), (true, true)] {
+        let caps = Caps {
+            f16,
+            subgroups,
+            subgroup_min_size: 8,
+            max_binding: 128 << 20,
+            max_buffer: 256 << 20,
+            max_workgroups_per_dim: 65535,
+            max_workgroup_storage: 16384,
+            max_invocations: 256,
+            storage_offset_align: 256,
+            uniform_offset_align: 256,
+            max_storage_buffers: 8,
+            browser: false,
+        };
+        // pack2x16float / unpack2x16float are baseline WebGPU (naga files them under this flag).
+        let mut allowed = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if f16 {
+            allowed |= Capabilities::SHADER_FLOAT16;
+        }
+        if subgroups {
+            allowed |= Capabilities::SUBGROUP;
+        }
+        for spec in gemma_wgpu::kernels::head_prep::specs() {
+            let text = spec.expand(&caps).unwrap();
+            let module = naga::front::wgsl::parse_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {}", spec.name, e.emit_to_string(&text)));
+            Validator::new(ValidationFlags::all(), allowed)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} (f16 {f16}): {e:?}", spec.name));
+        }
+    }
 }

@@ -128,12 +128,9 @@ pub fn specs() -> Vec<KernelSpec> {
 
 fn spec(out: HeadOut) -> KernelSpec {
     let f16 = out == HeadOut::F16Packed;
-    KernelSpec::new(
-        if f16 { "head_prep_f16out" } else { "head_prep" },
-        SOURCE,
-    )
-    .define("WG", WG)
-    .flag("F16_OUT", f16)
+    KernelSpec::new(if f16 { "head_prep_f16out" } else { "head_prep" }, SOURCE)
+        .define("WG", WG)
+        .flag("F16_OUT", f16)
 }
 
 /// Norm + RoPE + scale for `n_heads` heads of every token in the step.
@@ -196,7 +193,14 @@ impl HeadPrep {
         };
         let bind_group = ctx.bind(
             &kernel,
-            &[io.x, weight, rope, io.y, params.as_entire_binding(), io.step],
+            &[
+                io.x,
+                weight,
+                rope,
+                io.y,
+                params.as_entire_binding(),
+                io.step,
+            ],
         );
         Ok(Self {
             kernel,

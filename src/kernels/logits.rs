@@ -228,7 +228,9 @@ impl Logits {
             .penalty_ids
             .unwrap_or_else(|| no_ids.as_ref().unwrap().as_entire_binding());
 
-        let n_levels = levels(cfg.vocab, 1).len().max(levels(cfg.vocab, MAX_K).len());
+        let n_levels = levels(cfg.vocab, 1)
+            .len()
+            .max(levels(cfg.vocab, MAX_K).len());
         let mut params = Vec::new();
         let mut bind_groups = Vec::new();
         for level in 0..n_levels {
