@@ -58,8 +58,9 @@ fn run_gpu(ctx: &GpuContext, c: &Case) -> (Vec<f32>, Vec<gemma_wgpu::kernels::lo
     let lb = ctx.storage_init("logits", &flat).unwrap();
     let ib = ctx.storage_init("ids", &c.ids).unwrap();
     let ob = ctx.storage("out", Logits::out_bytes(r, MAX_K)).unwrap();
-    // Per-token rows: the step has more tokens than rows to prove the clamp to `max`.
-    let step = StepParams::new(if c.per_token { r } else { 7 }, 0);
+    // Per-token rows: the step has 2 more tokens than `max`, proving the clamp; fixed rows
+    // ignore the step's 7 tokens.
+    let step = StepParams::new(if c.per_token { r + 2 } else { 7 }, 0);
     let sb = ctx.uniform_init("step", &step);
     let mut op = Logits::new(
         ctx,

@@ -48,7 +48,10 @@ pub enum HeadOut {
     /// `[T, n_heads, d]` f32.
     F32,
     /// `[T, n_heads, d/2]` u32, each holding dims (2m, 2m+1) as f16 (low half = even dim),
-    /// rounded by `pack2x16float` after clamping to ±65504.
+    /// rounded by `pack2x16float` after clamping to ±65504 (WGSL leaves out-of-range
+    /// conversions indeterminate). WGSL lets the rounding go either way; lavapipe (Mesa 22.3)
+    /// rounds to nearest, ties to even, and keeps f16 subnormals: the test
+    /// `f16_packing_is_round_to_nearest_even` checks this bit-exactly on every adapter it runs on.
     F16Packed,
 }
 
