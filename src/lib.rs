@@ -10,6 +10,7 @@ pub mod kernels;
 // pub mod model; (pending merge)
 pub mod quant;
 pub mod reference;
+pub mod rope;
 pub mod sampler;
 pub mod tokenizer;
 
