@@ -20,7 +20,11 @@ use gemma_wgpu::sampler::SamplingParams;
 use gemma_wgpu::tokenizer::Tokenizer;
 
 #[derive(Parser)]
-#[command(name = "gemma-wgpu", version, about = "Gemma 3 / Gemma 4 on the GPU through wgpu")]
+#[command(
+    name = "gemma-wgpu",
+    version,
+    about = "Gemma 3 / Gemma 4 on the GPU through wgpu"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -268,10 +272,16 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
         prefill_chunk: args.prefill_chunk,
         ..Default::default()
     };
-    let model = pollster::block_on(Model::load(ctx, &gguf, &mut src, &load_opts, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    }))
+    let model = pollster::block_on(Model::load(
+        ctx,
+        &gguf,
+        &mut src,
+        &load_opts,
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    ))
     .with_context(|| format!("loading {}", path.display()))?;
     bar.finish_and_clear();
     Ok(Loaded {
@@ -300,7 +310,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let mem = l.model.memory().clone();
     let mut text = String::new();
     let (tokens, stats, finish) = pollster::block_on(async {
-        let mut g = Generator::start(&mut l.model, &l.tok, &prompt_ids, a.sampling.params(), a.max_tokens).await?;
+        let mut g = Generator::start(
+            &mut l.model,
+            &l.tok,
+            &prompt_ids,
+            a.sampling.params(),
+            a.max_tokens,
+        )
+        .await?;
         let mut out = std::io::stdout().lock();
         while let Some(piece) = g.next().await? {
             text.push_str(&piece.text);
@@ -381,7 +398,14 @@ fn chat(a: ChatArgs) -> Result<()> {
             }
         }
         let (reply, fed) = pollster::block_on(async {
-            let mut g = Generator::start(&mut l.model, &l.tok, &prefill.ids, a.sampling.params(), a.max_tokens).await?;
+            let mut g = Generator::start(
+                &mut l.model,
+                &l.tok,
+                &prefill.ids,
+                a.sampling.params(),
+                a.max_tokens,
+            )
+            .await?;
             let mut out = std::io::stdout().lock();
             let mut reply = String::new();
             while let Some(piece) = g.next().await? {

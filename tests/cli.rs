@@ -17,8 +17,15 @@ fn bin() -> Command {
 fn fails(args: &[&str]) -> String {
     let out = bin().args(args).output().expect("run gemma-wgpu");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{args:?} should fail; stderr: {stderr}");
-    assert_eq!(out.status.code(), Some(1), "{args:?}: exit code; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "{args:?} should fail; stderr: {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?}: exit code; stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     stderr
@@ -34,13 +41,23 @@ fn scratch(name: &str, bytes: &[u8]) -> std::path::PathBuf {
 
 fn real_model() -> String {
     let p = gemma_wgpu::gguf::default_model_path();
-    assert!(p.exists(), "fetch the model with pkg-scripts/fetch-model.sh ({})", p.display());
+    assert!(
+        p.exists(),
+        "fetch the model with pkg-scripts/fetch-model.sh ({})",
+        p.display()
+    );
     p.display().to_string()
 }
 
 #[test]
 fn missing_file_names_the_path() {
-    let e = fails(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"]);
+    let e = fails(&[
+        "generate",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+    ]);
     assert!(e.contains("/nonexistent/model.gguf"), "{e}");
 }
 
@@ -95,7 +112,12 @@ fn unsupported_tensor_type_names_tensor_and_type() {
         ("ffn_up", [h, ff]),
         ("ffn_down", [ff, h]),
     ] {
-        w.tensor(&format!("blk.0.{name}.weight"), &dims, 0, f32s(dims[0] * dims[1]));
+        w.tensor(
+            &format!("blk.0.{name}.weight"),
+            &dims,
+            0,
+            f32s(dims[0] * dims[1]),
+        );
     }
     for (name, n) in [
         ("attn_norm", h),
@@ -131,7 +153,10 @@ fn prompt_longer_than_context() {
 fn unknown_adapter_lists_what_exists() {
     let m = real_model();
     let e = fails(&["info", "--model", &m, "--adapter", "no-such-gpu-xyz"]);
-    assert!(e.contains("no-such-gpu-xyz") && e.contains("adapter"), "{e}");
+    assert!(
+        e.contains("no-such-gpu-xyz") && e.contains("adapter"),
+        "{e}"
+    );
 }
 
 /// GPU weight bytes stay within 1.1× the file's tensor bytes, as `info` reports.
@@ -141,10 +166,19 @@ fn info_reports_quantized_weights_within_budget() {
         .args(["info", "--json", "--model", &real_model()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ratio = v["gpu_weight_bytes_over_file_tensor_bytes"].as_f64().unwrap();
-    assert!(ratio <= 1.1, "GPU weights are {ratio}× the file's tensor bytes");
+    let ratio = v["gpu_weight_bytes_over_file_tensor_bytes"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        ratio <= 1.1,
+        "GPU weights are {ratio}× the file's tensor bytes"
+    );
     assert_eq!(v["architecture"], "gemma3");
     assert_eq!(v["layers"], 18);
     assert!(v["tensor_types"]["Q5_0"]["tensors"].as_u64().unwrap() > 0);

@@ -35,15 +35,26 @@ struct Prompt {
 }
 
 fn reference() -> Vec<Prompt> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gemma3_270m_reference.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/gemma3_270m_reference.json"
+    );
     let text = std::fs::read_to_string(path).expect("reference fixture");
     let v: Value = serde_json::from_str(&text).expect("reference JSON");
     assert_eq!(v["format"], "gemma-wgpu-reference/1");
     let u32s = |v: &Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
     };
     let f32s = |v: &Value| -> Vec<f32> {
-        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
     };
     v["prompts"]
         .as_array()
@@ -108,7 +119,10 @@ fn load(portable: bool) -> Model {
 fn check_scores(model: &mut Model, variant: &str) {
     let prompts = reference();
     assert!(prompts.len() >= 5);
-    assert!(prompts.iter().any(|p| p.ids.len() > 600), "a prompt must wrap the sliding window");
+    assert!(
+        prompts.iter().any(|p| p.ids.len() > 600),
+        "a prompt must wrap the sliding window"
+    );
     let mut worst = (0f32, String::new());
     let mut positions = 0;
     for p in &prompts {

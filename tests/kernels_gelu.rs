@@ -5,7 +5,6 @@
 //! far more.
 
 // The shared harness trips this lint under clippy 1.95 (NaN-aware `!(err <= tol)` is deliberate).
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
 mod common;
 
 use common::{assert_close, block, variants, Rng};

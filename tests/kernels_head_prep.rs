@@ -12,7 +12,6 @@
 //!   ties included: this pins what `pack2x16float` does on the adapter.
 
 // The shared harness trips this lint under clippy 1.95 (NaN-aware `!(err <= tol)` is deliberate).
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
 mod common;
 
 use common::{assert_close, block, variants, Rng};

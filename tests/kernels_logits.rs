@@ -10,7 +10,6 @@
 //!    terms, combined through ≤ 3 levels).
 
 // The shared harness trips this lint under clippy 1.95 (NaN-aware `!(err <= tol)` is deliberate).
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
 mod common;
 
 use common::{assert_close, block, variants, Rng};

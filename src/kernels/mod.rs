@@ -15,5 +15,8 @@ pub const ROW_WG: u32 = 256;
 pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     let mut v = Vec::new();
     v.extend(norm::specs());
+    v.extend(head_prep::specs());
+    v.extend(gelu::specs());
+    v.extend(logits::specs());
     v
 }

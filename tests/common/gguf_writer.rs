@@ -78,7 +78,8 @@ impl GgufWriter {
 
     /// A tensor with ggml type id `ty`, dims ne[0] first, and raw data.
     pub fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, data: Vec<u8>) -> &mut Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ty, data));
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ty, data));
         self
     }
 
