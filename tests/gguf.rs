@@ -173,7 +173,10 @@ fn v3_fixture_metadata_every_type() {
     assert_eq!(arr("test.array.u16"), Array::U16(vec![1, 65535]));
     assert_eq!(arr("test.array.i16"), Array::I16(vec![-1, 32767]));
     assert_eq!(arr("test.array.u32"), Array::U32(vec![0, 4_000_000_000]));
-    assert_eq!(md.i32_array("test.array.i32").unwrap(), &[1, 2, 3, 2_000_000_000]);
+    assert_eq!(
+        md.i32_array("test.array.i32").unwrap(),
+        &[1, 2, 3, 2_000_000_000]
+    );
     assert_eq!(md.f32_array("test.array.f32").unwrap(), &[0.5, -1.25, 3.0]);
     assert_eq!(arr("test.array.bool"), Array::Bool(vec![true, false, true]));
     assert_eq!(
@@ -200,8 +203,14 @@ fn v3_fixture_metadata_every_type() {
     assert_eq!(tokens[299], "tok299");
 
     // u32_array accepts any integer array whose values fit.
-    assert_eq!(md.u32_array("test.array.u32").unwrap(), vec![0, 4_000_000_000]);
-    assert_eq!(md.u32_array("test.array.i32").unwrap(), vec![1, 2, 3, 2_000_000_000]);
+    assert_eq!(
+        md.u32_array("test.array.u32").unwrap(),
+        vec![0, 4_000_000_000]
+    );
+    assert_eq!(
+        md.u32_array("test.array.i32").unwrap(),
+        vec![1, 2, 3, 2_000_000_000]
+    );
     assert_eq!(md.u32_array("test.array.u8").unwrap(), vec![1, 2, 255]);
 
     // Keys in file order; general.architecture comes first from the writer.
@@ -228,7 +237,10 @@ fn metadata_accessor_errors_name_key_and_problem() {
         }
         assert!(matches!(md.u32("absent"), Err(Error::Metadata { .. })));
     };
-    check(msg(md.u32("absent").map(|v| v.to_string())), &["`absent`", "missing"]);
+    check(
+        msg(md.u32("absent").map(|v| v.to_string())),
+        &["`absent`", "missing"],
+    );
     check(
         msg(md.u32("test.negative_i32").map(|v| v.to_string())),
         &["`test.negative_i32`", "-5", "does not fit in u32"],
@@ -270,8 +282,13 @@ fn metadata_accessor_errors_name_key_and_problem() {
         &["expected array of i32, found array of u32"],
     );
     check(
-        msg(md.u32_array("test.array.negative_i32").map(|v| v.len().to_string())),
-        &["`test.array.negative_i32`", "element 1 = -1 does not fit in u32"],
+        msg(md
+            .u32_array("test.array.negative_i32")
+            .map(|v| v.len().to_string())),
+        &[
+            "`test.array.negative_i32`",
+            "element 1 = -1 does not fit in u32",
+        ],
     );
     check(
         msg(md.u32_array("test.array.f32").map(|v| v.len().to_string())),
@@ -291,7 +308,10 @@ fn v3_fixture_tensors_match_gguf_py() {
 
     let t = g.tensor("f32.matrix").unwrap();
     assert_eq!((t.ty, t.dims.as_slice()), (GgmlType::F32, &[3u64, 5][..]));
-    assert_eq!((t.n_elements(), t.row_len(), t.n_rows(), t.row_bytes()), (15, 3, 5, 12));
+    assert_eq!(
+        (t.n_elements(), t.row_len(), t.n_rows(), t.row_bytes()),
+        (15, 3, 5, 12)
+    );
     let data = block_on(gguf::read_tensor_data(&mut MemorySource(bytes.clone()), t)).unwrap();
     let floats: Vec<f32> = data
         .chunks_exact(4)
@@ -328,8 +348,14 @@ fn v3_fixture_tensors_match_gguf_py() {
             t.check_supported().unwrap();
         }
     }
-    let e = g.tensor("q2_k.unsupported").unwrap().check_supported().unwrap_err();
-    assert!(e.to_string().contains("`q2_k.unsupported` has unsupported type Q2_K"));
+    let e = g
+        .tensor("q2_k.unsupported")
+        .unwrap()
+        .check_supported()
+        .unwrap_err();
+    assert!(e
+        .to_string()
+        .contains("`q2_k.unsupported` has unsupported type Q2_K"));
 
     assert!(matches!(g.tensor("nope"), Err(Error::MissingTensor(n)) if n == "nope"));
     assert!(g.opt_tensor("nope").is_none());
@@ -373,9 +399,16 @@ fn open_native_and_errors_name_the_path() {
     let dir = std::env::temp_dir().join(format!("gemma-wgpu-gguf-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let elf = dir.join("elf.gguf");
-    std::fs::write(&elf, b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
+    std::fs::write(
+        &elf,
+        b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+    )
+    .unwrap();
     let e = gguf::open(&elf).unwrap_err().to_string();
-    assert!(e.contains("elf.gguf") && e.contains("not a GGUF file"), "{e}");
+    assert!(
+        e.contains("elf.gguf") && e.contains("not a GGUF file"),
+        "{e}"
+    );
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
     let e = gguf::open(&empty).unwrap_err().to_string();
@@ -392,8 +425,15 @@ fn progressive_reads_stay_inside_the_header() {
             let mut src = Recorder::new(MemorySource(bytes.clone()), hide_len);
             let g = block_on(gguf::read_header(&mut src)).unwrap();
             let end = src.assert_forward_from_zero();
-            assert!(end <= g.data_offset, "{name}: read up to {end}, data at {}", g.data_offset);
-            assert!(g.data_offset - end < g.alignment, "{name}: the whole header was read");
+            assert!(
+                end <= g.data_offset,
+                "{name}: read up to {end}, data at {}",
+                g.data_offset
+            );
+            assert!(
+                g.data_offset - end < g.alignment,
+                "{name}: the whole header was read"
+            );
             if hide_len {
                 assert_eq!(g.file_size, None);
                 assert_eq!(g.tensors, whole.tensors);
@@ -471,7 +511,10 @@ fn hand_built_headers() {
 
     // No tensors, no keys.
     let g = parse_both(&B::new(3, 0, 0).0).unwrap();
-    assert_eq!((g.tensors.len(), g.metadata.len(), g.data_offset), (0, 0, 32));
+    assert_eq!(
+        (g.tensors.len(), g.metadata.len(), g.data_offset),
+        (0, 0, 32)
+    );
 
     // A 0-d tensor is a scalar.
     let mut b = B::new(3, 1, 0);
@@ -480,9 +523,18 @@ fn hand_built_headers() {
     assert_eq!((g.tensors[0].n_elements(), g.tensors[0].n_bytes), (1, 4));
 
     // Versions and endianness.
-    assert_err_contains(parse_both(&B::new(1, 0, 0).0), &["unsupported GGUF version 1"]);
-    assert_err_contains(parse_both(&B::new(4, 0, 0).0), &["unsupported GGUF version 4"]);
-    assert_err_contains(parse_both(&B::new(0, 0, 0).0), &["unsupported GGUF version 0"]);
+    assert_err_contains(
+        parse_both(&B::new(1, 0, 0).0),
+        &["unsupported GGUF version 1"],
+    );
+    assert_err_contains(
+        parse_both(&B::new(4, 0, 0).0),
+        &["unsupported GGUF version 4"],
+    );
+    assert_err_contains(
+        parse_both(&B::new(0, 0, 0).0),
+        &["unsupported GGUF version 0"],
+    );
     let mut be = b"GGUF".to_vec();
     be.extend_from_slice(&3u32.to_be_bytes());
     be.extend_from_slice(&[0; 16]);
@@ -496,7 +548,10 @@ fn hand_built_headers() {
     ));
 
     // Absurd counts, lengths and nesting: errors, and no huge allocation.
-    assert_err_contains(parse_both(&B::new(3, 0, u64::MAX).0), &["impossible counts"]);
+    assert_err_contains(
+        parse_both(&B::new(3, 0, u64::MAX).0),
+        &["impossible counts"],
+    );
     assert_err_contains(parse_both(&B::new(3, 1 << 40, 1 << 40).0), &["truncated"]);
     let mut b = B::new(3, 0, 1);
     b.u64(1 << 62).bytes(&[0; 16]);
@@ -519,7 +574,10 @@ fn hand_built_headers() {
         b.u32(9).u64(1);
     }
     b.u32(0).u64(0);
-    assert_err_contains(parse_both(&b.0), &["metadata key `deep`", "nested deeper than 8"]);
+    assert_err_contains(
+        parse_both(&b.0),
+        &["metadata key `deep`", "nested deeper than 8"],
+    );
 
     // Bad values and keys.
     let mut b = B::new(3, 0, 1);
@@ -527,7 +585,10 @@ fn hand_built_headers() {
     assert_err_contains(parse_both(&b.0), &["`flag`", "bool value 2"]);
     let mut b = B::new(3, 0, 1);
     b.str("odd").u32(13).u32(0);
-    assert_err_contains(parse_both(&b.0), &["`odd`", "unknown metadata value type 13"]);
+    assert_err_contains(
+        parse_both(&b.0),
+        &["`odd`", "unknown metadata value type 13"],
+    );
     let mut b = B::new(3, 0, 1);
     b.u64(2).bytes(&[0xff, 0xfe]).u32(4).u32(0);
     assert_err_contains(parse_both(&b.0), &["metadata entry #0", "not valid UTF-8"]);
@@ -543,10 +604,16 @@ fn hand_built_headers() {
     // Alignment.
     let mut b = B::new(3, 0, 1);
     b.kv_u32("general.alignment", 48);
-    assert_err_contains(parse_both(&b.0), &["general.alignment", "48 is not a power of two"]);
+    assert_err_contains(
+        parse_both(&b.0),
+        &["general.alignment", "48 is not a power of two"],
+    );
     let mut b = B::new(3, 0, 1);
     b.kv_u32("general.alignment", 0);
-    assert_err_contains(parse_both(&b.0), &["general.alignment", "0 is not a power of two"]);
+    assert_err_contains(
+        parse_both(&b.0),
+        &["general.alignment", "0 is not a power of two"],
+    );
     let mut b = B::new(3, 1, 1);
     b.kv_u32("general.alignment", 256).tensor("t", &[4], 0, 0);
     let g = parse_both(&b.data(256, 16)).unwrap();
@@ -558,20 +625,36 @@ fn hand_built_headers() {
         b.tensor("w", dims, ty, offset);
         assert_err_contains(parse_both(&b.data(32, 1 << 12)), parts);
     };
-    tensor_err(&[1, 1, 1, 1, 1], 0, 0, &["`w` has 5 dimensions", "at most 4"]);
+    tensor_err(
+        &[1, 1, 1, 1, 1],
+        0,
+        0,
+        &["`w` has 5 dimensions", "at most 4"],
+    );
     tensor_err(&[4, 0], 0, 0, &["`w` has a zero dimension", "[4, 0]"]);
     tensor_err(&[1 << 40, 1 << 40], 0, 0, &["`w`", "overflows"]);
     tensor_err(&[1 << 62, 4], 0, 0, &["`w`", "overflows"]);
     tensor_err(&[4], 99, 0, &["tensor `w`", "unknown ggml type id 99"]);
     tensor_err(&[32], 4, 0, &["tensor `w`", "id 4 (Q4_2) was removed"]);
-    tensor_err(&[4], 0, 4, &["`w`", "offset 4", "not a multiple of the alignment 32"]);
+    tensor_err(
+        &[4],
+        0,
+        4,
+        &["`w`", "offset 4", "not a multiple of the alignment 32"],
+    );
     tensor_err(&[33], 2, 0, &["`w`", "row length 33", "Q4_0 block size 32"]);
     tensor_err(&[4], 0, u64::MAX - 31, &["`w`", "overflows"]);
     tensor_err(
         &[1024],
         0,
         1 << 12,
-        &["truncated", "tensor `w`", "4096 bytes at offset", "past the end", "bytes)"],
+        &[
+            "truncated",
+            "tensor `w`",
+            "4096 bytes at offset",
+            "past the end",
+            "bytes)",
+        ],
     );
     let mut b = B::new(3, 1, 0);
     b.tensor("w", &[1024], 0, 0);
@@ -600,7 +683,9 @@ fn header_size_is_capped_for_unknown_length_sources() {
     let mut b = B::new(3, 0, 1);
     b.str("s").u32(8).u64(MAX_HEADER_BYTES);
     let mut src = Recorder::new(MemorySource(b.0.clone()), true);
-    let e = block_on(gguf::read_header(&mut src)).unwrap_err().to_string();
+    let e = block_on(gguf::read_header(&mut src))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("larger than") && e.contains("`s`"), "{e}");
     let biggest = src.reads.iter().map(|r| r.1).max().unwrap();
     assert!(biggest < 1 << 20, "read {biggest} bytes");
@@ -611,17 +696,19 @@ fn every_truncation_is_an_error_never_a_panic() {
     for name in ["gguf_v3.gguf", "gguf_v2.gguf"] {
         let bytes = fixture(name);
         let g = Gguf::from_bytes(&bytes).unwrap();
-        let data_end = g.tensors.iter().map(|t| t.offset + t.n_bytes).max().unwrap();
+        let data_end = g
+            .tensors
+            .iter()
+            .map(|t| t.offset + t.n_bytes)
+            .max()
+            .unwrap();
         for cut in 0..bytes.len() {
             let prefix = &bytes[..cut];
             let r = Gguf::from_bytes(prefix);
             if (cut as u64) < data_end {
                 let e = r.expect_err("truncated file must not parse");
                 if cut >= 4 {
-                    assert!(
-                        matches!(e, Error::Truncated(_)),
-                        "{name} cut at {cut}: {e}"
-                    );
+                    assert!(matches!(e, Error::Truncated(_)), "{name} cut at {cut}: {e}");
                 }
             } else {
                 // Only trailing padding is missing: still a complete file.
@@ -727,7 +814,10 @@ fn ggml_types() {
         assert_eq!((t.block_elems(), t.block_bytes()), (e, b), "{t}");
     }
     assert_eq!(GgmlType::from_id(30).unwrap(), GgmlType::BF16);
-    assert!(GgmlType::from_id(42).unwrap_err().to_string().contains("unknown ggml type id 42"));
+    assert!(GgmlType::from_id(42)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown ggml type id 42"));
 }
 
 /// The real Gemma 3 270M Q4_K_M file; skipped (with a message) when absent. Expected values were
@@ -736,7 +826,10 @@ fn ggml_types() {
 fn real_gemma3_270m() {
     let path = gguf::default_model_path();
     if !path.exists() {
-        eprintln!("skipping: {} not found (set GEMMA_WGPU_MODEL)", path.display());
+        eprintln!(
+            "skipping: {} not found (set GEMMA_WGPU_MODEL)",
+            path.display()
+        );
         return;
     }
     let t0 = std::time::Instant::now();
@@ -750,7 +843,10 @@ fn real_gemma3_270m() {
     assert_eq!(md.u32("gemma3.context_length").unwrap(), 32768);
     assert_eq!(md.u32("gemma3.attention.sliding_window").unwrap(), 512);
     assert_eq!(md.f32("gemma3.rope.freq_base").unwrap(), 1_000_000.0);
-    assert_eq!(md.f32("gemma3.attention.layer_norm_rms_epsilon").unwrap(), 1e-6);
+    assert_eq!(
+        md.f32("gemma3.attention.layer_norm_rms_epsilon").unwrap(),
+        1e-6
+    );
     assert_eq!(md.u32("general.file_type").unwrap(), 15);
     assert!(md.bool("tokenizer.ggml.add_bos_token").unwrap());
     assert_eq!(md.len(), 33);
@@ -759,8 +855,14 @@ fn real_gemma3_270m() {
     assert_eq!(g.data_offset, 6_525_120);
     let tokens = md.str_array("tokenizer.ggml.tokens").unwrap();
     assert_eq!(tokens.len(), 262_144);
-    assert_eq!(md.f32_array("tokenizer.ggml.scores").unwrap().len(), 262_144);
-    assert_eq!(md.i32_array("tokenizer.ggml.token_type").unwrap().len(), 262_144);
+    assert_eq!(
+        md.f32_array("tokenizer.ggml.scores").unwrap().len(),
+        262_144
+    );
+    assert_eq!(
+        md.i32_array("tokenizer.ggml.token_type").unwrap().len(),
+        262_144
+    );
     assert_eq!(md.u32("tokenizer.ggml.bos_token_id").unwrap(), 2);
     assert_eq!(tokens[2], "<bos>");
 
@@ -768,27 +870,76 @@ fn real_gemma3_270m() {
     let e = g.tensor("token_embd.weight").unwrap();
     assert_eq!(
         (e.ty, e.dims.as_slice(), e.offset, e.n_bytes),
-        (GgmlType::Q8_0, &[640u64, 262_144][..], 6_527_680, 178_257_920)
+        (
+            GgmlType::Q8_0,
+            &[640u64, 262_144][..],
+            6_527_680,
+            178_257_920
+        )
     );
     assert_eq!(e.row_bytes(), 680);
     let check = |name: &str, ty: GgmlType, dims: &[u64], offset: u64, n_bytes: u64| {
         let t: &TensorInfo = g.tensor(name).unwrap();
-        assert_eq!((t.ty, t.dims.as_slice(), t.offset, t.n_bytes), (ty, dims, offset, n_bytes));
+        assert_eq!(
+            (t.ty, t.dims.as_slice(), t.offset, t.n_bytes),
+            (ty, dims, offset, n_bytes)
+        );
     };
     check("output_norm.weight", GgmlType::F32, &[640], 6_525_120, 2560);
-    check("blk.0.attn_k.weight", GgmlType::Q5_0, &[640, 256], 184_785_600, 112_640);
-    check("blk.0.attn_output.weight", GgmlType::Q4K, &[1024, 640], 184_901_824, 368_640);
-    check("blk.0.attn_v.weight", GgmlType::Q8_0, &[640, 256], 185_722_048, 174_080);
-    check("blk.0.ffn_down.weight", GgmlType::Q6K, &[2048, 640], 185_896_128, 1_075_200);
-    check("blk.17.post_ffw_norm.weight", GgmlType::F32, &[640], 253_110_464, 2560);
+    check(
+        "blk.0.attn_k.weight",
+        GgmlType::Q5_0,
+        &[640, 256],
+        184_785_600,
+        112_640,
+    );
+    check(
+        "blk.0.attn_output.weight",
+        GgmlType::Q4K,
+        &[1024, 640],
+        184_901_824,
+        368_640,
+    );
+    check(
+        "blk.0.attn_v.weight",
+        GgmlType::Q8_0,
+        &[640, 256],
+        185_722_048,
+        174_080,
+    );
+    check(
+        "blk.0.ffn_down.weight",
+        GgmlType::Q6K,
+        &[2048, 640],
+        185_896_128,
+        1_075_200,
+    );
+    check(
+        "blk.17.post_ffw_norm.weight",
+        GgmlType::F32,
+        &[640],
+        253_110_464,
+        2560,
+    );
     let count = |ty| g.tensors.iter().filter(|t| t.ty == ty).count();
     assert_eq!(
-        [GgmlType::F32, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q8_0, GgmlType::Q6K].map(count),
+        [
+            GgmlType::F32,
+            GgmlType::Q5_0,
+            GgmlType::Q4K,
+            GgmlType::Q8_0,
+            GgmlType::Q6K
+        ]
+        .map(count),
         [109, 81, 27, 10, 9]
     );
     assert!(g.tensors.iter().all(|t| t.check_supported().is_ok()));
     assert!(g.opt_tensor("output.weight").is_none(), "tied output");
-    let end = g.tensors_by_offset().last().map(|t| t.offset + t.n_bytes).unwrap();
+    let end = g
+        .tensors_by_offset()
+        .last()
+        .map(|t| t.offset + t.n_bytes)
+        .unwrap();
     assert!(end <= g.file_size.unwrap());
 
     // The progressive path through the mmap source agrees, reads only the header, and does so

@@ -179,7 +179,12 @@ impl fmt::Display for Array {
             }
             Ok(())
         }
-        write!(f, "[{} × {}: ", self.len(), &self.type_name()["array of ".len()..])?;
+        write!(
+            f,
+            "[{} × {}: ",
+            self.len(),
+            &self.type_name()["array of ".len()..]
+        )?;
         match self {
             Array::U8(v) => list(f, v)?,
             Array::I8(v) => list(f, v)?,

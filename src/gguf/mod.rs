@@ -149,6 +149,9 @@ impl Gguf {
     }
 }
 
+/// Largest single read [`read_header`] makes.
+const READ_STEP: u64 = 8 << 20;
+
 /// Reads and parses the header through `src`, without touching tensor data.
 ///
 /// Reads are contiguous and increasing from offset 0, and each asks for no more than the
@@ -169,7 +172,11 @@ pub async fn read_header<S: TensorSource>(src: &mut S) -> Result<Gguf> {
         buf.drain(..consumed);
         base += consumed as u64;
         let have = base + buf.len() as u64;
-        let want_now = file_size.map_or(want, |size| want.min(size));
+        // At most READ_STEP per read: when the size is unknown, a corrupt length is then caught
+        // by the source failing at its real end instead of after a huge allocation.
+        let want_now = file_size
+            .map_or(want, |size| want.min(size))
+            .min(have + READ_STEP);
         if want_now > have {
             let old = buf.len();
             // want_now <= MAX_HEADER_BYTES, so this is bounded.
@@ -180,7 +187,10 @@ pub async fn read_header<S: TensorSource>(src: &mut S) -> Result<Gguf> {
             Ok(g) => return Ok(g),
             Err(Halt::Fail(e)) => return Err(e),
             Err(Halt::More(end)) => {
-                debug_assert!(end > base + buf.len() as u64, "parser must ask for new bytes");
+                debug_assert!(
+                    end > base + buf.len() as u64,
+                    "parser must ask for new bytes"
+                );
                 want = end;
             }
         }

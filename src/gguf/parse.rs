@@ -154,12 +154,12 @@ impl<'a> Cursor<'a> {
 /// Bytes of one element of a value type; `None` for unknown type ids.
 fn min_value_bytes(ty: u32) -> Option<u64> {
     Some(match ty {
-        0 | 1 | 7 => 1,  // u8, i8, bool
-        2 | 3 => 2,      // u16, i16
-        4..=6 => 4,      // u32, i32, f32
-        8 => 8,          // string: length
-        9 => 4 + 8,      // array: element type + count
-        10..=12 => 8,    // u64, i64, f64
+        0 | 1 | 7 => 1, // u8, i8, bool
+        2 | 3 => 2,     // u16, i16
+        4..=6 => 4,     // u32, i32, f32
+        8 => 8,         // string: length
+        9 => 4 + 8,     // array: element type + count
+        10..=12 => 8,   // u64, i64, f64
         _ => return None,
     })
 }
@@ -219,7 +219,9 @@ fn array_head(cur: &mut Cursor) -> PResult<(u32, usize)> {
 /// An array body; `depth` is 1 for a top-level array.
 fn array(cur: &mut Cursor, depth: u32) -> PResult<Array> {
     if depth > MAX_ARRAY_DEPTH {
-        return fail(format!("arrays nested deeper than {MAX_ARRAY_DEPTH} levels"));
+        return fail(format!(
+            "arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
+        ));
     }
     let (elem, n) = array_head(cur)?;
     let size = min_value_bytes(elem).unwrap_or(1);
@@ -227,7 +229,9 @@ fn array(cur: &mut Cursor, depth: u32) -> PResult<Array> {
     let len = n as u64 * size;
     Ok(match elem {
         0 => Array::U8(cur.take(len, "array elements")?.to_vec()),
-        1 => Array::I8(fixed(cur.take(len, "array elements")?, |[b]: [u8; 1]| b as i8)),
+        1 => Array::I8(fixed(cur.take(len, "array elements")?, |[b]: [u8; 1]| {
+            b as i8
+        })),
         2 => Array::U16(fixed(cur.take(len, "array elements")?, u16::from_le_bytes)),
         3 => Array::I16(fixed(cur.take(len, "array elements")?, i16::from_le_bytes)),
         4 => Array::U32(fixed(cur.take(len, "array elements")?, u32::from_le_bytes)),
@@ -347,8 +351,7 @@ impl HeaderParser {
         while (self.infos.len() as u64) < self.n_tensors {
             self.tensor_info(cur)?;
         }
-        self.finish(cur.offset(), cur.file_size)
-            .map_err(Halt::Fail)
+        self.finish(cur.offset(), cur.file_size).map_err(Halt::Fail)
     }
 
     fn preamble(&mut self, cur: &mut Cursor) -> PResult<()> {
@@ -392,14 +395,15 @@ impl HeaderParser {
             .checked_mul(MIN_KV_BYTES)
             .and_then(|a| n_tensors.checked_mul(MIN_TENSOR_INFO_BYTES)?.checked_add(a));
         let Some(min_rest) = min_rest else {
-            return fail(format!("impossible counts: {n_tensors} tensors, {n_kv} metadata entries"));
+            return fail(format!(
+                "impossible counts: {n_tensors} tensors, {n_kv} metadata entries"
+            ));
         };
-        cur.check(min_rest, "the rest of the header")
-            .map_err(|h| {
-                with_context(h, || {
-                    format!("header declares {n_kv} metadata entries and {n_tensors} tensors")
-                })
-            })?;
+        cur.check(min_rest, "the rest of the header").map_err(|h| {
+            with_context(h, || {
+                format!("header declares {n_kv} metadata entries and {n_tensors} tensors")
+            })
+        })?;
         self.version = version;
         self.n_tensors = n_tensors;
         self.n_kv = n_kv;
@@ -484,7 +488,9 @@ impl HeaderParser {
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .filter(|&n| n <= i64::MAX as u64);
         let Some(n_elements) = n_elements else {
-            return fail(format!("tensor `{name}`: element count of {dims:?} overflows"));
+            return fail(format!(
+                "tensor `{name}`: element count of {dims:?} overflows"
+            ));
         };
         let row = dims.first().copied().unwrap_or(1);
         if row % ty.block_elems() != 0 {
@@ -494,7 +500,9 @@ impl HeaderParser {
             ));
         }
         let Some(n_bytes) = (n_elements / ty.block_elems()).checked_mul(ty.block_bytes()) else {
-            return fail(format!("tensor `{name}`: byte size of {dims:?} {ty} overflows"));
+            return fail(format!(
+                "tensor `{name}`: byte size of {dims:?} {ty} overflows"
+            ));
         };
         if !self.names.insert(name.clone()) {
             return fail(format!("duplicate tensor name `{name}`"));
