@@ -167,6 +167,7 @@ pub async fn read_header<S: TensorSource>(src: &mut S) -> Result<Gguf> {
     let mut buf: Vec<u8> = Vec::new();
     let mut base = 0u64;
     let mut want = 24u64; // the fixed preamble
+    let mut first = true;
     loop {
         let consumed = (parser.consumed() - base) as usize;
         buf.drain(..consumed);
@@ -177,12 +178,20 @@ pub async fn read_header<S: TensorSource>(src: &mut S) -> Result<Gguf> {
         let want_now = file_size
             .map_or(want, |size| want.min(size))
             .min(have + READ_STEP);
+        if want_now <= have && !first {
+            // Cannot happen (the parser only asks for bytes beyond `have`); guards against a
+            // silent endless loop should that invariant ever break.
+            return Err(Error::Gguf(format!(
+                "internal: header reader stalled at byte {have}"
+            )));
+        }
         if want_now > have {
             let old = buf.len();
             // want_now <= MAX_HEADER_BYTES, so this is bounded.
             buf.resize(old + (want_now - have) as usize, 0);
             src.read_at(have, &mut buf[old..]).await?;
         }
+        first = false;
         match parser.feed(&buf, base, file_size) {
             Ok(g) => return Ok(g),
             Err(Halt::Fail(e)) => return Err(e),
