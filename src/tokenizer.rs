@@ -317,14 +317,6 @@ impl Tokenizer {
                 token_types.len()
             )));
         }
-        for b in 0..=255u8 {
-            let name = format!("<0x{b:02X}>");
-            if !tokens.iter().any(|t| *t == name) {
-                return Err(Error::Tokenizer(format!(
-                    "vocabulary has no byte-fallback token {name}; not a Gemma vocabulary"
-                )));
-            }
-        }
         let merges = match merges {
             MergeSource::Merges(m) => m,
             MergeSource::Scores(s) => derive_merges(&tokens, &s)?,
@@ -333,6 +325,15 @@ impl Tokenizer {
         for (i, t) in tokens.iter().enumerate() {
             // A duplicate piece keeps its first id, like SentencePiece.
             vocab.entry(t.clone()).or_insert(i as u32);
+        }
+        // Byte fallback is what makes every string encodable; without it this is not Gemma.
+        for b in 0..=255u8 {
+            let name = format!("<0x{b:02X}>");
+            if !vocab.contains_key(&name) {
+                return Err(Error::Tokenizer(format!(
+                    "vocabulary has no byte-fallback token {name}; not a Gemma vocabulary"
+                )));
+            }
         }
         let unk = tokens
             .iter()
