@@ -3,6 +3,7 @@
 //! One code path serves native (Vulkan, Metal, DX12) and the browser (WebGPU): the core API is
 //! async, weights stay quantized on the GPU, and every layer runs as WGSL compute kernels.
 
+pub mod chat;
 pub mod error;
 pub mod gguf;
 pub mod gpu;
