@@ -269,8 +269,7 @@ impl Attention {
         by_keys
             .min(by_occupancy)
             .min(by_scratch)
-            .min(MAX_SPLITS)
-            .max(1)
+            .clamp(1, MAX_SPLITS)
     }
 }
 
