@@ -14,14 +14,16 @@
 // workgroup walks its key range in tiles of BK keys with an online softmax (running max m, sum
 // l, rescaled accumulators): no score row ever reaches global memory.
 //   1. scores S[BQ, BK] = Q·Kᵀ, accumulated over d in chunks of DC staged in workgroup memory;
-//   2. mask (causal, window, range) and per-row online-softmax update;
+//   2. mask (causal, window, range) and per-row online-softmax update, each row's 256/BQ
+//      invocations owning BQ·BK/256 consecutive scores and reducing max and sum together;
 //   3. O[BQ, d] = α·O + P·V, each invocation owning RPT rows of one column pair, V read from
 //      global memory (each word read once per workgroup when d = 512).
 // With nwg.z = 1 the normalised output goes straight to `out`; otherwise each split writes
 // (o unnormalised, m, l) to `part` and attention_merge.wgsl combines the splits.
 //
 // Specialisation: HEAD_DIM ∈ {64, 128, 256, 512}; BQ ∈ {8, 16}; BK·BQ = 512; DC | HEAD_DIM,
-// 4 | DC. Workgroup memory: (BQ + BK)·DC + BQ·BK + 3·BQ floats = 14.5 KiB at most (≤ 16 KiB).
+// 4 | DC. Workgroup memory: (BQ + BK)·DC + BQ·BK + 3·BQ + 256 floats = 15.2 KiB at most
+// (WebGPU's default is 16 KiB).
 // Assumptions: nq % nkv == 0; positions < 2³²; cap ≥ the keys a step needs (see AttentionParams).
 // Precision: K/V are f16 (packed pairs; the F16 variant reads them as vec2<f16>), everything
 // else f32: dot products, softmax statistics, accumulators and output.
@@ -44,7 +46,8 @@ const BK: u32 = {{BK}}u;           // keys per tile
 const DC: u32 = {{DC}}u;           // head-dim chunk staged per pass
 const DC4: u32 = DC / 4u;
 const WG: u32 = 256u;
-const SPT: u32 = BQ * BK / WG;     // scores per invocation
+const TPR: u32 = WG / BQ;          // invocations per score row
+const SPT: u32 = BK / TPR;         // scores per invocation (consecutive keys of one row)
 const TPP: u32 = WG / DW;          // invocations sharing one output column pair
 const RPT: u32 = BQ / TPP;         // output rows per invocation
 const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real score
@@ -73,6 +76,7 @@ var<workgroup> ss: array<f32, BQ * BK>;          // scores, then probabilities [
 var<workgroup> m_sh: array<f32, BQ>;             // running max per row
 var<workgroup> l_sh: array<f32, BQ>;             // running sum per row
 var<workgroup> alpha_sh: array<f32, BQ>;         // rescale of this tile per row
+var<workgroup> red: array<f32, WG>;              // per-invocation row max / sum partials
 
 fn new_word(j: u32, g: u32, w: u32) -> u32 {
     return ((j - step.pos0) * p.n_kv_heads + g) * DW + w;
@@ -151,6 +155,8 @@ fn main(inv: Invocation) {
         m_sh[lid] = NEG;
         l_sh[lid] = 0.0;
     }
+    let sr = lid / TPR;          // score row
+    let sc0 = (lid % TPR) * SPT; // first score column
     let cp = lid % DW;   // output column pair
     let rg = lid / DW;   // first output row; rows rg + k·TPP
     var o: array<vec2<f32>, RPT>;
@@ -186,9 +192,8 @@ fn main(inv: Invocation) {
             }
             workgroupBarrier();
             for (var i = 0u; i < SPT; i++) {
-                let s = lid + i * WG;
-                let qb = (s / BK) * DC4;
-                let kb = (s % BK) * DC4;
+                let qb = sr * DC4;
+                let kb = (sc0 + i) * DC4;
                 var acc = 0.0;
                 for (var e = 0u; e < DC4; e++) {
                     acc += dot(qs[qb + e], ks[kb + e]);
@@ -197,43 +202,49 @@ fn main(inv: Invocation) {
             }
             workgroupBarrier();
         }
-        // 2. Mask: causal, sliding window (p − W < j ≤ p), end of range.
+        // 2. Mask (causal, sliding window p − W < j ≤ p, end of range) and the online-softmax
+        // update, the TPR invocations of a row reducing through `red`.
+        let row = r0 + sr;
+        let pos = step.pos0 + row / group;
+        var mx_part = NEG;
         for (var i = 0u; i < SPT; i++) {
-            let s = lid + i * WG;
-            let row = r0 + s / BK;
-            let j = j0 + s % BK;
+            let j = j0 + sc0 + i;
             var val = NEG;
-            if row < rows && j < hi {
-                let pos = step.pos0 + row / group;
-                if j <= pos && (p.window == 0u || j + p.window > pos) {
-                    val = sc[i] * p.scale;
-                }
+            if row < rows && j < hi && j <= pos && (p.window == 0u || j + p.window > pos) {
+                val = sc[i] * p.scale;
             }
-            ss[s] = val;
+            sc[i] = val;
+            mx_part = max(mx_part, val);
+        }
+        red[lid] = mx_part;
+        workgroupBarrier();
+        let m_old = m_sh[sr];
+        var mx = m_old;
+        for (var k = 0u; k < TPR; k++) {
+            mx = max(mx, red[sr * TPR + k]);
+        }
+        var sum_part = 0.0;
+        for (var i = 0u; i < SPT; i++) {
+            var e = 0.0;
+            if sc[i] != NEG {
+                e = exp(sc[i] - mx);
+            }
+            ss[sr * BK + sc0 + i] = e;
+            sum_part += e;
         }
         workgroupBarrier();
-        // Online softmax, one invocation per row (BK ≤ 64 serial steps).
-        if lid < BQ {
-            let m_old = m_sh[lid];
-            var mx = m_old;
-            for (var c = 0u; c < BK; c++) {
-                mx = max(mx, ss[lid * BK + c]);
-            }
+        red[lid] = sum_part;
+        workgroupBarrier();
+        if lid % TPR == 0u {
             var sum = 0.0;
-            for (var c = 0u; c < BK; c++) {
-                let s = ss[lid * BK + c];
-                var e = 0.0;
-                if s != NEG {
-                    e = exp(s - mx);
-                }
-                ss[lid * BK + c] = e;
-                sum += e;
+            for (var k = 0u; k < TPR; k++) {
+                sum += red[sr * TPR + k];
             }
             // Both NEG (nothing seen yet): exp(0) = 1 rescales zeros, harmless.
             let a = exp(m_old - mx);
-            alpha_sh[lid] = a;
-            m_sh[lid] = mx;
-            l_sh[lid] = l_sh[lid] * a + sum;
+            alpha_sh[sr] = a;
+            m_sh[sr] = mx;
+            l_sh[sr] = l_sh[sr] * a + sum;
         }
         workgroupBarrier();
         // 3. O = α·O + P·V. Keys past `hi` are never read (their V may be garbage); masked keys

@@ -1,10 +1,12 @@
 //! Attention and KV-store kernels against `reference::attention` (naive, f64, same f16 K/V).
 //!
-//! Tolerance: atol 1e-4, rtol 1e-3 (STYLE §3.9's starting point; the measured worst errors are
-//! printed by every case, see `run_case`). The GPU accumulates dot products of length ≤ 512 and
-//! softmax sums of ≤ 4096 terms in f32 (~1e-6 relative each); K/V are the same f16 values on
-//! both sides, so the only differences are f32 rounding. A mask off by one key, a wrong slot or
-//! a lost split moves outputs by ~1e-2 or more.
+//! Tolerance: atol 2e-5, rtol 1e-4, tightened from STYLE §3.9's starting point (1e-4, 1e-3)
+//! after measuring: the worst error over every case and both variants on lavapipe is 1.6e-6
+//! (d = 512, scale 1, scores up to ~30), ~1e-7 for the 1/sqrt(d)-scaled cases. Both sides read
+//! the same f16 K/V, so the difference is f32 rounding of ≤ 512-term dot products, exp and
+//! ≤ 4096-term sums (relative ~1e-6, amplified by |score| through exp). The 10× margin covers
+//! other GPUs' exp/FMA; a mask off by one key, a wrong ring slot or a lost split moves outputs
+//! by 1e-2 or more (checked by mutating the shader).
 
 // The shared harness's NaN-aware `!(err <= tol)` trips this lint (not ours to edit here).
 #[allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -15,8 +17,8 @@ use gemma_wgpu::gpu::{GpuContext, Op, StepParams};
 use gemma_wgpu::kernels::attention::{Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo};
 use gemma_wgpu::reference::attention::{attention, f16_round, pack_f16, AttentionShape};
 
-const ATOL: f32 = 1e-4;
-const RTOL: f32 = 1e-3;
+const ATOL: f32 = 2e-5;
+const RTOL: f32 = 1e-4;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {

@@ -112,7 +112,7 @@ const SMALL: Tile = Tile {
     bk: 64,
     dc: 32,
 };
-/// Everything else: 14.5 KiB of workgroup memory.
+/// Everything else: 15.2 KiB of workgroup memory.
 const LARGE: Tile = Tile {
     bq: 16,
     bk: 32,
@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn tiles_fit_webgpu_workgroup_memory() {
         for t in [SMALL, LARGE] {
-            let floats = (t.bq + t.bk) * t.dc + t.bq * t.bk + 3 * t.bq;
+            let floats = (t.bq + t.bk) * t.dc + t.bq * t.bk + 3 * t.bq + 256;
             assert!(floats * 4 <= 16384, "{t:?}: {} bytes", floats * 4);
             assert_eq!(t.bq * t.bk % 256, 0);
             for d in HEAD_DIMS {
