@@ -136,6 +136,7 @@ fn run_case(c: Case) -> f32 {
                 v_cache: vcb.as_entire_binding(),
                 out: ob.as_entire_binding(),
                 step: sb.as_entire_binding(),
+                scratch: None,
             },
             c.params(),
         )
@@ -279,6 +280,10 @@ fn run_steps(
         .unwrap();
     let ob = ctx.storage("out", (max_t * nq * d * 4) as u64).unwrap();
     let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+    // A caller-provided scratch (the way a model shares one across layers).
+    let scratch = ctx
+        .storage("scratch", Attention::scratch_bytes(&p))
+        .unwrap();
     let attn = Attention::new(
         ctx,
         AttentionIo {
@@ -289,6 +294,7 @@ fn run_steps(
             v_cache: vcb.as_entire_binding(),
             out: ob.as_entire_binding(),
             step: sb.as_entire_binding(),
+            scratch: Some(scratch.as_entire_binding()),
         },
         p,
     )
@@ -451,6 +457,94 @@ fn shaders_validate() {
     for var in variants() {
         for spec in gemma_wgpu::kernels::attention::specs() {
             var.ctx.kernel(&spec).unwrap();
+        }
+    }
+}
+
+/// Timings for a real GPU (lavapipe numbers mean little):
+/// `cargo test --release --test kernels_attention -- --ignored --nocapture bench`.
+#[test]
+#[ignore = "timing, not a check"]
+fn bench() {
+    // (label, nq, nkv, d, window, pos0, T)
+    let cases = [
+        (
+            "decode E2B sliding d256 W512 @32k",
+            8,
+            1,
+            256,
+            512,
+            32767,
+            1,
+        ),
+        ("decode E2B full d512 @4k", 8, 1, 512, 0, 4095, 1),
+        ("decode E2B full d512 @32k", 8, 1, 512, 0, 32767, 1),
+        ("decode G3-1B d256 @32k", 4, 1, 256, 0, 32767, 1),
+        ("prefill E2B sliding d256 T512 @0", 8, 1, 256, 512, 0, 512),
+        ("prefill E2B full d512 T512 @0", 8, 1, 512, 0, 0, 512),
+        ("prefill E2B full d512 T512 @4k", 8, 1, 512, 0, 4096, 512),
+    ];
+    let reps = 20u32;
+    for var in variants() {
+        let ctx = &var.ctx;
+        for (label, nq, nkv, d, window, pos0, t) in cases {
+            let cap = if window > 0 { window } else { pos0 + t };
+            let mut rng = Rng::new(1);
+            let q = rng.vec((t * nq * d) as usize, 1.0);
+            let kv = pack_f16(&rng.vec((cap.max(t) * nkv * d) as usize, 1.0));
+            let qb = ctx.storage_init("q", &q).unwrap();
+            let kb = ctx.storage_init("k", &kv).unwrap();
+            let vb = ctx.storage_init("v", &kv).unwrap();
+            let kcb = ctx.storage_init("kc", &kv).unwrap();
+            let vcb = ctx.storage_init("vc", &kv).unwrap();
+            let ob = ctx.storage("out", (t * nq * d * 4) as u64).unwrap();
+            let step = StepParams::new(t, pos0);
+            let sb = ctx.uniform_init("step", &step);
+            let p = AttentionParams {
+                n_q_heads: nq,
+                n_kv_heads: nkv,
+                head_dim: d,
+                cap,
+                window,
+                scale: 1.0,
+                keys_from_cache_only: false,
+                max_tokens: t,
+                split_keys: 0,
+            };
+            let op = Attention::new(
+                ctx,
+                AttentionIo {
+                    q: qb.as_entire_binding(),
+                    k_new: Some(kb.as_entire_binding()),
+                    v_new: Some(vb.as_entire_binding()),
+                    k_cache: kcb.as_entire_binding(),
+                    v_cache: vcb.as_entire_binding(),
+                    out: ob.as_entire_binding(),
+                    step: sb.as_entire_binding(),
+                    scratch: None,
+                },
+                p,
+            )
+            .unwrap();
+            block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
+            let start = std::time::Instant::now();
+            block(ctx.run(|pass| {
+                for _ in 0..reps {
+                    op.encode(pass, &step);
+                }
+            }))
+            .unwrap();
+            let us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+            let keys = if window > 0 {
+                window.min(pos0 + t)
+            } else {
+                pos0 + t
+            };
+            let gbs = (keys * nkv * d * 4) as f64 / us / 1e3;
+            eprintln!(
+                "[{}] {label}: {us:.1} µs/op (decode K+V read {gbs:.1} GB/s)",
+                var.name
+            );
         }
     }
 }

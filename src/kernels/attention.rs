@@ -164,6 +164,10 @@ pub struct AttentionIo<'a> {
     pub out: wgpu::BindingResource<'a>,
     /// the step uniform (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
+    /// Split partials of at least [`Attention::scratch_bytes`] bytes, or `None` to allocate
+    /// one. Layers run one after another in the pass, so every layer of a model may share
+    /// one scratch (sized for the largest `nq·(d + 2)`) instead of holding its own.
+    pub scratch: Option<wgpu::BindingResource<'a>>,
 }
 
 /// Attention of one layer: `out = softmax(scale·q·kᵀ + mask)·v` with GQA, over cache + staging.
@@ -181,12 +185,15 @@ impl Attention {
     pub fn new(ctx: &GpuContext, io: AttentionIo<'_>, params: AttentionParams) -> Result<Self> {
         params.check()?;
         let d = params.head_dim;
-        let split_rows = MAX_SPLITS * params.max_tokens.min(SPLIT_TOKENS) * params.n_q_heads;
-        // Header of 4 floats, then o [S·T·nq, d] and (m, l) [S·T·nq, 2].
-        let scratch = ctx.storage(
-            "attention.partials",
-            4 * (4 + split_rows as u64 * (d as u64 + 2)),
-        )?;
+        let split_rows = Self::split_rows(&params);
+        let owned;
+        let scratch = match io.scratch {
+            Some(s) => s,
+            None => {
+                owned = ctx.storage("attention.partials", Self::scratch_bytes(&params))?;
+                owned.as_entire_binding()
+            }
+        };
         let uniform = ctx.uniform_init(
             "attention.params",
             &Params {
@@ -219,7 +226,7 @@ impl Attention {
                     io.k_cache.clone(),
                     io.v_cache.clone(),
                     io.out.clone(),
-                    scratch.as_entire_binding(),
+                    scratch.clone(),
                     uniform.as_entire_binding(),
                     io.step.clone(),
                 ],
@@ -232,7 +239,7 @@ impl Attention {
         let merge_bg = ctx.bind(
             &merge_kernel,
             &[
-                scratch.as_entire_binding(),
+                scratch,
                 io.out.clone(),
                 uniform.as_entire_binding(),
                 io.step.clone(),
@@ -246,6 +253,17 @@ impl Attention {
             split_rows,
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
+    }
+
+    /// Partial rows (split × token × head) the scratch must hold.
+    fn split_rows(params: &AttentionParams) -> u32 {
+        MAX_SPLITS * params.max_tokens.min(SPLIT_TOKENS) * params.n_q_heads
+    }
+
+    /// Bytes of split scratch an op with `params` needs: a 4-float header, then the
+    /// unnormalised outputs `[S·T·nq, d]` and the `(m, l)` pairs `[S·T·nq, 2]`, f32.
+    pub fn scratch_bytes(params: &AttentionParams) -> u64 {
+        4 * (4 + Self::split_rows(params) as u64 * (params.head_dim as u64 + 2))
     }
 
     /// Key splits for a step with `tiles` row tiles per KV head: enough workgroups to fill the
@@ -276,7 +294,10 @@ impl Attention {
 impl Op for Attention {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
         let p = &self.params;
-        debug_assert!(step.n_tokens >= 1 && step.n_tokens <= p.max_tokens);
+        if step.n_tokens == 0 {
+            return;
+        }
+        debug_assert!(step.n_tokens <= p.max_tokens);
         debug_assert!(
             p.window > 0 || step.pos0 + step.n_tokens <= p.cap,
             "full-attention cache of {} slots cannot hold position {}",
@@ -372,6 +393,9 @@ impl KvStore {
 
 impl Op for KvStore {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
+        if step.n_tokens == 0 {
+            return;
+        }
         let groups = (step.n_tokens * self.row_words).div_ceil(super::ROW_WG);
         let [x, y, z] = grid(groups, self.max_per_dim);
         pass.set_pipeline(&self.kernel.pipeline);
