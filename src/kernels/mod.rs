@@ -1,6 +1,7 @@
 //! Host side of every WGSL kernel: one Rust file per kernel family, mirroring `shaders/`.
 //! Each op is built once (pipeline, bind group, parameter buffer) and implements `gpu::Op`.
 
+pub mod attention;
 pub mod gelu;
 pub mod head_prep;
 pub mod logits;
@@ -18,5 +19,6 @@ pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     v.extend(head_prep::specs());
     v.extend(gelu::specs());
     v.extend(logits::specs());
+    v.extend(attention::specs());
     v
 }

@@ -18,3 +18,5 @@ pub fn rmsnorm(x: &[f32], w: Option<&[f32]>, len: usize, eps: f32) -> Vec<f32> {
     }
     y
 }
+
+pub mod attention;

@@ -1,0 +1,290 @@
+// Tiled flash attention over a KV cache plus this step's staging rows (decode and prefill).
+//
+//   o[t, h] = Σ_j softmax_j(scale · q[t, h] · k[j, g]) · v[j, g],   g = h / (nq / nkv)
+//   over keys j with j ≤ p and, on sliding layers (window W > 0), j > p − W, where p = pos0 + t.
+//
+// Where key j lives: j < pos0 → cache slot j % cap; j ≥ pos0 → staging row j − pos0 (k_new,
+// v_new). With `cache_only` every key comes from the cache (Gemma 4 KV-shared layers: the
+// producer already stored this step's rows).
+//
+// Dispatch: one workgroup of 256 invocations per (row tile, KV head) on x/y (linear index
+// tile · nkv + g, split by gpu::grid) and one per key split on z. A KV head's query rows are the
+// T·G pairs (token t, head h of its group) in order R = t·G + (h mod G); a tile is BQ
+// consecutive rows, so the heads sharing a KV head read each K/V element once together. The
+// workgroup walks its key range in tiles of BK keys with an online softmax (running max m, sum
+// l, rescaled accumulators): no score row ever reaches global memory.
+//   1. scores S[BQ, BK] = Q·Kᵀ, accumulated over d in chunks of DC staged in workgroup memory;
+//   2. mask (causal, window, range) and per-row online-softmax update, each row's 256/BQ
+//      invocations owning BQ·BK/256 consecutive scores and reducing max and sum together;
+//   3. O[BQ, d] = α·O + P·V, each invocation owning RPT rows of one column pair, V read from
+//      global memory (each word read once per workgroup when d = 512).
+// With nwg.z = 1 the normalised output goes straight to `out`; otherwise each split writes
+// (o unnormalised, m, l) to `part` and attention_merge.wgsl combines the splits.
+//
+// Specialisation: HEAD_DIM ∈ {64, 128, 256, 512}; BQ ∈ {8, 16}; BK·BQ = 512; DC | HEAD_DIM,
+// 4 | DC. Workgroup memory: (BQ + BK)·DC + BQ·BK + 3·BQ + 256 floats = 15.2 KiB at most
+// (WebGPU's default is 16 KiB).
+// Assumptions: nq % nkv == 0; positions < 2³²; cap ≥ the keys a step needs (see AttentionParams).
+// Precision: K/V are f16 (packed pairs; the F16 variant reads them as vec2<f16>), everything
+// else f32: dot products, softmax statistics, accumulators and output.
+
+struct Params {
+    n_q_heads: u32,   // nq
+    n_kv_heads: u32,  // nkv
+    cap: u32,         // cache slots; key j lives in slot j % cap
+    window: u32,      // sliding window W, 0 = full attention
+    scale: f32,       // multiplies q·k
+    cache_only: u32,  // 1: read every key from the cache
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const D: u32 = {{HEAD_DIM}}u;
+const DW: u32 = D / 2u;            // packed words per K/V row
+const BQ: u32 = {{BQ}}u;           // query rows per workgroup
+const BK: u32 = {{BK}}u;           // keys per tile
+const DC: u32 = {{DC}}u;           // head-dim chunk staged per pass
+const DC4: u32 = DC / 4u;
+const WG: u32 = 256u;
+const TPR: u32 = WG / BQ;          // invocations per score row
+const SPT: u32 = BK / TPR;         // scores per invocation (consecutive keys of one row)
+const TPP: u32 = WG / DW;          // invocations sharing one output column pair
+const RPT: u32 = BQ / TPP;         // output rows per invocation
+const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real score
+
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;         // [T, nq, d] f32
+#if F16
+@group(0) @binding(1) var<storage, read> k_new: array<vec2<f16>>;     // [T, nkv, d] f16
+@group(0) @binding(2) var<storage, read> v_new: array<vec2<f16>>;     // [T, nkv, d] f16
+@group(0) @binding(3) var<storage, read> k_cache: array<vec2<f16>>;   // [cap, nkv, d] f16
+@group(0) @binding(4) var<storage, read> v_cache: array<vec2<f16>>;   // [cap, nkv, d] f16
+#else
+@group(0) @binding(1) var<storage, read> k_new: array<u32>;           // [T, nkv, d/2] f16 pairs
+@group(0) @binding(2) var<storage, read> v_new: array<u32>;           // [T, nkv, d/2] f16 pairs
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
+#endif
+@group(0) @binding(5) var<storage, read_write> out: array<vec2<f32>>; // [T, nq, d] f32
+// Split partials: [0] = number of splits S, then o [S, T·nq, d], then (m, l) [S, T·nq, 2].
+@group(0) @binding(6) var<storage, read_write> part: array<f32>;
+@group(0) @binding(7) var<uniform> p: Params;
+@group(0) @binding(8) var<uniform> step: Step;
+
+var<workgroup> qs: array<vec4<f32>, BQ * DC4>;   // Q chunk [BQ, DC]
+var<workgroup> ks: array<vec4<f32>, BK * DC4>;   // K chunk [BK, DC]
+var<workgroup> ss: array<f32, BQ * BK>;          // scores, then probabilities [BQ, BK]
+var<workgroup> m_sh: array<f32, BQ>;             // running max per row
+var<workgroup> l_sh: array<f32, BQ>;             // running sum per row
+var<workgroup> alpha_sh: array<f32, BQ>;         // rescale of this tile per row
+var<workgroup> red: array<f32, WG>;              // per-invocation row max / sum partials
+
+fn new_word(j: u32, g: u32, w: u32) -> u32 {
+    return ((j - step.pos0) * p.n_kv_heads + g) * DW + w;
+}
+
+fn cache_word(j: u32, g: u32, w: u32) -> u32 {
+    return ((j % p.cap) * p.n_kv_heads + g) * DW + w;
+}
+
+// Dims (2w, 2w+1) of key j, KV head g.
+fn load_k(j: u32, g: u32, w: u32) -> vec2<f32> {
+    if p.cache_only == 0u && j >= step.pos0 {
+#if F16
+        return vec2<f32>(k_new[new_word(j, g, w)]);
+#else
+        return unpack2x16float(k_new[new_word(j, g, w)]);
+#endif
+    }
+#if F16
+    return vec2<f32>(k_cache[cache_word(j, g, w)]);
+#else
+    return unpack2x16float(k_cache[cache_word(j, g, w)]);
+#endif
+}
+
+fn load_v(j: u32, g: u32, w: u32) -> vec2<f32> {
+    if p.cache_only == 0u && j >= step.pos0 {
+#if F16
+        return vec2<f32>(v_new[new_word(j, g, w)]);
+#else
+        return unpack2x16float(v_new[new_word(j, g, w)]);
+#endif
+    }
+#if F16
+    return vec2<f32>(v_cache[cache_word(j, g, w)]);
+#else
+    return unpack2x16float(v_cache[cache_word(j, g, w)]);
+#endif
+}
+
+// First key any query of this step may see (the split ranges partition [step_lo, pos0 + T)).
+fn first_key(pos: u32) -> u32 {
+    if p.window > 0u && pos + 1u > p.window {
+        return pos + 1u - p.window;
+    }
+    return 0u;
+}
+
+@compute @workgroup_size(256)
+fn main(inv: Invocation) {
+    let lid = inv.lid;
+    let group = p.n_q_heads / p.n_kv_heads;
+    let rows = step.n_tokens * group;      // query rows of one KV head
+    let n_tiles = (rows + BQ - 1u) / BQ;
+    let lin = linear_group(inv.wg, inv.nwg);
+    // Uniform per workgroup: barriers below stay in uniform control flow.
+    if lin >= n_tiles * p.n_kv_heads {
+        return;
+    }
+    let g = lin % p.n_kv_heads;
+    let r0 = (lin / p.n_kv_heads) * BQ;
+    let split = inv.wg.z;
+    let n_splits = inv.nwg.z;
+
+    // Keys this tile needs: from the first row's window start to the last row's position,
+    // cut to this split's share of the step's key range.
+    let p_first = step.pos0 + r0 / group;
+    let p_last = step.pos0 + (min(r0 + BQ, rows) - 1u) / group;
+    let step_lo = first_key(step.pos0);
+    let step_hi = step.pos0 + step.n_tokens;
+    let chunk = ((step_hi - step_lo + n_splits - 1u) / n_splits + BK - 1u) / BK * BK;
+    let lo = max(first_key(p_first), step_lo + split * chunk);
+    let hi = min(p_last + 1u, step_lo + min(split + 1u, n_splits) * chunk);
+
+    if lid < BQ {
+        m_sh[lid] = NEG;
+        l_sh[lid] = 0.0;
+    }
+    let sr = lid / TPR;          // score row
+    let sc0 = (lid % TPR) * SPT; // first score column
+    let cp = lid % DW;   // output column pair
+    let rg = lid / DW;   // first output row; rows rg + k·TPP
+    var o: array<vec2<f32>, RPT>;
+    for (var k = 0u; k < RPT; k++) {
+        o[k] = vec2<f32>(0.0);
+    }
+    workgroupBarrier();
+
+    for (var j0 = lo; j0 < hi; j0 += BK) {
+        // 1. Scores, d in chunks of DC.
+        var sc: array<f32, SPT>;
+        for (var i = 0u; i < SPT; i++) {
+            sc[i] = 0.0;
+        }
+        for (var c0 = 0u; c0 < D; c0 += DC) {
+            for (var i = lid; i < BQ * DC4; i += WG) {
+                let row = r0 + i / DC4;
+                var val = vec4<f32>(0.0);
+                if row < rows {
+                    let h = g * group + row % group;
+                    val = q[((row / group * p.n_q_heads + h) * D + c0) / 4u + i % DC4];
+                }
+                qs[i] = val;
+            }
+            for (var i = lid; i < BK * DC4; i += WG) {
+                let j = j0 + i / DC4;
+                var val = vec4<f32>(0.0);
+                if j < hi {
+                    let w = c0 / 2u + 2u * (i % DC4);
+                    val = vec4<f32>(load_k(j, g, w), load_k(j, g, w + 1u));
+                }
+                ks[i] = val;
+            }
+            workgroupBarrier();
+            for (var i = 0u; i < SPT; i++) {
+                let qb = sr * DC4;
+                let kb = (sc0 + i) * DC4;
+                var acc = 0.0;
+                for (var e = 0u; e < DC4; e++) {
+                    acc += dot(qs[qb + e], ks[kb + e]);
+                }
+                sc[i] += acc;
+            }
+            workgroupBarrier();
+        }
+        // 2. Mask (causal, sliding window p − W < j ≤ p, end of range) and the online-softmax
+        // update, the TPR invocations of a row reducing through `red`.
+        let row = r0 + sr;
+        let pos = step.pos0 + row / group;
+        var mx_part = NEG;
+        for (var i = 0u; i < SPT; i++) {
+            let j = j0 + sc0 + i;
+            var val = NEG;
+            if row < rows && j < hi && j <= pos && (p.window == 0u || j + p.window > pos) {
+                val = sc[i] * p.scale;
+            }
+            sc[i] = val;
+            mx_part = max(mx_part, val);
+        }
+        red[lid] = mx_part;
+        workgroupBarrier();
+        let m_old = m_sh[sr];
+        var mx = m_old;
+        for (var k = 0u; k < TPR; k++) {
+            mx = max(mx, red[sr * TPR + k]);
+        }
+        var sum_part = 0.0;
+        for (var i = 0u; i < SPT; i++) {
+            var e = 0.0;
+            if sc[i] != NEG {
+                e = exp(sc[i] - mx);
+            }
+            ss[sr * BK + sc0 + i] = e;
+            sum_part += e;
+        }
+        workgroupBarrier();
+        red[lid] = sum_part;
+        workgroupBarrier();
+        if lid % TPR == 0u {
+            var sum = 0.0;
+            for (var k = 0u; k < TPR; k++) {
+                sum += red[sr * TPR + k];
+            }
+            // Both NEG (nothing seen yet): exp(0) = 1 rescales zeros, harmless.
+            let a = exp(m_old - mx);
+            alpha_sh[sr] = a;
+            m_sh[sr] = mx;
+            l_sh[sr] = l_sh[sr] * a + sum;
+        }
+        workgroupBarrier();
+        // 3. O = α·O + P·V. Keys past `hi` are never read (their V may be garbage); masked keys
+        // inside the range have p = 0 and real (finite) V rows.
+        for (var k = 0u; k < RPT; k++) {
+            o[k] *= alpha_sh[rg + k * TPP];
+        }
+        let n_keys = min(BK, hi - j0);
+        for (var c = 0u; c < n_keys; c++) {
+            let v = load_v(j0 + c, g, cp);
+            for (var k = 0u; k < RPT; k++) {
+                o[k] += ss[(rg + k * TPP) * BK + c] * v;
+            }
+        }
+        // The next tile's first write to ss/alpha_sh is behind the two barriers of its score
+        // loop, so no barrier is needed here.
+    }
+
+    let n_rows = step.n_tokens * p.n_q_heads;
+    for (var k = 0u; k < RPT; k++) {
+        let r = rg + k * TPP;
+        let row = r0 + r;
+        if row >= rows {
+            continue;
+        }
+        let out_row = row / group * p.n_q_heads + g * group + row % group;
+        if n_splits == 1u {
+            out[out_row * DW + cp] = o[k] / l_sh[r];
+        } else {
+            let at = 4u + ((split * n_rows + out_row) * D + 2u * cp);
+            part[at] = o[k].x;
+            part[at + 1u] = o[k].y;
+            if cp == 0u {
+                let ml = 4u + n_splits * n_rows * D + (split * n_rows + out_row) * 2u;
+                part[ml] = m_sh[r];
+                part[ml + 1u] = l_sh[r];
+            }
+        }
+    }
+    if lin == 0u && split == 0u && lid == 0u {
+        part[0] = f32(n_splits);
+    }
+}

@@ -1,0 +1,39 @@
+// KV-cache store: copies this step's staging rows into the layer's cache slots.
+//
+//   k_cache[(pos0 + t) % cap, g, :] = k_new[t, g, :]   (and the same for v)
+//
+// A full layer has cap ≥ every position (slot = position); a sliding layer is a ring of
+// cap ≥ W slots. Rows t with T − t > cap would be overwritten by a later row of the same step,
+// so they are skipped: no two invocations write the same slot (no race), and the ring ends up
+// holding the last cap positions.
+// Dispatch: one invocation per packed word of K and V, T·nkv·d/2 of them, WG per workgroup,
+// split over x/y by gpu::grid. Pure u32 copy: identical in every capability variant.
+
+struct Params {
+    n_kv_heads: u32,
+    words: u32,       // d / 2
+    cap: u32,
+    _pad: u32,
+}
+
+const WG: u32 = {{WG}}u;
+
+@group(0) @binding(0) var<storage, read> k_new: array<u32>;           // [T, nkv, d/2] f16 pairs
+@group(0) @binding(1) var<storage, read> v_new: array<u32>;           // [T, nkv, d/2] f16 pairs
+@group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;   // [cap, nkv, d/2] f16 pairs
+@group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;   // [cap, nkv, d/2] f16 pairs
+@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(5) var<uniform> step: Step;
+
+@compute @workgroup_size(WG)
+fn main(inv: Invocation) {
+    let i = linear_group(inv.wg, inv.nwg) * WG + inv.lid;
+    let row_words = p.n_kv_heads * p.words;
+    let t = i / row_words;
+    if t >= step.n_tokens || step.n_tokens - t > p.cap {
+        return;
+    }
+    let dst = ((step.pos0 + t) % p.cap) * row_words + i % row_words;
+    k_cache[dst] = k_new[i];
+    v_cache[dst] = v_new[i];
+}
