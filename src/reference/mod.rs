@@ -1,6 +1,8 @@
 //! CPU references for every kernel, written for clarity and accumulating in f64 so the
 //! ground truth is better than the GPU result it judges (llm.c's rule).
 
+pub mod quant;
+
 /// `y = x / sqrt(mean(x²) + eps) · w` per row of `len`; `w = None` means no weight.
 pub fn rmsnorm(x: &[f32], w: Option<&[f32]>, len: usize, eps: f32) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
