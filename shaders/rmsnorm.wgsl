@@ -1,5 +1,7 @@
 // RMSNorm over rows: y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w   (w optional: Gemma 4 V-norm)
 // With ADD: h[r] += rmsnorm(x[r]) * w   (Gemma's post-norms feed the residual stream this way)
+// With LAST_ROW: only the step's last row of x, written to row 0 of y (the final norm before
+// the LM head when only the next token's logits are needed).
 //
 // Rows: n_tokens * rows_per_token (per-head q/k norms use rows_per_token = n_heads, len = d).
 // Dispatch: one workgroup of WG invocations per row (split over x/y by gpu::grid).
@@ -23,7 +25,13 @@ const WG: u32 = {{WG}}u;
 @compute @workgroup_size(WG)
 fn main(inv: Invocation) {
     let row = linear_group(inv.wg, inv.nwg);
+#if LAST_ROW
+    let rows = 1u;
+    let in_base = (step.n_tokens - 1u) * p.len;
+#else
     let rows = step.n_tokens * p.rows_per_token;
+    let in_base = row * p.len;
+#endif
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
     if row >= rows {
         return;
@@ -31,13 +39,13 @@ fn main(inv: Invocation) {
     let base = row * p.len;
     var ss = 0.0;
     for (var i = inv.lid; i < p.len; i += WG) {
-        let v = x[base + i];
+        let v = x[in_base + i];
         ss += v * v;
     }
     let total = workgroup_sum(ss, inv, WG);
     let scale = inverseSqrt(total / f32(p.len) + p.eps);
     for (var i = inv.lid; i < p.len; i += WG) {
-        var v = x[base + i] * scale;
+        var v = x[in_base + i] * scale;
         if p.has_weight != 0u {
             v *= w[i];
         }

@@ -7,9 +7,10 @@ pub mod error;
 pub mod gguf;
 pub mod gpu;
 pub mod kernels;
-pub mod model;
+// pub mod model; (pending merge)
 pub mod quant;
 pub mod reference;
+pub mod rope;
 pub mod sampler;
 pub mod tokenizer;
 

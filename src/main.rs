@@ -1,1 +1,539 @@
-fn main() {}
+//! `gemma-wgpu`: run Gemma models from GGUF files on the GPU.
+//!
+//! Subcommands: `generate` (stream a continuation), `chat` (interactive, KV cache reused across
+//! turns), `score` (per-position top-k logits, for checking numerics), `info` (model and GPU
+//! memory plan). Errors print one line and exit non-zero.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use gemma_wgpu::chat::{ChatTemplate, Conversation, Message};
+use gemma_wgpu::generate::{Finish, Generator};
+use gemma_wgpu::gguf::{self, Gguf, MmapSource};
+use gemma_wgpu::gpu::{GpuContext, GpuOptions};
+use gemma_wgpu::model::{LoadOptions, Model};
+use gemma_wgpu::sampler::SamplingParams;
+use gemma_wgpu::tokenizer::Tokenizer;
+
+#[derive(Parser)]
+#[command(
+    name = "gemma-wgpu",
+    version,
+    about = "Gemma 3 / Gemma 4 on the GPU through wgpu"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt, streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Interactive multi-turn chat (reads lines from stdin).
+    Chat(ChatArgs),
+    /// One prefill over the given token ids; prints the top-k logits of every position as JSON.
+    Score(ScoreArgs),
+    /// Architecture, sizes, tensor types and the GPU memory plan.
+    Info(InfoArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// GGUF model file (default: Gemma 3 270M in the cache directory).
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the one in the GGUF.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Graphics backend.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Use the first adapter whose name contains this text.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Tokens the KV cache holds (default: the model's context, at most 8192).
+    #[arg(long)]
+    context: Option<u32>,
+    /// Prompt tokens per prefill step.
+    #[arg(long, default_value_t = 128)]
+    prefill_chunk: u32,
+    /// Run under WebGPU's default limits (what a browser gives).
+    #[arg(long)]
+    webgpu_limits: bool,
+    /// Do not use shader-f16 even if the GPU has it.
+    #[arg(long)]
+    no_f16: bool,
+    /// Do not use subgroup operations even if the GPU has them.
+    #[arg(long)]
+    no_subgroups: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Candidates kept (at most 64, computed on the GPU).
+    #[arg(long, default_value_t = 64)]
+    top_k: u32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt.
+    #[arg(long, short)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Wrap the prompt in the model's chat template (as one user turn).
+    #[arg(long)]
+    chat: bool,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Most tokens per reply.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// A system prompt.
+    #[arg(long)]
+    system: Option<String>,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated token ids (include the BOS id 2 yourself).
+    #[arg(long, value_delimiter = ',', required_unless_present = "prompt")]
+    tokens: Vec<u32>,
+    /// Or a text, tokenized with BOS.
+    #[arg(long, conflicts_with = "tokens")]
+    prompt: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    top_k: u32,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    env_logger_init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
+        Command::Score(a) => score(a),
+        Command::Info(a) => info(a),
+    };
+    if let Err(e) = result {
+        let mut msg = format!("{e}");
+        for cause in e.chain().skip(1) {
+            msg.push_str(&format!(": {cause}"));
+        }
+        eprintln!("error: {msg}");
+        std::process::exit(1);
+    }
+}
+
+fn env_logger_init() {
+    // Mesa prints a harmless warning without it.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+}
+
+/// A model, its tokenizer and the header, ready to run.
+struct Loaded {
+    gguf: Gguf,
+    model: Model,
+    tok: Tokenizer,
+    path: PathBuf,
+}
+
+fn model_path(args: &ModelArgs) -> Result<PathBuf> {
+    match &args.model {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let p = gguf::default_model_path();
+            if !p.exists() {
+                bail!(
+                    "no --model given and the default model is not at {}; fetch it with: pkg-scripts/fetch-model.sh",
+                    p.display()
+                );
+            }
+            Ok(p)
+        }
+    }
+}
+
+fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
+    let path = model_path(args)?;
+    let (gguf, mut src): (Gguf, MmapSource) = gguf::open(&path)?;
+    // Everything that can be wrong with the file is found before the GPU is touched.
+    gemma_wgpu::model::check(&gguf).with_context(|| format!("{}", path.display()))?;
+    let tok = match &args.tokenizer {
+        Some(t) => Tokenizer::from_json_file(t)?,
+        None => Tokenizer::from_gguf(&gguf.metadata)
+            .with_context(|| format!("building the tokenizer from {}", path.display()))?,
+    };
+    let opts = GpuOptions {
+        backends: args.backend.map(|b| match b {
+            Backend::Vulkan => wgpu::Backends::VULKAN,
+            Backend::Metal => wgpu::Backends::METAL,
+            Backend::Dx12 => wgpu::Backends::DX12,
+            Backend::Gl => wgpu::Backends::GL,
+        }),
+        adapter_name: args.adapter.clone(),
+        disable_f16: args.no_f16,
+        disable_subgroups: args.no_subgroups,
+        webgpu_default_limits: args.webgpu_limits,
+        ..Default::default()
+    };
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(&opts))?);
+    if !quiet {
+        eprintln!("adapter: {}", ctx.describe());
+    }
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(gguf.tensor_data_bytes()).with_style(
+            indicatif::ProgressStyle::with_template(
+                "loading {msg} [{bar:30}] {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        )
+    };
+    bar.set_message(
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let load_opts = LoadOptions {
+        context: args.context,
+        prefill_chunk: args.prefill_chunk,
+        ..Default::default()
+    };
+    let model = pollster::block_on(Model::load(
+        ctx,
+        &gguf,
+        &mut src,
+        &load_opts,
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    ))
+    .with_context(|| format!("loading {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(Loaded {
+        gguf,
+        model,
+        tok,
+        path,
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let mut l = load(&a.model, false)?;
+    let prompt_ids = if a.chat {
+        let template = ChatTemplate::from_gguf(&l.gguf.metadata, &l.tok)?;
+        template
+            .render(&[Message::user(a.prompt.clone())], true)?
+            .encode(&l.tok)?
+    } else {
+        l.tok.encode(&a.prompt, true)?
+    };
+    eprintln!("prompt tokens: {}", prompt_ids.len());
+    let mem = l.model.memory().clone();
+    let mut text = String::new();
+    let (tokens, stats, finish) = pollster::block_on(async {
+        let mut g = Generator::start(
+            &mut l.model,
+            &l.tok,
+            &prompt_ids,
+            a.sampling.params(),
+            a.max_tokens,
+        )
+        .await?;
+        let mut out = std::io::stdout().lock();
+        while let Some(piece) = g.next().await? {
+            text.push_str(&piece.text);
+            if !a.json {
+                out.write_all(piece.text.as_bytes())?;
+                out.flush()?;
+            }
+        }
+        if !a.json {
+            writeln!(out)?;
+        }
+        anyhow::Ok((g.tokens().to_vec(), g.stats().clone(), g.finish()))
+    })?;
+    eprintln!(
+        "prefill: {:.1} tok/s, time to first token: {:.3} s, decode: {:.1} tok/s ({} tokens, {})",
+        stats.prefill_tokens_per_s,
+        stats.time_to_first_token_s,
+        stats.decode_tokens_per_s,
+        stats.generated_tokens,
+        match finish {
+            Some(Finish::EndToken(id)) => format!("stopped at end token {id}"),
+            Some(Finish::MaxTokens) => "max tokens".into(),
+            Some(Finish::ContextFull) => "context full".into(),
+            None => "unfinished".into(),
+        }
+    );
+    eprintln!(
+        "GPU memory: {} (weights {}, KV cache {}, activations {})",
+        mib(mem.total()),
+        mib(mem.weights),
+        mib(mem.kv_cache),
+        mib(mem.activations)
+    );
+    if a.json {
+        let json = serde_json::json!({
+            "model": l.path.display().to_string(),
+            "adapter": l.model.gpu().describe(),
+            "prompt_tokens": prompt_ids,
+            "tokens": tokens,
+            "text": text,
+            "finish": finish,
+            "prefill_tokens_per_s": stats.prefill_tokens_per_s,
+            "decode_tokens_per_s": stats.decode_tokens_per_s,
+            "time_to_first_token_s": stats.time_to_first_token_s,
+            "gpu_memory_bytes": mem,
+        });
+        println!("{json}");
+    }
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+    let mut l = load(&a.model, false)?;
+    let template = ChatTemplate::from_gguf(&l.gguf.metadata, &l.tok)?;
+    let mut conv = Conversation::new();
+    if let Some(s) = &a.system {
+        conv.messages.push(Message::system(s.clone()));
+    }
+    eprintln!("chat: type a message and press enter; an empty line or EOF ends the chat");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        std::io::stderr().flush()?;
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if line.trim().is_empty() {
+            break;
+        }
+        let prefill = conv.prepare(Message::user(line), &template, &l.tok)?;
+        if !l.model.rewind(prefill.keep as u32) {
+            // The sliding-window rings no longer hold what the kept prefix needs: rebuild the
+            // cache from the kept ids (rare: only when the re-rendered history diverges early).
+            l.model.reset();
+            if prefill.keep > 0 {
+                let kept = conv.cached()[..prefill.keep].to_vec();
+                pollster::block_on(l.model.forward(&kept, &[], 1.0))?;
+            }
+        }
+        let (reply, fed) = pollster::block_on(async {
+            let mut g = Generator::start(
+                &mut l.model,
+                &l.tok,
+                &prefill.ids,
+                a.sampling.params(),
+                a.max_tokens,
+            )
+            .await?;
+            let mut out = std::io::stdout().lock();
+            let mut reply = String::new();
+            while let Some(piece) = g.next().await? {
+                reply.push_str(&piece.text);
+                out.write_all(piece.text.as_bytes())?;
+                out.flush()?;
+            }
+            writeln!(out)?;
+            let s = g.stats();
+            eprintln!(
+                "[{} new prompt tokens, {:.1} tok/s prefill, {:.1} tok/s decode]",
+                s.prompt_tokens, s.prefill_tokens_per_s, s.decode_tokens_per_s
+            );
+            // Tokens that went through the model: all generated ones, except the last when
+            // generation stopped on a limit (it was sampled but never fed).
+            let mut fed = g.tokens().to_vec();
+            if !matches!(g.finish(), Some(Finish::EndToken(_))) {
+                fed.pop();
+            }
+            anyhow::Ok((reply, fed))
+        })?;
+        for id in fed {
+            conv.push_generated(id);
+        }
+        debug_assert_eq!(l.model.position() as usize, conv.cached().len());
+        conv.finish_reply(reply.trim().to_string());
+    }
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let mut l = load(&a.model, true)?;
+    let ids = match &a.prompt {
+        Some(p) => l.tok.encode(p, true)?,
+        None => a.tokens.clone(),
+    };
+    if ids.is_empty() {
+        bail!("no tokens to score");
+    }
+    let rows = pollster::block_on(l.model.score(&ids, a.top_k))?;
+    let positions: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "ids": c.ids,
+                "logits": c.logits,
+                "logsumexp": c.logsumexp,
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "tokens": ids,
+            "top_k": a.top_k,
+            "adapter": l.model.gpu().describe(),
+            "positions": positions,
+        })
+    );
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let l = load(&a.model, true)?;
+    let cfg = &l.model.cfg;
+    let mem = l.model.memory().clone();
+    let mut types: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for t in &l.gguf.tensors {
+        let e = types.entry(t.ty.name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+    }
+    let ratio = mem.weights as f64 / mem.file_tensor_bytes.max(1) as f64;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": l.path.display().to_string(),
+                "architecture": cfg.arch.name(),
+                "layers": cfg.n_layers,
+                "hidden": cfg.hidden,
+                "heads": cfg.n_heads,
+                "vocab": cfg.vocab,
+                "context_length": cfg.context_length,
+                "kv_context": l.model.context,
+                "sliding_window": cfg.sliding_window,
+                "tensor_types": types.iter().map(|(k, (n, b))| (k.clone(), serde_json::json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
+                "adapter": l.model.gpu().describe(),
+                "gpu_memory": mem,
+                "gpu_weight_bytes_over_file_tensor_bytes": ratio,
+            })
+        );
+        return Ok(());
+    }
+    println!("model: {}", l.path.display());
+    println!(
+        "architecture: {} ({} layers, hidden {}, {} heads, vocab {}, context {}, sliding window {})",
+        cfg.arch.name(),
+        cfg.n_layers,
+        cfg.hidden,
+        cfg.n_heads,
+        cfg.vocab,
+        cfg.context_length,
+        cfg.sliding_window
+    );
+    let sliding = cfg.layers.iter().filter(|l| l.sliding).count();
+    println!(
+        "layers: {} sliding, {} full; head dim {}; MLP width {}",
+        sliding,
+        cfg.layers.len() - sliding,
+        cfg.layers[0].head_dim,
+        cfg.layers[0].ff_len
+    );
+    println!("tensor types:");
+    for (ty, (n, bytes)) in &types {
+        println!("  {ty:<6} {n:>4} tensors  {}", mib(*bytes));
+    }
+    println!("adapter: {}", l.model.gpu().describe());
+    println!("GPU memory plan (KV cache for {} tokens):", l.model.context);
+    println!(
+        "  weights      {} ({:.3}× the file's {} of tensor data)",
+        mib(mem.weights),
+        ratio,
+        mib(mem.file_tensor_bytes)
+    );
+    println!("  KV cache     {}", mib(mem.kv_cache));
+    println!("  activations  {}", mib(mem.activations));
+    println!("  total        {}", mib(mem.total()));
+    println!("  largest buffer {}", mib(mem.largest_buffer));
+    Ok(())
+}

@@ -11,10 +11,11 @@
 mod common;
 
 use common::{block, variants, Rng};
+use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::gpu::{GpuContext, GpuOptions, Op, StepParams};
 use gemma_wgpu::kernels::embed::{Embed, EmbedIo};
 use gemma_wgpu::kernels::matmul::TYPES;
-use gemma_wgpu::quant::{dequantize, GgmlType, GpuLayout, QuantMatrix};
+use gemma_wgpu::quant::{dequantize, GpuLayout, QuantMatrix};
 use gemma_wgpu::reference::quant::synthetic_blocks;
 
 const SENTINEL: f32 = -12345.0;
@@ -37,7 +38,7 @@ fn run_on(
         "{what}: {} parts",
         table.parts.len()
     );
-    let deq = dequantize(ty, &bytes).unwrap();
+    let deq = dequantize(ty, &bytes, k as usize * n as usize).unwrap();
     let scale = 25.25f32;
     let tmax = *steps.iter().max().unwrap() as usize;
     let k = k as usize;
@@ -61,7 +62,7 @@ fn run_on(
         &table,
         EmbedIo {
             tokens: tb.as_entire_binding(),
-            h: hb.as_entire_binding(),
+            out: hb.as_entire_binding(),
             step: sb.as_entire_binding(),
         },
         scale,

@@ -13,9 +13,10 @@
 mod common;
 
 use common::{block, variants, Rng};
+use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::gpu::{GpuContext, GpuOptions, Op, StepParams};
 use gemma_wgpu::kernels::matmul::{Matmul, MatmulIo, MatmulOut, TYPES};
-use gemma_wgpu::quant::{dequantize, GgmlType, GpuLayout, QuantMatrix};
+use gemma_wgpu::quant::{dequantize, GpuLayout, QuantMatrix};
 use gemma_wgpu::reference::quant::{matmul as ref_matmul, synthetic_blocks};
 
 const REL: f64 = 1e-4;
@@ -89,7 +90,7 @@ fn run_on(
     let mut rng = Rng::new(k as u64 * 131 + n as u64);
     let x = rng.vec(tmax * k, 1.0);
     let y0 = rng.vec(tmax * n, 1.0);
-    let deq = dequantize(ty, &bytes).unwrap();
+    let deq = dequantize(ty, &bytes, k * n).unwrap();
     let (prod, scale) = ref_matmul(&deq, k, n, &x, tmax);
 
     let xb = ctx.storage_init("x", &x).unwrap();

@@ -16,10 +16,17 @@ fn run_case(len: usize, rows_per_token: usize, n_tokens: usize, weighted: bool, 
     let w: Vec<f32> = rng.vec(len, 1.0).iter().map(|v| v + 1.5).collect();
     let h0 = rng.vec(n, 1.0);
     let normed = reference::rmsnorm(&x, weighted.then_some(&w[..]), len, 1e-6);
-    let want: Vec<f32> = match out {
+    let mut want: Vec<f32> = match out {
         NormOut::Store => normed,
         NormOut::Add => h0.iter().zip(&normed).map(|(a, b)| a + b).collect(),
+        NormOut::LastRow => {
+            // Row 0 gets the last row's norm; the other rows keep their old contents.
+            let mut w = h0.clone();
+            w[..len].copy_from_slice(&normed[n - len..]);
+            w
+        }
     };
+    want.truncate(n);
     for v in variants() {
         let ctx = &v.ctx;
         let xb = ctx.storage_init("x", &x).unwrap();
@@ -68,6 +75,12 @@ fn rmsnorm_rows() {
 fn rmsnorm_per_head_and_weightless() {
     run_case(256, 4, 7, true, NormOut::Store);
     run_case(512, 2, 3, false, NormOut::Store);
+}
+
+#[test]
+fn rmsnorm_last_row_only() {
+    run_case(640, 1, 1, true, NormOut::LastRow);
+    run_case(640, 1, 6, true, NormOut::LastRow);
 }
 
 #[test]

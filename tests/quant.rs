@@ -6,7 +6,8 @@
 //!   against `quant::dequantize`, for every type, several rows, fixtures and synthetic blocks;
 //! - the GPU-memory overhead of the layout (≤ 1.1 × the GGUF bytes).
 
-use gemma_wgpu::quant::{dequantize, GgmlType, GpuLayout};
+use gemma_wgpu::gguf::GgmlType;
+use gemma_wgpu::quant::{dequantize, GpuLayout};
 use gemma_wgpu::reference::quant::synthetic_blocks;
 
 const TYPES: [GgmlType; 11] = [
@@ -101,7 +102,7 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
         );
     }
     for r in &records {
-        let got = dequantize(r.ty, &r.bytes).unwrap();
+        let got = dequantize(r.ty, &r.bytes, r.want.len()).unwrap();
         assert_bits(
             &format!("{} ({})", r.ty, if r.real { "real" } else { "random" }),
             &got,
@@ -118,7 +119,7 @@ fn roundtrip(what: &str, ty: GgmlType, bytes: &[u8], rows: u32) {
     let words = layout.repack(bytes);
     assert_eq!(words.len() as u64, layout.words(rows), "{what}: word count");
     let got = layout.dequantize(&words, rows);
-    let want = dequantize(ty, bytes).unwrap();
+    let want = dequantize(ty, bytes, elems as usize).unwrap();
     assert_bits(&format!("{what} {ty} rows {rows} k {k}"), &got, &want);
 }
 
@@ -184,5 +185,7 @@ fn layout_rejects_bad_shapes_and_types() {
         s.contains("blk.3.ffn_up.weight") && s.contains("Q2_K"),
         "{s}"
     );
-    assert!(dequantize(GgmlType::Q4_0, &[0u8; 17]).is_err());
+    assert!(dequantize(GgmlType::Q4_0, &[0u8; 17], 32).is_err());
+    assert!(dequantize(GgmlType::Q4_0, &[0u8; 18], 16).is_err());
+    assert_eq!(dequantize(GgmlType::F32, &[0u8; 12], 3).unwrap().len(), 3);
 }

@@ -60,6 +60,28 @@ pub struct Caps {
     pub browser: bool,
 }
 
+impl Caps {
+    /// The capabilities of a device with WebGPU's default limits and the given optional
+    /// features: what shader validation assumes when no GPU is at hand.
+    pub fn webgpu_defaults(f16: bool, subgroups: bool) -> Self {
+        let l = wgpu::Limits::default();
+        Caps {
+            f16,
+            subgroups,
+            subgroup_min_size: if subgroups { 4 } else { 0 },
+            max_binding: l.max_storage_buffer_binding_size,
+            max_buffer: l.max_buffer_size,
+            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+            max_workgroup_storage: l.max_compute_workgroup_storage_size,
+            max_invocations: l.max_compute_invocations_per_workgroup,
+            storage_offset_align: l.min_storage_buffer_offset_alignment,
+            uniform_offset_align: l.min_uniform_buffer_offset_alignment,
+            max_storage_buffers: l.max_storage_buffers_per_shader_stage,
+            browser: false,
+        }
+    }
+}
+
 /// A compiled compute pipeline plus the layout its bind groups use.
 #[derive(Debug)]
 pub struct Kernel {

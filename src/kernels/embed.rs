@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use super::matmul::{quant_wgsl, TYPES};
+use crate::gguf::GgmlType;
 use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
-use crate::quant::{GgmlType, QuantMatrix};
+use crate::quant::QuantMatrix;
 use crate::Result;
 
 const SOURCE: &str = include_str!("../../shaders/embed.wgsl");
@@ -43,7 +44,7 @@ pub struct EmbedIo<'a> {
     /// `[n_tokens]` u32 token ids (rows of the table; ids ≥ its rows write nothing)
     pub tokens: wgpu::BindingResource<'a>,
     /// `[n_tokens, k]` f32 output
-    pub h: wgpu::BindingResource<'a>,
+    pub out: wgpu::BindingResource<'a>,
     /// the step uniform (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
@@ -81,7 +82,7 @@ impl Embed {
                     &[
                         part.buffer.as_entire_binding(),
                         io.tokens.clone(),
-                        io.h.clone(),
+                        io.out.clone(),
                         params.as_entire_binding(),
                         io.step.clone(),
                     ],

@@ -11,8 +11,9 @@
 
 use std::sync::Arc;
 
+use crate::gguf::GgmlType;
 use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
-use crate::quant::{GgmlType, QuantMatrix};
+use crate::quant::QuantMatrix;
 use crate::Result;
 
 const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");

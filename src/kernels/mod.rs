@@ -2,9 +2,25 @@
 //! Each op is built once (pipeline, bind group, parameter buffer) and implements `gpu::Op`.
 
 pub mod embed;
+pub mod gelu;
+pub mod head_prep;
+pub mod logits;
 pub mod matmul;
 pub mod norm;
 
 /// Workgroup size of row-wise kernels (norms, elementwise): within WebGPU's 256-invocation
 /// default and a power of two, as the reductions require.
 pub const ROW_WG: u32 = 256;
+
+/// Every kernel variant the engine can build (one entry per source × specialisation; the
+/// capability flags are applied on top). Used to validate all shaders without a GPU.
+pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
+    let mut v = Vec::new();
+    v.extend(norm::specs());
+    v.extend(head_prep::specs());
+    v.extend(gelu::specs());
+    v.extend(logits::specs());
+    v.extend(matmul::specs());
+    v.extend(embed::specs());
+    v
+}

@@ -24,27 +24,28 @@ pub enum NormOut {
     Store,
     /// `y += rms(x)·w` (residual add)
     Add,
+    /// `y[0] = rms(x[n_tokens − 1])·w`: only the step's last row (before the LM head)
+    LastRow,
 }
 
 /// Kernel specs this module can build (for shader validation).
 pub fn specs() -> Vec<KernelSpec> {
-    [false, true]
+    [NormOut::Store, NormOut::Add, NormOut::LastRow]
         .into_iter()
-        .map(|add| spec(if add { NormOut::Add } else { NormOut::Store }))
+        .map(spec)
         .collect()
 }
 
 fn spec(out: NormOut) -> KernelSpec {
-    KernelSpec::new(
-        if out == NormOut::Add {
-            "rmsnorm_add"
-        } else {
-            "rmsnorm"
-        },
-        SOURCE,
-    )
-    .define("WG", super::ROW_WG)
-    .flag("ADD", out == NormOut::Add)
+    let name = match out {
+        NormOut::Store => "rmsnorm",
+        NormOut::Add => "rmsnorm_add",
+        NormOut::LastRow => "rmsnorm_last_row",
+    };
+    KernelSpec::new(name, SOURCE)
+        .define("WG", super::ROW_WG)
+        .flag("ADD", out == NormOut::Add)
+        .flag("LAST_ROW", out == NormOut::LastRow)
 }
 
 /// `rows_per_token` rows of `len` elements per token.
@@ -52,6 +53,7 @@ pub struct RmsNorm {
     kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
     rows_per_token: u32,
+    last_row: bool,
     max_per_dim: u32,
 }
 
@@ -95,6 +97,7 @@ impl RmsNorm {
             kernel,
             bind_group,
             rows_per_token,
+            last_row: out == NormOut::LastRow,
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
     }
@@ -102,7 +105,12 @@ impl RmsNorm {
 
 impl Op for RmsNorm {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
-        let [x, y, z] = grid(step.n_tokens * self.rows_per_token, self.max_per_dim);
+        let rows = if self.last_row {
+            1
+        } else {
+            step.n_tokens * self.rows_per_token
+        };
+        let [x, y, z] = grid(rows, self.max_per_dim);
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);

@@ -1,1 +1,1 @@
-//! (module under construction)
+//! The Gemma model: configuration and the GPU forward pass.

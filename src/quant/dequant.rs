@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::GgmlType;
+use crate::gguf::GgmlType;
 use crate::{Error, Result};
 
 #[inline]
@@ -26,8 +26,9 @@ pub(crate) fn k4_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
-/// Dequantizes whole blocks of `ty` from GGUF bytes into f32, in element order.
-pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>> {
+/// Dequantizes `n` elements of `ty` from GGUF bytes into f32, in element order. `bytes` must
+/// hold exactly the whole blocks of `n` elements (errors otherwise, and for unsupported types).
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     if !ty.is_supported() {
         return Err(Error::UnsupportedTensorType {
             tensor: "(dequantize)".into(),
@@ -36,13 +37,14 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>> {
     }
     let bb = ty.block_bytes() as usize;
     let be = ty.block_elems() as usize;
-    if bytes.len() % bb != 0 {
+    if n % be != 0 || bytes.len() != n / be * bb {
         return Err(Error::InvalidArgument(format!(
-            "{} bytes are not a whole number of {ty} blocks ({bb} bytes each)",
+            "{n} {ty} elements need a multiple of {be} elements in {} bytes; got {} bytes",
+            n.div_ceil(be) * bb,
             bytes.len()
         )));
     }
-    let mut out = Vec::with_capacity(bytes.len() / bb * be);
+    let mut out = Vec::with_capacity(n);
     for b in bytes.chunks_exact(bb) {
         dequantize_block(ty, b, &mut out);
     }

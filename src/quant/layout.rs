@@ -29,7 +29,7 @@
 use half::f16;
 
 use super::dequant::k4_scale_min;
-use super::GgmlType;
+use crate::gguf::GgmlType;
 use crate::{Error, Result};
 
 /// Geometry of one matrix type in the GPU layout.

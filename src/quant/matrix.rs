@@ -2,7 +2,8 @@
 //! rows into several buffers when one binding cannot hold it (a 262144-row LM head at WebGPU's
 //! default 128 MiB per binding).
 
-use super::{GgmlType, GpuLayout};
+use super::GpuLayout;
+use crate::gguf::GgmlType;
 use crate::gpu::GpuContext;
 use crate::{Error, Result};
 
@@ -105,6 +106,15 @@ impl QuantMatrix {
     /// Bytes of GPU memory the weights occupy (all parts).
     pub fn gpu_bytes(&self) -> u64 {
         self.parts.iter().map(|p| p.buffer.size()).sum()
+    }
+
+    /// Size of the largest part's buffer (what one binding must hold).
+    pub fn largest_buffer_bytes(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| p.buffer.size())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Bytes the same tensor takes in the GGUF file.

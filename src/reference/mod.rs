@@ -1,7 +1,10 @@
 //! CPU references for every kernel, written for clarity and accumulating in f64 so the
 //! ground truth is better than the GPU result it judges (llm.c's rule).
 
+pub mod gelu;
+pub mod logits;
 pub mod quant;
+pub mod rope;
 
 /// `y = x / sqrt(mean(x²) + eps) · w` per row of `len`; `w = None` means no weight.
 pub fn rmsnorm(x: &[f32], w: Option<&[f32]>, len: usize, eps: f32) -> Vec<f32> {

@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 
-use crate::quant::GgmlType;
+use crate::gguf::GgmlType;
 
 /// Seeded SplitMix64 (the same generator as the test harness).
 struct Rng(u64);

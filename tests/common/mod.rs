@@ -81,11 +81,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         let err = (g - w).abs();
         se += (err as f64).powi(2);
         sw += (w as f64).powi(2);
-        if !(err <= atol + rtol * w.abs()) {
+        if err.is_nan() || err > atol + rtol * w.abs() {
             if bad.len() < 10 {
                 bad.push(format!("  [{i}] got {g} want {w} (err {err:.3e})"));
             }
-            if !(err <= worst.1) {
+            if err.is_nan() || err > worst.1 {
                 worst = (i, err);
             }
         }
@@ -106,3 +106,4 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
 pub fn block<F: std::future::Future>(f: F) -> F::Output {
     pollster::block_on(f)
 }
+pub mod gguf_writer;

@@ -1,0 +1,95 @@
+//! Gated-MLP activation (`shaders/gelu_mul.wgsl`): `a = gelu_tanh(gate) ⊙ up`, the middle of
+//! `mlp(x) = W_down·(gelu_tanh(W_gate·x) ⊙ W_up·x)` (GEMMA.md §2.1.2–2.1.3), also used for the
+//! Gemma 4 PLE gate (`gelu_tanh(W_inp_gate·h) ⊙ ple_l`).
+
+use std::sync::Arc;
+
+use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::{Error, Result};
+
+const SOURCE: &str = include_str!("../../shaders/gelu_mul.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    width: u32,
+    in_stride: u32,
+    _pad: [u32; 2],
+}
+
+/// Buffers a `GeluMul` reads and writes.
+pub struct GeluMulIo<'a> {
+    /// `[n_tokens, in_stride]` f32 (`W_gate·x`)
+    pub gate: wgpu::BindingResource<'a>,
+    /// `[n_tokens, in_stride]` f32 (`W_up·x`)
+    pub up: wgpu::BindingResource<'a>,
+    /// `[n_tokens, width]` f32 (may alias neither input)
+    pub out: wgpu::BindingResource<'a>,
+    /// the step uniform (`gpu::StepParams`): `n_tokens` rows
+    pub step: wgpu::BindingResource<'a>,
+}
+
+/// Kernel specs this module can build (for shader validation).
+pub fn specs() -> Vec<KernelSpec> {
+    vec![spec()]
+}
+
+fn spec() -> KernelSpec {
+    KernelSpec::new("gelu_mul", SOURCE).define("WG", super::ROW_WG)
+}
+
+/// `a[t, i] = gelu_tanh(gate[t, i]) · up[t, i]` over `n_tokens` rows of `width`.
+pub struct GeluMul {
+    kernel: Arc<Kernel>,
+    bind_group: wgpu::BindGroup,
+    width: u32,
+    max_per_dim: u32,
+}
+
+impl GeluMul {
+    /// `in_stride`: elements between input rows; `None` means `width` (separate gate and up
+    /// buffers). For a fused `[gate | up]` row of `2·width`, bind `up` at byte offset `4·width`
+    /// and pass `Some(2·width)`.
+    pub fn new(
+        ctx: &GpuContext,
+        io: GeluMulIo<'_>,
+        width: u32,
+        in_stride: Option<u32>,
+    ) -> Result<Self> {
+        let in_stride = in_stride.unwrap_or(width);
+        if width == 0 || in_stride < width {
+            return Err(Error::InvalidArgument(format!(
+                "GeluMul: width {width} must be positive and ≤ in_stride {in_stride}"
+            )));
+        }
+        let kernel = ctx.kernel(&spec())?;
+        let params = ctx.uniform_init(
+            "gelu_mul.params",
+            &Params {
+                width,
+                in_stride,
+                _pad: [0; 2],
+            },
+        );
+        let bind_group = ctx.bind(
+            &kernel,
+            &[io.gate, io.up, io.out, params.as_entire_binding(), io.step],
+        );
+        Ok(Self {
+            kernel,
+            bind_group,
+            width,
+            max_per_dim: ctx.caps.max_workgroups_per_dim,
+        })
+    }
+}
+
+impl Op for GeluMul {
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
+        let groups = (step.n_tokens * self.width).div_ceil(super::ROW_WG);
+        let [x, y, z] = grid(groups, self.max_per_dim);
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}

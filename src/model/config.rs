@@ -1,0 +1,211 @@
+//! Model hyper-parameters read from GGUF metadata, validated once, so the forward pass never
+//! guesses. Gemma 3 facts that the metadata leaves out (the 5:1 sliding pattern, θ = 10 000 on
+//! sliding layers, the attention scale) follow llama.cpp, which wrote these files
+//! (`../shared/GEMMA.md` §1.1, §4.2).
+
+use crate::gguf::Gguf;
+use crate::{Error, Result};
+
+/// Architectures this engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Gemma3,
+    Gemma4,
+}
+
+impl Arch {
+    pub const SUPPORTED: &'static str = "gemma3, gemma4";
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "gemma3" => Ok(Arch::Gemma3),
+            "gemma4" => Ok(Arch::Gemma4),
+            other => Err(Error::UnsupportedArchitecture {
+                found: other.to_string(),
+                supported: Self::SUPPORTED.to_string(),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Gemma3 => "gemma3",
+            Arch::Gemma4 => "gemma4",
+        }
+    }
+}
+
+/// Per-layer shape: Gemma 4 varies head size, KV heads and MLP width by layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerConfig {
+    /// Sliding-window (local) attention; otherwise full (global).
+    pub sliding: bool,
+    pub head_dim: u32,
+    pub n_kv_heads: u32,
+    /// MLP intermediate width.
+    pub ff_len: u32,
+    pub rope_theta: f32,
+    /// Divides RoPE frequencies (Gemma 3 4B+ full layers: linear scaling ×8); 1.0 otherwise.
+    pub rope_scale: f32,
+}
+
+/// Everything the forward pass needs to know about a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_layers: u32,
+    /// Residual width H.
+    pub hidden: u32,
+    pub n_heads: u32,
+    pub vocab: u32,
+    /// Longest context the model was trained for.
+    pub context_length: u32,
+    /// Sliding window W (keys `p − W < j ≤ p`).
+    pub sliding_window: u32,
+    pub eps: f32,
+    /// Multiplies q·k (Gemma 3: `query_pre_attn_scalar^-0.5`; Gemma 4: 1.0).
+    pub attn_scale: f32,
+    /// `c·tanh(x/c)` on the logits (Gemma 4: 30), if any.
+    pub final_softcap: Option<f32>,
+    /// Multiplies the looked-up embedding row. Exact `sqrt(H)` in f32: what llama.cpp does,
+    /// and what transformers does with fp32 weights (its bf16 rounding only happens in bf16).
+    pub embed_scale: f32,
+    pub layers: Vec<LayerConfig>,
+}
+
+impl ModelConfig {
+    /// Reads and checks the hyper-parameters of a GGUF header.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = Arch::from_name(g.architecture()?)?;
+        match arch {
+            Arch::Gemma3 => Self::gemma3(g),
+            Arch::Gemma4 => Err(Error::UnsupportedArchitecture {
+                found: "gemma4 (not yet implemented in this version)".into(),
+                supported: "gemma3".into(),
+            }),
+        }
+    }
+
+    fn gemma3(g: &Gguf) -> Result<Self> {
+        let md = &g.metadata;
+        let key = |k: &str| format!("gemma3.{k}");
+        let n_layers = md.u32(&key("block_count"))?;
+        let hidden = md.u32(&key("embedding_length"))?;
+        let n_heads = md.u32(&key("attention.head_count"))?;
+        let n_kv_heads = md.u32(&key("attention.head_count_kv"))?;
+        let head_dim = md
+            .opt_u32(&key("attention.key_length"))?
+            .unwrap_or(hidden / n_heads.max(1));
+        let value_len = md.opt_u32(&key("attention.value_length"))?.unwrap_or(head_dim);
+        let ff_len = md.u32(&key("feed_forward_length"))?;
+        let context_length = md.u32(&key("context_length"))?;
+        let sliding_window = md.opt_u32(&key("attention.sliding_window"))?.unwrap_or(0);
+        let eps = md
+            .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-6);
+        let theta_full = md.opt_f32(&key("rope.freq_base"))?.unwrap_or(1_000_000.0);
+        let theta_local = md.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0);
+        let scaling_type = md.opt_str(&key("rope.scaling.type"))?.unwrap_or("none");
+        let rope_scale_full = match scaling_type {
+            "linear" => md.opt_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0),
+            "none" | "" => 1.0,
+            other => {
+                return Err(Error::Metadata {
+                    key: key("rope.scaling.type"),
+                    problem: format!("`{other}` is not supported (only linear)"),
+                })
+            }
+        };
+
+        let bad = |k: &str, problem: String| Error::Metadata { key: key(k), problem };
+        if n_layers == 0 || hidden == 0 || n_heads == 0 || n_kv_heads == 0 || ff_len == 0 {
+            return Err(bad("block_count", "a model dimension is zero".into()));
+        }
+        if n_heads % n_kv_heads != 0 {
+            return Err(bad(
+                "attention.head_count_kv",
+                format!("{n_kv_heads} does not divide head_count {n_heads}"),
+            ));
+        }
+        if head_dim % 2 != 0 || head_dim > 512 || value_len != head_dim {
+            return Err(bad(
+                "attention.key_length",
+                format!("head size {head_dim} (value {value_len}) is not supported: even, ≤ 512, keys = values"),
+            ));
+        }
+
+        // Sliding layers: an explicit pattern if the converter wrote one (newer llama.cpp), else
+        // llama.cpp's hard-coded period of 6 (layer i is local iff i % 6 < 5).
+        let pattern = sliding_pattern(g, &key("attention.sliding_window_pattern"), n_layers)?;
+
+        // llama.cpp's f_attention_scale: 1/sqrt(head_dim), except Gemma 3 27B (62 layers),
+        // which uses query_pre_attn_scalar = hidden / n_heads.
+        let attn_scale = if n_layers == 62 {
+            1.0 / ((hidden / n_heads) as f32).sqrt()
+        } else {
+            1.0 / (head_dim as f32).sqrt()
+        };
+        let vocab = g.tensor("token_embd.weight")?.n_rows() as u32;
+
+        let layers = (0..n_layers as usize)
+            .map(|i| {
+                let sliding = sliding_window > 0 && pattern[i];
+                LayerConfig {
+                    sliding,
+                    head_dim,
+                    n_kv_heads,
+                    ff_len,
+                    rope_theta: if sliding { theta_local } else { theta_full },
+                    rope_scale: if sliding { 1.0 } else { rope_scale_full },
+                }
+            })
+            .collect();
+        Ok(ModelConfig {
+            arch: Arch::Gemma3,
+            n_layers,
+            hidden,
+            n_heads,
+            vocab,
+            context_length,
+            sliding_window,
+            eps,
+            attn_scale,
+            final_softcap: md
+                .opt_f32(&key("final_logit_softcapping"))?
+                .filter(|c| *c > 0.0),
+            embed_scale: (hidden as f32).sqrt(),
+            layers,
+        })
+    }
+
+    /// Head size of layer `l`.
+    pub fn head_dim(&self, l: usize) -> u32 {
+        self.layers[l].head_dim
+    }
+}
+
+/// `true` where layer i uses sliding-window attention.
+fn sliding_pattern(g: &Gguf, key: &str, n_layers: u32) -> Result<Vec<bool>> {
+    use crate::gguf::{Array, Value};
+    match g.metadata.get(key) {
+        None => Ok((0..n_layers).map(|i| i % 6 < 5).collect()),
+        Some(Value::Array(Array::Bool(v))) => {
+            if v.len() != n_layers as usize {
+                return Err(Error::Metadata {
+                    key: key.into(),
+                    problem: format!("{} entries for {n_layers} layers", v.len()),
+                });
+            }
+            Ok(v.clone())
+        }
+        Some(Value::Array(other)) => Err(Error::Metadata {
+            key: key.into(),
+            problem: format!("expected an array of bool, found {}", other.type_name()),
+        }),
+        Some(_) => {
+            // A period n: layer i is sliding unless (i + 1) % n == 0.
+            let n = g.metadata.u32(key)?.max(1);
+            Ok((0..n_layers).map(|i| (i + 1) % n != 0).collect())
+        }
+    }
+}
