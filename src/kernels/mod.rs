@@ -2,9 +2,11 @@
 //! Each op is built once (pipeline, bind group, parameter buffer) and implements `gpu::Op`.
 
 pub mod attention;
+pub mod embed;
 pub mod gelu;
 pub mod head_prep;
 pub mod logits;
+pub mod matmul;
 pub mod norm;
 
 /// Workgroup size of row-wise kernels (norms, elementwise): within WebGPU's 256-invocation
@@ -20,5 +22,7 @@ pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     v.extend(gelu::specs());
     v.extend(logits::specs());
     v.extend(attention::specs());
+    v.extend(matmul::specs());
+    v.extend(embed::specs());
     v
 }

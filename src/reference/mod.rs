@@ -3,6 +3,7 @@
 
 pub mod gelu;
 pub mod logits;
+pub mod quant;
 pub mod rope;
 
 /// `y = x / sqrt(mean(x²) + eps) · w` per row of `len`; `w = None` means no weight.

@@ -1,0 +1,110 @@
+// Quantized mat-mat for prefill: y[t, row0 + r] (=|+=) Σ_c W[r, c] · x[t, c]
+// for t < n_tokens, r < rows of this part of W.
+//
+// Dispatch: one workgroup of 256 invocations per (BM rows × BT tokens) output tile; linear
+// index = row_tile + token_tile · row_tiles, split over x/y by gpu::grid (groups past the end
+// return). The K loop walks BK = 32 columns at a time: invocation i dequantizes one 8-element
+// chunk of W (row i / 4, chunk i % 4) into shared memory and loads 4 activations; after a
+// barrier each invocation accumulates a 4-row × 2-token register tile (rows tr + 16·a, tokens
+// tc + 16·b, tr = lid % 16, tc = lid / 16). Each weight is dequantized once per token tile.
+// Shared memory: (BK·BM + BK·BT)·4 = 12 KiB (within WebGPU's 16 KiB).
+//
+// Assumptions: k % 8 == 0 (a tail of k % 32 is zero-filled); rows and tokens past the end are
+// clamped or zeroed for reading and never written. Flag ACC: y += instead of y =.
+// Precision: f32 dequantized weights, f32 products and sums (also in the F16 variant).
+
+struct Params {
+    k: u32,      // row length (elements)
+    rows: u32,   // rows in this part
+    bpr: u32,    // blocks per row
+    sbase: u32,  // word offset of the scales plane in wq
+    row0: u32,   // first row of this part in the whole matrix
+    n: u32,      // rows of the whole matrix (row stride of y)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 256u;
+const BM: u32 = 64u;  // rows per tile
+const BT: u32 = 32u;  // tokens per tile
+const BK: u32 = 32u;  // columns per K step
+
+@group(0) @binding(0) var<storage, read> wq: array<u32>;        // part of W, GPU layout: [rows, bpr, QPW] payload, then scales
+@group(0) @binding(1) var<storage, read> x: array<f32>;         // [n_tokens, k]
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, n]
+@group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(4) var<uniform> step: Step;
+
+{{QUANT}}
+
+const CPB: u32 = QBLOCK / 8u;  // chunks per block
+
+var<workgroup> ws: array<f32, BK * BM>;  // [BK, BM] dequantized W tile, k-major
+var<workgroup> xs: array<f32, BK * BT>;  // [BK, BT] activation tile, k-major
+
+@compute @workgroup_size(WG)
+fn main(inv: Invocation) {
+    let lin = linear_group(inv.wg, inv.nwg);
+    let row_tiles = (p.rows + BM - 1u) / BM;
+    let nt = step.n_tokens;
+    let r0 = (lin % row_tiles) * BM;
+    let t0 = (lin / row_tiles) * BT;
+    // Uniform per workgroup, so the barriers below stay in uniform control flow.
+    if t0 >= nt {
+        return;
+    }
+    let lid = inv.lid;
+    let tr = lid % 16u;
+    let tc = lid / 16u;
+    // Loader role: one 8-element chunk of one W row per K step.
+    let lrow = lid / 4u;
+    let lj = lid % 4u;
+    let wrow = min(r0 + lrow, p.rows - 1u);
+    let chunks = p.k / 8u;
+
+    var acc: array<vec2<f32>, 4>;  // [row a][token b]
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        let c = k0 / 8u + lj;
+        var q = Chunk(vec4<f32>(0.0), vec4<f32>(0.0));
+        if c < chunks {
+            q = dq8(wrow * p.bpr + c / CPB, c % CPB);
+        }
+        for (var i = 0u; i < 4u; i++) {
+            ws[(lj * 8u + 2u * i) * BM + lrow] = q.ev[i];
+            ws[(lj * 8u + 2u * i + 1u) * BM + lrow] = q.od[i];
+        }
+        for (var m = 0u; m < 4u; m++) {
+            let idx = lid + m * WG;
+            let tk = idx / BK;
+            let kk = idx % BK;
+            var v = 0.0;
+            if t0 + tk < nt && k0 + kk < p.k {
+                v = x[(t0 + tk) * p.k + k0 + kk];
+            }
+            xs[kk * BT + tk] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let xv = vec2<f32>(xs[kk * BT + tc], xs[kk * BT + tc + 16u]);
+            for (var a = 0u; a < 4u; a++) {
+                acc[a] += ws[kk * BM + tr + 16u * a] * xv;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var a = 0u; a < 4u; a++) {
+        let r = r0 + tr + 16u * a;
+        for (var b = 0u; b < 2u; b++) {
+            let t = t0 + tc + 16u * b;
+            if r < p.rows && t < nt {
+                let o = t * p.n + p.row0 + r;
+#if ACC
+                y[o] += acc[a][b];
+#else
+                y[o] = acc[a][b];
+#endif
+            }
+        }
+    }
+}
