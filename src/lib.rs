@@ -5,10 +5,11 @@
 
 pub mod chat;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod kernels;
-// pub mod model; (pending merge)
+pub mod model;
 pub mod quant;
 pub mod reference;
 pub mod rope;
