@@ -290,3 +290,78 @@ fn upload_errors_name_the_tensor() {
         .to_string();
     assert!(e.contains("output.weight") && e.contains("Q2_K"), "{e}");
 }
+
+/// Throughput on the default adapter (not a correctness test; run on real GPUs with
+/// `cargo test --release --no-default-features --test kernels_matmul bench -- --ignored
+/// --nocapture`). Reports GGUF-weight GB/s for decode (1 token) and GFLOP/s for a 64-token
+/// prefill chunk; each figure is the wall time of
+/// `BENCH_REPS` (default 100) dispatches in one pass and one submit,
+/// so it includes per-dispatch overhead as a decode step would.
+#[test]
+#[ignore]
+fn bench() {
+    let reps: u32 = std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let ctx = block(GpuContext::new(&GpuOptions::default())).unwrap();
+    println!("{}", ctx.describe());
+    for (k, n) in [(2560u32, 10240u32), (10240, 2560), (640, 65536)] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+            GgmlType::F16,
+        ] {
+            if k % block_k(ty) != 0 {
+                continue;
+            }
+            let bytes = weights(ty, k, n, 1);
+            let w = QuantMatrix::upload(&ctx, "w", ty, k, n, &bytes).unwrap();
+            let x = Rng::new(1).vec(64 * k as usize, 1.0);
+            let xb = ctx.storage_init("x", &x).unwrap();
+            let yb = ctx.storage("y", 64 * n as u64 * 4).unwrap();
+            let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+            let op = Matmul::new(
+                &ctx,
+                &w,
+                MatmulIo {
+                    x: xb.as_entire_binding(),
+                    y: yb.as_entire_binding(),
+                    step: sb.as_entire_binding(),
+                },
+                MatmulOut::Store,
+            )
+            .unwrap();
+            let mut line = format!("{ty:5} k {k:5} n {n:5}:");
+            for t in [1u32, 64] {
+                let step = StepParams::new(t, 0);
+                ctx.queue.write_buffer(&sb, 0, bytemuck::bytes_of(&step));
+                block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
+                let start = std::time::Instant::now();
+                block(ctx.run(|pass| {
+                    for _ in 0..reps {
+                        op.encode(pass, &step);
+                    }
+                }))
+                .unwrap();
+                let s = start.elapsed().as_secs_f64() / reps as f64;
+                if t == 1 {
+                    line += &format!(
+                        " decode {:7.1} µs {:7.1} GB/s;",
+                        s * 1e6,
+                        w.gguf_bytes() as f64 / s / 1e9
+                    );
+                } else {
+                    line += &format!(
+                        " prefill64 {:8.1} µs {:8.1} GFLOP/s",
+                        s * 1e6,
+                        2.0 * 64.0 * k as f64 * n as f64 / s / 1e9
+                    );
+                }
+            }
+            println!("{line}");
+        }
+    }
+}
