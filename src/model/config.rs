@@ -96,7 +96,9 @@ impl ModelConfig {
         let head_dim = md
             .opt_u32(&key("attention.key_length"))?
             .unwrap_or(hidden / n_heads.max(1));
-        let value_len = md.opt_u32(&key("attention.value_length"))?.unwrap_or(head_dim);
+        let value_len = md
+            .opt_u32(&key("attention.value_length"))?
+            .unwrap_or(head_dim);
         let ff_len = md.u32(&key("feed_forward_length"))?;
         let context_length = md.u32(&key("context_length"))?;
         let sliding_window = md.opt_u32(&key("attention.sliding_window"))?.unwrap_or(0);
@@ -117,7 +119,10 @@ impl ModelConfig {
             }
         };
 
-        let bad = |k: &str, problem: String| Error::Metadata { key: key(k), problem };
+        let bad = |k: &str, problem: String| Error::Metadata {
+            key: key(k),
+            problem,
+        };
         if n_layers == 0 || hidden == 0 || n_heads == 0 || n_kv_heads == 0 || ff_len == 0 {
             return Err(bad("block_count", "a model dimension is zero".into()));
         }

@@ -78,7 +78,11 @@ pub struct Candidates {
 
 impl Candidates {
     pub fn pairs(&self) -> Vec<(u32, f32)> {
-        self.ids.iter().copied().zip(self.logits.iter().copied()).collect()
+        self.ids
+            .iter()
+            .copied()
+            .zip(self.logits.iter().copied())
+            .collect()
     }
 }
 
@@ -90,27 +94,27 @@ enum Upload {
 
 /// Activation buffers, allocated once for `chunk` rows (llama2.c's `RunState`).
 struct Activations {
-    step: wgpu::Buffer,     // uniform StepParams
-    step_one: wgpu::Buffer, // uniform StepParams {1, 0}: ops over one row (LM head)
-    tokens: wgpu::Buffer,   // [chunk] u32
-    h: wgpu::Buffer,        // [chunk, H] f32 residual stream
-    xn: wgpu::Buffer,       // [chunk, H] f32 normed input of a block
-    q: wgpu::Buffer,        // [chunk, nq·d] f32 projection
-    k: wgpu::Buffer,        // [chunk, nkv·d] f32
-    v: wgpu::Buffer,        // [chunk, nkv·d] f32
-    qp: wgpu::Buffer,       // [chunk, nq, d] f32 normed + RoPE'd queries
-    k_new: wgpu::Buffer,    // [chunk, nkv, d] f16 (packed u32) staging keys
-    v_new: wgpu::Buffer,    // [chunk, nkv, d] f16 (packed u32) staging values
-    attn: wgpu::Buffer,     // [chunk, nq·d] f32 attention output
-    o: wgpu::Buffer,        // [chunk, H] f32 block output before its post-norm
-    gate: wgpu::Buffer,     // [chunk, I] f32
-    up: wgpu::Buffer,       // [chunk, I] f32
-    act: wgpu::Buffer,      // [chunk, I] f32 gelu(gate)·up
-    last: wgpu::Buffer,     // [1, H] f32 final-normed last row
-    logits: wgpu::Buffer,   // [1, V] f32
-    penalty_ids: wgpu::Buffer, // [max_penalty] u32 recent tokens for the repetition penalty
+    step: wgpu::Buffer,         // uniform StepParams
+    step_one: wgpu::Buffer,     // uniform StepParams {1, 0}: ops over one row (LM head)
+    tokens: wgpu::Buffer,       // [chunk] u32
+    h: wgpu::Buffer,            // [chunk, H] f32 residual stream
+    xn: wgpu::Buffer,           // [chunk, H] f32 normed input of a block
+    q: wgpu::Buffer,            // [chunk, nq·d] f32 projection
+    k: wgpu::Buffer,            // [chunk, nkv·d] f32
+    v: wgpu::Buffer,            // [chunk, nkv·d] f32
+    qp: wgpu::Buffer,           // [chunk, nq, d] f32 normed + RoPE'd queries
+    k_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) staging keys
+    v_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) staging values
+    attn: wgpu::Buffer,         // [chunk, nq·d] f32 attention output
+    o: wgpu::Buffer,            // [chunk, H] f32 block output before its post-norm
+    gate: wgpu::Buffer,         // [chunk, I] f32
+    up: wgpu::Buffer,           // [chunk, I] f32
+    act: wgpu::Buffer,          // [chunk, I] f32 gelu(gate)·up
+    last: wgpu::Buffer,         // [1, H] f32 final-normed last row
+    logits: wgpu::Buffer,       // [1, V] f32
+    penalty_ids: wgpu::Buffer,  // [max_penalty] u32 recent tokens for the repetition penalty
     attn_scratch: wgpu::Buffer, // split-key partials, shared by every layer's attention
-    ropes: Vec<wgpu::Buffer>,  // per RoPE table: [chunk, d/2, 2] f32 (cos, sin)
+    ropes: Vec<wgpu::Buffer>,   // per RoPE table: [chunk, d/2, 2] f32 (cos, sin)
 }
 
 struct LayerOps {
@@ -203,7 +207,11 @@ fn plan(gguf: &Gguf) -> Result<(ModelConfig, HashMap<String, Vec<u64>>)> {
             wanted.insert(layer_tensor(l, name), shape);
         }
         for name in LAYER_VECTORS {
-            let len = if name == "attn_q_norm" || name == "attn_k_norm" { d } else { h };
+            let len = if name == "attn_q_norm" || name == "attn_k_norm" {
+                d
+            } else {
+                h
+            };
             wanted.insert(layer_tensor(l, name), vec![len]);
         }
     }
@@ -383,9 +391,7 @@ impl Model {
                 "attention scratch",
                 cfg.layers
                     .iter()
-                    .map(|lc| {
-                        Attention::scratch_bytes(&attention_params(&cfg, lc, context, chunk))
-                    })
+                    .map(|lc| Attention::scratch_bytes(&attention_params(&cfg, lc, context, chunk)))
                     .max()
                     .unwrap_or(4),
             )?,
@@ -428,21 +434,22 @@ impl Model {
         for (l, lc) in cfg.layers.iter().enumerate() {
             let t = |w: &str| layer_tensor(l, w);
             let d = lc.head_dim;
-            let norm = |x: &wgpu::Buffer, w: &str, y: &wgpu::Buffer, out: NormOut| -> Result<RmsNorm> {
-                RmsNorm::new(
-                    &ctx,
-                    RmsNormIo {
-                        x: x.as_entire_binding(),
-                        weight: Some(vector(&t(w))?),
-                        y: y.as_entire_binding(),
-                        step: step(),
-                    },
-                    cfg.hidden,
-                    1,
-                    eps,
-                    out,
-                )
-            };
+            let norm =
+                |x: &wgpu::Buffer, w: &str, y: &wgpu::Buffer, out: NormOut| -> Result<RmsNorm> {
+                    RmsNorm::new(
+                        &ctx,
+                        RmsNormIo {
+                            x: x.as_entire_binding(),
+                            weight: Some(vector(&t(w))?),
+                            y: y.as_entire_binding(),
+                            step: step(),
+                        },
+                        cfg.hidden,
+                        1,
+                        eps,
+                        out,
+                    )
+                };
             let mm = |w: &str, x: &wgpu::Buffer, y: &wgpu::Buffer| -> Result<Matmul> {
                 Matmul::new(
                     &ctx,
@@ -612,7 +619,11 @@ impl Model {
             cfg.hidden,
             1,
             cfg.eps,
-            if score_rows.is_some() { NormOut::Store } else { NormOut::LastRow },
+            if score_rows.is_some() {
+                NormOut::Store
+            } else {
+                NormOut::LastRow
+            },
         )?;
         let lm_head = Matmul::new(
             ctx,
@@ -700,7 +711,12 @@ impl Model {
 
     /// Feeds `tokens` at the current position and returns the next-token candidates after the
     /// last one. `recent` are the tokens the repetition penalty applies to (empty: none).
-    pub async fn forward(&mut self, tokens: &[u32], recent: &[u32], penalty: f32) -> Result<Candidates> {
+    pub async fn forward(
+        &mut self,
+        tokens: &[u32],
+        recent: &[u32],
+        penalty: f32,
+    ) -> Result<Candidates> {
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to process".into()));
         }
@@ -713,7 +729,9 @@ impl Model {
                 self.run_step(part, None, recent, penalty).await?;
             } else {
                 let mut rows = self.run_step(part, Some(false), recent, penalty).await?;
-                return rows.pop().ok_or_else(|| Error::Readback("no candidates".into()));
+                return rows
+                    .pop()
+                    .ok_or_else(|| Error::Readback("no candidates".into()));
             }
         }
         unreachable!("tokens is not empty")
@@ -817,7 +835,9 @@ impl Model {
 
         let mut encoder = ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("step"),
@@ -825,14 +845,22 @@ impl Model {
             });
             self.encode_layers(&mut pass, &step);
             if let Some(h) = head_op {
-                let rows = if h.last_row_only { StepParams::new(1, 0) } else { step };
+                let rows = if h.last_row_only {
+                    StepParams::new(1, 0)
+                } else {
+                    step
+                };
                 h.norm.encode(&mut pass, &step);
                 h.lm_head.encode(&mut pass, &rows);
                 h.logits.encode(&mut pass, &rows);
             }
         }
         let readback = head_op.map(|h| {
-            let rows = if h.last_row_only { 1 } else { tokens.len() as u32 };
+            let rows = if h.last_row_only {
+                1
+            } else {
+                tokens.len() as u32
+            };
             let bytes = Logits::out_bytes(rows, self.max_candidates);
             let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("topk readback"),
@@ -903,7 +931,12 @@ impl Model {
 
 /// Attention shape of a layer: a full layer's cache holds the whole context; a sliding layer's
 /// is a ring of exactly `W` slots (the step's own keys are read from staging).
-fn attention_params(cfg: &ModelConfig, lc: &LayerConfig, context: u32, chunk: u32) -> AttentionParams {
+fn attention_params(
+    cfg: &ModelConfig,
+    lc: &LayerConfig,
+    context: u32,
+    chunk: u32,
+) -> AttentionParams {
     AttentionParams {
         n_q_heads: cfg.n_heads,
         n_kv_heads: lc.n_kv_heads,
@@ -927,4 +960,3 @@ fn tensor_error(info: &TensorInfo, e: Error) -> Error {
         other => other,
     }
 }
-
