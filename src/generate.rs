@@ -65,6 +65,13 @@ impl<'a> Generator<'a> {
         max_tokens: usize,
     ) -> Result<Generator<'a>> {
         let sampler = Sampler::new(params)?;
+        let most = model.max_candidates();
+        if !params.is_greedy() && (params.top_k == 0 || params.top_k > most) {
+            return Err(Error::InvalidArgument(format!(
+                "top-k {} is not supported: the GPU returns the {most} most likely tokens, so top-k must be 1..={most}",
+                params.top_k
+            )));
+        }
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }

@@ -71,6 +71,9 @@ struct ModelArgs {
     /// Do not use subgroup operations even if the GPU has them.
     #[arg(long)]
     no_subgroups: bool,
+    /// Allow GPU buffers above 256 MiB when the adapter supports them (default: split).
+    #[arg(long)]
+    large_buffers: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -245,6 +248,7 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
         disable_f16: args.no_f16,
         disable_subgroups: args.no_subgroups,
         webgpu_default_limits: args.webgpu_limits,
+        allow_large_buffers: args.large_buffers,
         ..Default::default()
     };
     let ctx = Arc::new(pollster::block_on(GpuContext::new(&opts))?);

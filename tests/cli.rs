@@ -27,7 +27,16 @@ fn fails(args: &[&str]) -> String {
         "{args:?}: exit code; stderr: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: "),
+        "{args:?}: the last line should be the error: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error: ").count(),
+        1,
+        "{args:?}: one error line: {stderr}"
+    );
     stderr
 }
 
@@ -182,4 +191,48 @@ fn info_reports_quantized_weights_within_budget() {
     assert_eq!(v["architecture"], "gemma3");
     assert_eq!(v["layers"], 18);
     assert!(v["tensor_types"]["Q5_0"]["tensors"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn missing_default_model_says_how_to_fetch_it() {
+    let empty = std::env::temp_dir().join(format!("gemma-wgpu-empty-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = bin()
+        .env("XDG_CACHE_HOME", &empty)
+        .env_remove("GEMMA_WGPU_MODEL")
+        .args(["generate", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pkg-scripts/fetch-model.sh"), "{stderr}");
+}
+
+#[test]
+fn unavailable_backend_says_how_to_get_an_adapter() {
+    // No DX12 on Linux (and no Metal): the error names the backend and the software driver.
+    let backend = if cfg!(target_os = "windows") {
+        "metal"
+    } else {
+        "dx12"
+    };
+    let e = fails(&["info", "--model", &real_model(), "--backend", backend]);
+    assert!(
+        e.contains("no usable GPU adapter") && e.contains("mesa-vulkan-drivers"),
+        "{e}"
+    );
+}
+
+#[test]
+fn top_k_above_the_gpu_candidates_is_rejected() {
+    let e = fails(&[
+        "generate",
+        "--model",
+        &real_model(),
+        "--prompt",
+        "hi",
+        "--top-k",
+        "100",
+    ]);
+    assert!(e.contains("top-k 100"), "{e}");
 }

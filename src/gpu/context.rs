@@ -29,7 +29,14 @@ pub struct GpuOptions {
     pub max_binding_size: Option<u64>,
     /// Prefer a software adapter (e.g. lavapipe) even when a real GPU is present.
     pub force_fallback_adapter: bool,
+    /// Allow buffers and bindings above 256 MiB when the adapter supports them. Off by
+    /// default: phones and browsers refuse or kill large allocations, so the engine splits
+    /// big tensors instead.
+    pub allow_large_buffers: bool,
 }
+
+/// Largest buffer (and binding) the engine creates unless asked otherwise.
+pub const DEFAULT_MAX_BUFFER: u64 = 256 << 20;
 
 /// What the device can do; kernels choose their variant from this at run time.
 #[derive(Clone, Debug)]
@@ -194,6 +201,12 @@ impl GpuContext {
         if let Some(max) = opts.max_binding_size {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(max);
+        }
+        if !opts.allow_large_buffers {
+            limits.max_buffer_size = limits.max_buffer_size.min(DEFAULT_MAX_BUFFER);
+            limits.max_storage_buffer_binding_size = limits
+                .max_storage_buffer_binding_size
+                .min(DEFAULT_MAX_BUFFER);
         }
         // Never ask for more than the adapter has (a WebGPU default can exceed a weak adapter).
         limits = limits.using_resolution(adapter_limits.clone());

@@ -5,7 +5,9 @@
 mod context;
 pub mod shader;
 
-pub use context::{map_read, Caps, GpuContext, GpuOptions, Kernel, KernelSpec, COMMON_WGSL};
+pub use context::{
+    map_read, Caps, GpuContext, GpuOptions, Kernel, KernelSpec, COMMON_WGSL, DEFAULT_MAX_BUFFER,
+};
 
 use std::future::Future;
 use std::pin::pin;

@@ -686,6 +686,11 @@ impl Model {
         &self.ctx
     }
 
+    /// Candidates the GPU returns per position (the sampler's top-k ceiling).
+    pub fn max_candidates(&self) -> u32 {
+        self.max_candidates
+    }
+
     /// Tokens in the KV cache (the position of the next token).
     pub fn position(&self) -> u32 {
         self.pos
@@ -701,7 +706,7 @@ impl Model {
     /// window. Returns `false` (and changes nothing) when a fresh prefill is needed instead.
     pub fn rewind(&mut self, n: u32) -> bool {
         let w = self.cfg.sliding_window;
-        let has_sliding = self.cfg.layers.iter().any(|l| l.sliding);
+        let has_sliding = self.context > w && self.cfg.layers.iter().any(|l| l.sliding);
         let ok = n <= self.pos && (!has_sliding || self.pos <= n + 1 || self.pos <= w);
         if ok {
             self.pos = n;
@@ -749,7 +754,12 @@ impl Model {
         self.reset();
         self.check_room(tokens.len())?;
         self.check_ids(tokens)?;
-        let rows = self.chunk.min(64);
+        // Rows per step: the [rows, V] logits must fit one binding.
+        let row_bytes = self.cfg.vocab as u64 * 4;
+        let rows = self
+            .chunk
+            .min(64)
+            .min((self.ctx.caps.max_binding / row_bytes).max(1) as u32);
         if self.score_head.as_ref().is_none_or(|h| h.rows < rows) {
             self.score_head = Some(Self::build_head(
                 &self.ctx,
@@ -937,16 +947,15 @@ fn attention_params(
     context: u32,
     chunk: u32,
 ) -> AttentionParams {
+    // With a context no longer than the window, a sliding layer sees every earlier key: it is
+    // a full layer over `context` slots.
+    let sliding = lc.sliding && context > cfg.sliding_window;
     AttentionParams {
         n_q_heads: cfg.n_heads,
         n_kv_heads: lc.n_kv_heads,
         head_dim: lc.head_dim,
-        cap: if lc.sliding {
-            cfg.sliding_window.min(context)
-        } else {
-            context
-        },
-        window: if lc.sliding { cfg.sliding_window } else { 0 },
+        cap: if sliding { cfg.sliding_window } else { context },
+        window: if sliding { cfg.sliding_window } else { 0 },
         scale: cfg.attn_scale,
         keys_from_cache_only: false,
         max_tokens: chunk,
