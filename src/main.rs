@@ -455,7 +455,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         .map(|c| {
             serde_json::json!({
                 "ids": c.ids,
-                "logits": c.logits,
+                "logits": c.values,
                 "logsumexp": c.logsumexp,
             })
         })

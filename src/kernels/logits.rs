@@ -117,6 +117,17 @@ pub struct TopK {
     pub logsumexp: f32,
 }
 
+impl TopK {
+    /// `(id, value)` pairs, best first (what the sampler takes).
+    pub fn pairs(&self) -> Vec<(u32, f32)> {
+        self.ids
+            .iter()
+            .copied()
+            .zip(self.values.iter().copied())
+            .collect()
+    }
+}
+
 /// Kernel specs this module can build (for shader validation).
 pub fn specs() -> Vec<KernelSpec> {
     vec![spec("first"), spec("merge")]

@@ -69,22 +69,7 @@ impl MemoryReport {
 
 /// The next-token candidates of one position: ids and logits, best first, plus the
 /// log-sum-exp of the whole row (so probabilities are exact without the full row).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Candidates {
-    pub ids: Vec<u32>,
-    pub logits: Vec<f32>,
-    pub logsumexp: f32,
-}
-
-impl Candidates {
-    pub fn pairs(&self) -> Vec<(u32, f32)> {
-        self.ids
-            .iter()
-            .copied()
-            .zip(self.logits.iter().copied())
-            .collect()
-    }
-}
+pub use crate::kernels::logits::TopK as Candidates;
 
 /// A weight tensor as uploaded.
 enum Upload {
@@ -775,7 +760,7 @@ impl Model {
             let mut got = self.run_step(part, Some(true), &[], 1.0).await?;
             for c in got.iter_mut() {
                 c.ids.truncate(k as usize);
-                c.logits.truncate(k as usize);
+                c.values.truncate(k as usize);
             }
             out.extend(got);
         }
@@ -900,14 +885,7 @@ impl Model {
             )
         };
         staging.unmap();
-        Ok(result
-            .into_iter()
-            .map(|t| Candidates {
-                ids: t.ids,
-                logits: t.values,
-                logsumexp: t.logsumexp,
-            })
-            .collect())
+        Ok(result)
     }
 
     fn encode_layers(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
