@@ -133,6 +133,9 @@ struct Head {
     rows: u32,
 }
 
+/// Most rows one `score` step runs through the LM head (its logits are `[rows, V]` f32).
+const SCORE_ROWS: u32 = 64;
+
 /// Most recent tokens the repetition penalty looks at.
 pub const MAX_PENALTY_TOKENS: u32 = 256;
 
@@ -156,6 +159,8 @@ pub struct Model {
     uploads: HashMap<String, Upload>,
     memory: MemoryReport,
     rope_scratch: Vec<f32>,
+    /// Where each step's top-k rows are copied for the CPU (reused: no per-token allocation).
+    readback: wgpu::Buffer,
 }
 
 /// Checks a model file without touching the GPU: architecture, hyper-parameters, and that
@@ -546,6 +551,13 @@ impl Model {
         memory.kv_cache = kv_bytes;
 
         let head = Self::build_head(&ctx, &cfg, &acts, &uploads, max_candidates, None)?;
+        // Top-k rows of the largest score step, mapped and unmapped every step.
+        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("topk readback"),
+            size: Logits::out_bytes(SCORE_ROWS, MAX_K),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let model = Model {
             cfg,
             ctx,
@@ -558,6 +570,7 @@ impl Model {
             layers,
             head,
             score_head: None,
+            readback,
             ropes,
             uploads,
             memory,
@@ -743,7 +756,7 @@ impl Model {
         let row_bytes = self.cfg.vocab as u64 * 4;
         let rows = self
             .chunk
-            .min(64)
+            .min(SCORE_ROWS)
             .min((self.ctx.caps.max_binding / row_bytes).max(1) as u32);
         if self.score_head.as_ref().is_none_or(|h| h.rows < rows) {
             self.score_head = Some(Self::build_head(
@@ -857,25 +870,20 @@ impl Model {
                 tokens.len() as u32
             };
             let bytes = Logits::out_bytes(rows, self.max_candidates);
-            let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("topk readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            encoder.copy_buffer_to_buffer(&h.out, 0, &staging, 0, bytes);
-            (staging, rows)
+            encoder.copy_buffer_to_buffer(&h.out, 0, &self.readback, 0, bytes);
+            (bytes, rows)
         });
         q.submit([encoder.finish()]);
         self.pos += tokens.len() as u32;
 
-        let Some((staging, rows)) = readback else {
+        let Some((bytes, rows)) = readback else {
             return Ok(Vec::new());
         };
-        crate::gpu::map_read(&ctx, &staging, 0, staging.size()).await?;
+        let staging = &self.readback;
+        crate::gpu::map_read(&ctx, staging, 0, bytes).await?;
         let result = {
             let view = staging
-                .slice(..)
+                .slice(..bytes)
                 .get_mapped_range()
                 .map_err(|e| Error::Readback(e.to_string()))?;
             Logits::parse(
