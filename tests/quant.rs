@@ -10,19 +10,8 @@ use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::quant::{dequantize, GpuLayout};
 use gemma_wgpu::reference::quant::synthetic_blocks;
 
-const TYPES: [GgmlType; 11] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+/// The supported types: the same list the kernels are built for.
+use gemma_wgpu::kernels::matmul::TYPES;
 
 struct Record {
     ty: GgmlType,
