@@ -1,5 +1,7 @@
 // RMSNorm over rows: y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w   (w optional: Gemma 4 V-norm)
-// With ADD: h[r] += rmsnorm(x[r]) * w   (Gemma's post-norms feed the residual stream this way)
+// With ADD: h[r] = (h[r] + rmsnorm(x[r]) * w) * out_scale   (Gemma's post-norms feed the
+// residual stream this way; out_scale is Gemma 4's layer_output_scale on a layer's last add,
+// 1.0 everywhere else, where the multiply is exact)
 // With LAST_ROW: only the step's last row of x, written to row 0 of y (the final norm before
 // the LM head when only the next token's logits are needed).
 //
@@ -12,6 +14,10 @@ struct Params {
     rows_per_token: u32,  // rows per token (1, or the number of heads)
     eps: f32,
     has_weight: u32,      // 0: no weight (plain normalisation)
+    out_scale: f32,       // ADD only: multiplies the sum
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const WG: u32 = {{WG}}u;
@@ -50,7 +56,7 @@ fn main(inv: Invocation) {
             v *= w[i];
         }
 #if ADD
-        y[base + i] += v;
+        y[base + i] = (y[base + i] + v) * p.out_scale;
 #else
         y[base + i] = v;
 #endif

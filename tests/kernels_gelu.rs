@@ -149,3 +149,52 @@ fn two_dimensional_dispatch() {
     let got = run_gpu(&v.ctx, &gate, &up, width, t);
     assert_close("gelu 2D dispatch", &got, &want, ATOL, RTOL);
 }
+
+/// Gemma 4's PLE gate: `gelu(W_inp_gate·h)[t] ⊙ ple[t, l, :]`, the `up` rows read from layer
+/// `l`'s slice of the `[T, L·P]` per-layer inputs (`up_stride = L·P`, `up_offset = l·P`).
+#[test]
+fn per_layer_input_rows() {
+    let (width, layers, t) = (64u32, 5u32, 3u32);
+    let mut rng = Rng::new(29);
+    let gate = rng.vec((width * t) as usize, 3.0);
+    let ple = rng.vec((width * layers * t) as usize, 2.0);
+    for l in [0u32, 3, 4] {
+        let up: Vec<f32> = ple
+            .chunks((width * layers) as usize)
+            .flat_map(|row| row[(l * width) as usize..((l + 1) * width) as usize].to_vec())
+            .collect();
+        let want = reference::gelu::gelu_mul(&gate, &up);
+        for v in variants() {
+            let ctx = &v.ctx;
+            let gb = ctx.storage_init("gate", &gate).unwrap();
+            let pb = ctx.storage_init("ple", &ple).unwrap();
+            let n = (width * t) as usize;
+            let ab = ctx.storage("a", n as u64 * 4).unwrap();
+            let step = StepParams::new(t, 0);
+            let sb = ctx.uniform_init("step", &step);
+            let op = GeluMul::with_up_rows(
+                ctx,
+                GeluMulIo {
+                    gate: gb.as_entire_binding(),
+                    up: pb.as_entire_binding(),
+                    out: ab.as_entire_binding(),
+                    step: sb.as_entire_binding(),
+                },
+                width,
+                width,
+                width * layers,
+                width * l,
+            )
+            .unwrap();
+            block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
+            let got: Vec<f32> = block(ctx.read(&ab, 0, n)).unwrap();
+            assert_close(
+                &format!("gelu ple layer {l} [{}]", v.name),
+                &got,
+                &want,
+                ATOL,
+                RTOL,
+            );
+        }
+    }
+}

@@ -19,6 +19,7 @@ fn run_case(len: usize, rows_per_token: usize, n_tokens: usize, weighted: bool, 
     let mut want: Vec<f32> = match out {
         NormOut::Store => normed,
         NormOut::Add => h0.iter().zip(&normed).map(|(a, b)| a + b).collect(),
+        NormOut::AddScaled(s) => h0.iter().zip(&normed).map(|(a, b)| (a + b) * s).collect(),
         NormOut::LastRow => {
             // Row 0 gets the last row's norm; the other rows keep their old contents.
             let mut w = h0.clone();
@@ -87,4 +88,11 @@ fn rmsnorm_last_row_only() {
 fn rmsnorm_residual_add() {
     run_case(640, 1, 9, true, NormOut::Add);
     run_case(1536, 1, 1, true, NormOut::Add);
+}
+
+/// Gemma 4's last add of a layer, times `layer_output_scale`.
+#[test]
+fn rmsnorm_residual_add_scaled() {
+    run_case(1536, 1, 1, true, NormOut::AddScaled(0.37));
+    run_case(640, 1, 9, true, NormOut::AddScaled(1.75));
 }

@@ -32,7 +32,7 @@ pub use metadata::{Array, Metadata, Value};
 pub use parse::MAX_HEADER_BYTES;
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::MmapSource;
-pub use source::{MemorySource, TensorSource};
+pub use source::{MemorySource, RowSource, TensorSource};
 pub use types::GgmlType;
 
 use crate::{Error, Result};

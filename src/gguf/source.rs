@@ -29,6 +29,30 @@ pub trait TensorSource {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<()>>;
 }
 
+/// Random access to a model file after loading, for the tables that never go to the GPU: Gemma
+/// 4's per-layer-embedding table is read one row per token (≈ 5–9 KB) from here. Natively a
+/// memory map (the OS pages rows in from flash and may drop them again, so the table costs
+/// address space, not resident memory); in the browser, a cached copy of the file.
+pub trait RowSource: std::fmt::Debug {
+    /// Fill `buf` with the bytes starting at `offset`; a range past the end is an error.
+    fn read_rows(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+impl RowSource for MemorySource {
+    fn read_rows(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        buf.copy_from_slice(slice_at(&self.0, offset, buf.len() as u64)?);
+        Ok(())
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl RowSource for MmapSource {
+    fn read_rows(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        buf.copy_from_slice(slice_at(&self.map, offset, buf.len() as u64)?);
+        Ok(())
+    }
+}
+
 /// Lets a borrowed source be passed where a source is taken by value (e.g. to wrap it), so the
 /// caller keeps it for the tensor reads that follow the header.
 impl<S: TensorSource + ?Sized> TensorSource for &mut S {

@@ -14,14 +14,16 @@ const SOURCE: &str = include_str!("../../shaders/gelu_mul.wgsl");
 struct Params {
     width: u32,
     in_stride: u32,
-    _pad: [u32; 2],
+    up_stride: u32,
+    up_offset: u32,
 }
 
 /// Buffers a `GeluMul` reads and writes.
 pub struct GeluMulIo<'a> {
     /// `[n_tokens, in_stride]` f32 (`W_gate·x`)
     pub gate: wgpu::BindingResource<'a>,
-    /// `[n_tokens, in_stride]` f32 (`W_up·x`)
+    /// `[n_tokens, in_stride]` f32 (`W_up·x`), or `[n_tokens, up_stride]` read from
+    /// `up_offset` on (see [`GeluMul::with_up_rows`])
     pub up: wgpu::BindingResource<'a>,
     /// `[n_tokens, width]` f32 (may alias neither input)
     pub out: wgpu::BindingResource<'a>,
@@ -57,9 +59,24 @@ impl GeluMul {
         in_stride: Option<u32>,
     ) -> Result<Self> {
         let in_stride = in_stride.unwrap_or(width);
-        if width == 0 || in_stride < width {
+        Self::with_up_rows(ctx, io, width, in_stride, in_stride, 0)
+    }
+
+    /// Like [`GeluMul::new`] with the `up` rows laid out on their own: row `t` of `up` starts
+    /// at element `t·up_stride + up_offset`. The Gemma 4 PLE gate reads layer `l`'s slice of
+    /// the `[T, L·P]` per-layer inputs this way (`up_stride = L·P`, `up_offset = l·P`), with no
+    /// 256-byte binding-offset alignment to satisfy.
+    pub fn with_up_rows(
+        ctx: &GpuContext,
+        io: GeluMulIo<'_>,
+        width: u32,
+        in_stride: u32,
+        up_stride: u32,
+        up_offset: u32,
+    ) -> Result<Self> {
+        if width == 0 || in_stride < width || up_stride < width {
             return Err(Error::InvalidArgument(format!(
-                "GeluMul: width {width} must be positive and ≤ in_stride {in_stride}"
+                "GeluMul: width {width} must be positive and ≤ the row strides {in_stride}, {up_stride}"
             )));
         }
         let kernel = ctx.kernel(&spec())?;
@@ -68,7 +85,8 @@ impl GeluMul {
             &Params {
                 width,
                 in_stride,
-                _pad: [0; 2],
+                up_stride,
+                up_offset,
             },
         );
         let bind_group = ctx.bind(

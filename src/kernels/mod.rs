@@ -8,6 +8,7 @@ pub mod head_prep;
 pub mod logits;
 pub mod matmul;
 pub mod norm;
+pub mod ple;
 
 /// Workgroup size of row-wise kernels (norms, elementwise): within WebGPU's 256-invocation
 /// default and a power of two, as the reductions require.
@@ -24,5 +25,6 @@ pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     v.extend(attention::specs());
     v.extend(matmul::specs());
     v.extend(embed::specs());
+    v.extend(ple::specs());
     v
 }

@@ -1,5 +1,6 @@
 //! RMSNorm (`shaders/rmsnorm.wgsl`): the input norms, per-head q/k norms, Gemma 4's
-//! weightless V-norm, and the post-norms fused with the residual add (`h += rms(x)·w`).
+//! weightless V-norm, and the post-norms fused with the residual add (`h += rms(x)·w`, and
+//! Gemma 4's `h = (h + rms(x)·w)·s` with the layer scalar `s`).
 
 use std::sync::Arc;
 
@@ -15,15 +16,20 @@ struct Params {
     rows_per_token: u32,
     eps: f32,
     has_weight: u32,
+    out_scale: f32,
+    _pad: [u32; 3],
 }
 
 /// How the normalised row is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NormOut {
     /// `y = rms(x)·w`
     Store,
     /// `y += rms(x)·w` (residual add)
     Add,
+    /// `y = (y + rms(x)·w)·s`: the residual add of Gemma 4's last block in a layer, followed
+    /// by the layer's `layer_output_scale` `s` on the whole residual stream
+    AddScaled(f32),
     /// `y[0] = rms(x[n_tokens − 1])·w`: only the step's last row (before the LM head)
     LastRow,
 }
@@ -39,12 +45,12 @@ pub fn specs() -> Vec<KernelSpec> {
 fn spec(out: NormOut) -> KernelSpec {
     let name = match out {
         NormOut::Store => "rmsnorm",
-        NormOut::Add => "rmsnorm_add",
+        NormOut::Add | NormOut::AddScaled(_) => "rmsnorm_add",
         NormOut::LastRow => "rmsnorm_last_row",
     };
     KernelSpec::new(name, SOURCE)
         .define("WG", super::ROW_WG)
-        .flag("ADD", out == NormOut::Add)
+        .flag("ADD", matches!(out, NormOut::Add | NormOut::AddScaled(_)))
         .flag("LAST_ROW", out == NormOut::LastRow)
 }
 
@@ -86,6 +92,11 @@ impl RmsNorm {
                 rows_per_token,
                 eps,
                 has_weight: io.weight.is_some() as u32,
+                out_scale: match out {
+                    NormOut::AddScaled(s) => s,
+                    _ => 1.0,
+                },
+                _pad: [0; 3],
             },
         );
         let weight = io.weight.unwrap_or_else(|| io.x.clone());

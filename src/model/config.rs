@@ -47,6 +47,19 @@ pub struct LayerConfig {
     pub rope_theta: f32,
     /// Divides RoPE frequencies (Gemma 3 4B+ full layers: linear scaling ×8); 1.0 otherwise.
     pub rope_scale: f32,
+    /// Gemma 4 full layers: per-pair RoPE frequency divisors from `rope_freqs.weight`
+    /// (proportional RoPE); read from the tensor at load.
+    pub rope_freq_factors: bool,
+    /// The layer whose KV cache this layer attends over: itself for a layer that computes
+    /// K/V, the last earlier layer of the same type for a Gemma 4 KV-shared layer.
+    pub kv_source: usize,
+}
+
+impl LayerConfig {
+    /// Computes no K/V and reads another layer's cache (Gemma 4 KV sharing).
+    pub fn shares_kv(&self, l: usize) -> bool {
+        self.kv_source != l
+    }
 }
 
 /// Everything the forward pass needs to know about a model.
@@ -70,6 +83,10 @@ pub struct ModelConfig {
     /// Multiplies the looked-up embedding row. Exact `sqrt(H)` in f32: what llama.cpp does,
     /// and what transformers does with fp32 weights (its bf16 rounding only happens in bf16).
     pub embed_scale: f32,
+    /// Gemma 4 per-layer-embedding width P (0: the model has no per-layer inputs).
+    pub ple_dim: u32,
+    /// First KV-shared layer (`n_layers` when no layer shares).
+    pub first_shared: u32,
     pub layers: Vec<LayerConfig>,
 }
 
@@ -79,10 +96,7 @@ impl ModelConfig {
         let arch = Arch::from_name(g.architecture()?)?;
         match arch {
             Arch::Gemma3 => Self::gemma3(g),
-            Arch::Gemma4 => Err(Error::UnsupportedArchitecture {
-                found: "gemma4 (not yet implemented in this version)".into(),
-                supported: "gemma3".into(),
-            }),
+            Arch::Gemma4 => Self::gemma4(g),
         }
     }
 
@@ -162,6 +176,8 @@ impl ModelConfig {
                     ff_len,
                     rope_theta: if sliding { theta_local } else { theta_full },
                     rope_scale: if sliding { 1.0 } else { rope_scale_full },
+                    rope_freq_factors: false,
+                    kv_source: i,
                 }
             })
             .collect();
@@ -179,14 +195,197 @@ impl ModelConfig {
                 .opt_f32(&key("final_logit_softcapping"))?
                 .filter(|c| *c > 0.0),
             embed_scale: (hidden as f32).sqrt(),
+            ple_dim: 0,
+            first_shared: n_layers,
             layers,
         })
+    }
+
+    /// Gemma 4 (GEMMA.md §1.2, §2.4, §4.3): two head sizes (`key_length` for full layers,
+    /// `key_length_swa` for sliding ones), per-layer MLP widths and KV heads (a number or an
+    /// array per layer), an explicit sliding pattern, KV sharing from `shared_kv_layers`, the
+    /// per-layer-embedding width, attention scale 1.0 and the final softcap.
+    fn gemma4(g: &Gguf) -> Result<Self> {
+        let md = &g.metadata;
+        let key = |k: &str| format!("gemma4.{k}");
+        let bad = |k: &str, problem: String| Error::Metadata {
+            key: key(k),
+            problem,
+        };
+        let n_layers = md.u32(&key("block_count"))?;
+        let hidden = md.u32(&key("embedding_length"))?;
+        let n_heads = md.u32(&key("attention.head_count"))?;
+        if n_layers == 0 || hidden == 0 || n_heads == 0 {
+            return Err(bad("block_count", "a model dimension is zero".into()));
+        }
+        if n_layers > 4096 {
+            return Err(bad(
+                "block_count",
+                format!("{n_layers} layers is not plausible"),
+            ));
+        }
+        let per_layer = |k: &str| per_layer_u32(g, &key(k), n_layers);
+        let kv_heads = per_layer("attention.head_count_kv")?;
+        let ff = per_layer("feed_forward_length")?;
+        let head_full = md.u32(&key("attention.key_length"))?;
+        let head_swa = md
+            .opt_u32(&key("attention.key_length_swa"))?
+            .unwrap_or(head_full);
+        for (k, d, v) in [
+            (
+                "attention.value_length",
+                head_full,
+                md.opt_u32(&key("attention.value_length"))?,
+            ),
+            (
+                "attention.value_length_swa",
+                head_swa,
+                md.opt_u32(&key("attention.value_length_swa"))?,
+            ),
+        ] {
+            if v.is_some_and(|v| v != d) {
+                return Err(bad(k, format!("{v:?} differs from the key length {d}")));
+            }
+        }
+        let context_length = md.u32(&key("context_length"))?;
+        let sliding_window = md.opt_u32(&key("attention.sliding_window"))?.unwrap_or(0);
+        let eps = md
+            .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-6);
+        let theta_full = md.opt_f32(&key("rope.freq_base"))?.unwrap_or(1_000_000.0);
+        let theta_local = md.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0);
+        let pattern = sliding_pattern(g, &key("attention.sliding_window_pattern"), n_layers)?;
+        let shared = md.opt_u32(&key("attention.shared_kv_layers"))?.unwrap_or(0);
+        if shared >= n_layers {
+            return Err(bad(
+                "attention.shared_kv_layers",
+                format!("{shared} shared layers leave no layer to compute K/V ({n_layers} layers)"),
+            ));
+        }
+        let first_shared = n_layers - shared;
+        let ple_dim = md
+            .opt_u32(&key("embedding_length_per_layer_input"))?
+            .unwrap_or(0);
+        let has_rope_freqs = g.opt_tensor("rope_freqs.weight").is_some();
+
+        let mut layers: Vec<LayerConfig> = Vec::with_capacity(n_layers as usize);
+        for i in 0..n_layers as usize {
+            let sliding = sliding_window > 0 && pattern[i];
+            let head_dim = if sliding { head_swa } else { head_full };
+            let n_kv_heads = kv_heads[i];
+            if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+                return Err(bad(
+                    "attention.head_count_kv",
+                    format!("layer {i}: {n_kv_heads} KV heads do not divide {n_heads} query heads"),
+                ));
+            }
+            if ff[i] == 0 {
+                return Err(bad("feed_forward_length", format!("layer {i} has width 0")));
+            }
+            if head_dim == 0 || head_dim % 2 != 0 || head_dim > 512 {
+                return Err(bad(
+                    "attention.key_length",
+                    format!("layer {i}: head size {head_dim} is not supported (even, ≤ 512)"),
+                ));
+            }
+            // A shared layer reads the cache of the last earlier layer of its own type
+            // (transformers' `kv_sharing` rule; GEMMA.md §1.2).
+            let kv_source = if (i as u32) < first_shared {
+                i
+            } else {
+                (0..first_shared as usize)
+                    .rev()
+                    .find(|&j| layers[j].sliding == sliding)
+                    .ok_or_else(|| {
+                        bad(
+                            "attention.shared_kv_layers",
+                            format!(
+                                "layer {i} shares the KV cache of an earlier {} layer, but none of layers 0..{first_shared} is one",
+                                if sliding { "sliding" } else { "full" }
+                            ),
+                        )
+                    })?
+            };
+            if kv_source != i {
+                let src = &layers[kv_source];
+                if src.head_dim != head_dim || src.n_kv_heads != n_kv_heads {
+                    return Err(bad(
+                        "attention.shared_kv_layers",
+                        format!(
+                            "layer {i} ({n_kv_heads}×{head_dim}) cannot read the cache of layer {kv_source} ({}×{})",
+                            src.n_kv_heads, src.head_dim
+                        ),
+                    ));
+                }
+            }
+            layers.push(LayerConfig {
+                sliding,
+                head_dim,
+                n_kv_heads,
+                ff_len: ff[i],
+                rope_theta: if sliding { theta_local } else { theta_full },
+                rope_scale: 1.0,
+                rope_freq_factors: !sliding && has_rope_freqs,
+                kv_source,
+            });
+        }
+        Ok(ModelConfig {
+            arch: Arch::Gemma4,
+            n_layers,
+            hidden,
+            n_heads,
+            vocab: g.tensor("token_embd.weight")?.n_rows() as u32,
+            context_length,
+            sliding_window,
+            eps,
+            attn_scale: 1.0,
+            final_softcap: md
+                .opt_f32(&key("final_logit_softcapping"))?
+                .filter(|c| *c > 0.0),
+            embed_scale: (hidden as f32).sqrt(),
+            ple_dim,
+            first_shared,
+            layers,
+        })
+    }
+
+    /// Whether any layer reads another layer's KV cache.
+    pub fn has_kv_sharing(&self) -> bool {
+        self.first_shared < self.n_layers
     }
 
     /// Head size of layer `l`.
     pub fn head_dim(&self, l: usize) -> u32 {
         self.layers[l].head_dim
     }
+}
+
+/// A per-layer count stored either as one number for every layer or as an array of
+/// `n_layers` numbers (Gemma 4's `feed_forward_length` with double-wide MLPs).
+fn per_layer_u32(g: &Gguf, key: &str, n_layers: u32) -> Result<Vec<u32>> {
+    use crate::gguf::{Array, Value};
+    let bad = |problem: String| Error::Metadata {
+        key: key.into(),
+        problem,
+    };
+    let v: Vec<u32> = match g.metadata.get(key) {
+        Some(Value::Array(Array::U32(v))) => v.clone(),
+        Some(Value::Array(Array::I32(v))) => v
+            .iter()
+            .map(|&x| u32::try_from(x).map_err(|_| bad(format!("negative entry {x}"))))
+            .collect::<Result<_>>()?,
+        Some(Value::Array(other)) => {
+            return Err(bad(format!(
+                "expected an array of u32, found {}",
+                other.type_name()
+            )))
+        }
+        _ => return Ok(vec![g.metadata.u32(key)?; n_layers as usize]),
+    };
+    if v.len() != n_layers as usize {
+        return Err(bad(format!("{} entries for {n_layers} layers", v.len())));
+    }
+    Ok(v)
 }
 
 /// `true` where layer i uses sliding-window attention.

@@ -6,6 +6,13 @@
 //! once at load (pipelines, bind groups, parameter buffers); a step only writes the step
 //! uniform, the token ids and the RoPE rows, then records every dispatch into **one compute
 //! pass and one submit**. Only the top-k candidates come back to the CPU.
+//!
+//! Gemma 4 adds (GEMMA.md §2.4–2.5): per-layer inputs (a row of the per-layer-embedding table,
+//! read from the mapped file on the CPU, plus a projection of the embedding), a PLE block and a
+//! layer scalar at the end of every layer, and KV sharing: the last `shared_kv_layers` layers
+//! compute no K/V and attend over the cache of the last earlier layer of their type. Those
+//! layers write nothing another row needs, so a prompt runs them on its last token only: the
+//! step's last row is moved to row 0 and they run as a one-token step (`step_tail`).
 
 pub mod config;
 
@@ -14,7 +21,7 @@ pub use config::{Arch, LayerConfig, ModelConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::gguf::{read_tensor_data, Gguf, TensorInfo, TensorSource};
+use crate::gguf::{read_tensor_data, Gguf, RowSource, TensorInfo, TensorSource};
 use crate::gpu::{GpuContext, Op, StepParams};
 use crate::kernels::attention::{Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo};
 use crate::kernels::embed::{Embed, EmbedIo};
@@ -23,6 +30,7 @@ use crate::kernels::head_prep::{HeadNorm, HeadOut, HeadPrep, HeadPrepConfig, Hea
 use crate::kernels::logits::{LogitRows, Logits, LogitsConfig, LogitsIo, Sampling, MAX_K};
 use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut};
 use crate::kernels::norm::{NormOut, RmsNorm, RmsNormIo};
+use crate::kernels::ple::{LastRowToFront, PleCombine, PleCombineIo, PleConfig};
 use crate::quant::QuantMatrix;
 use crate::rope::RopeTable;
 use crate::{Error, Result};
@@ -36,6 +44,9 @@ pub struct LoadOptions {
     pub prefill_chunk: u32,
     /// Candidates the GPU returns per token (the sampler's top-k ceiling).
     pub max_candidates: u32,
+    /// Random access to the model file after loading: required by models whose per-layer
+    /// embedding table stays off the GPU (Gemma 4), which read one row per token from it.
+    pub rows: Option<Arc<dyn RowSource>>,
 }
 
 impl Default for LoadOptions {
@@ -44,8 +55,22 @@ impl Default for LoadOptions {
             context: None,
             prefill_chunk: 128,
             max_candidates: 64,
+            rows: None,
         }
     }
+}
+
+/// Where a group of tensors lives and what it costs.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TensorGroup {
+    pub name: &'static str,
+    pub tensors: u32,
+    /// Bytes in the file.
+    pub file_bytes: u64,
+    /// Bytes on the GPU.
+    pub gpu_bytes: u64,
+    /// Bytes left in the file and read per token (never uploaded).
+    pub mapped_bytes: u64,
 }
 
 /// GPU memory the model holds, by purpose.
@@ -59,11 +84,47 @@ pub struct MemoryReport {
     pub activations: u64,
     /// Largest single GPU buffer.
     pub largest_buffer: u64,
+    /// Tensor bytes that stay in the file and are read a row per token (Gemma 4's per-layer
+    /// embedding table): address space of the mapped file, not GPU memory.
+    pub mapped: u64,
+    /// Every tensor of the file by group, with where it went.
+    pub groups: Vec<TensorGroup>,
 }
 
 impl MemoryReport {
+    /// GPU bytes in all: weights, KV cache and activations.
     pub fn total(&self) -> u64 {
         self.weights + self.kv_cache + self.activations
+    }
+
+    fn group(&mut self, name: &'static str) -> &mut TensorGroup {
+        let i = match self.groups.iter().position(|g| g.name == name) {
+            Some(i) => i,
+            None => {
+                self.groups.push(TensorGroup {
+                    name,
+                    ..Default::default()
+                });
+                self.groups.len() - 1
+            }
+        };
+        &mut self.groups[i]
+    }
+}
+
+/// The group a tensor is reported under.
+fn tensor_group(name: &str) -> &'static str {
+    let base = name.strip_suffix(".weight").unwrap_or(name);
+    let leaf = base.rsplit('.').next().unwrap_or(base);
+    match leaf {
+        "token_embd" => "token embedding / LM head",
+        "per_layer_token_embd" => "per-layer embedding table",
+        "per_layer_model_proj" | "per_layer_proj_norm" | "inp_gate" | "proj" | "post_norm" => {
+            "per-layer inputs"
+        }
+        "attn_q" | "attn_k" | "attn_v" | "attn_output" => "attention",
+        "ffn_gate" | "ffn_up" | "ffn_down" => "MLP",
+        _ => "norms and scalars",
     }
 }
 
@@ -77,10 +138,35 @@ enum Upload {
     Vector(wgpu::Buffer),
 }
 
+/// Where a tensor the model uses lives once it is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// Uploaded to the GPU.
+    Gpu,
+    /// Read into host memory at load (RoPE factors, layer scalars).
+    Host,
+    /// Left in the file, read a row per token (Gemma 4's per-layer-embedding table).
+    Mapped,
+}
+
+/// The tensors a model uses: expected `ne` shape and placement. Tensors of the file that are
+/// not listed (the K/V projections of KV-shared layers) are never read.
+type TensorPlan = HashMap<String, (Vec<u64>, Placement)>;
+
+/// Gemma 4 per-layer-input buffers, allocated once for `chunk` rows.
+struct PleBuffers {
+    tok: wgpu::Buffer, // [chunk, L·P] f32 table rows, written by the CPU each step
+    ctx: wgpu::Buffer, // [chunk, L·P] f32 W_plm·x
+    out: wgpu::Buffer, // [chunk, L·P] f32 combined per-layer inputs
+}
+
 /// Activation buffers, allocated once for `chunk` rows (llama2.c's `RunState`).
 struct Activations {
-    step: wgpu::Buffer,         // uniform StepParams
-    step_one: wgpu::Buffer,     // uniform StepParams {1, 0}: ops over one row (LM head)
+    step: wgpu::Buffer,     // uniform StepParams
+    step_one: wgpu::Buffer, // uniform StepParams {1, 0}: ops over one row (LM head)
+    /// Uniform StepParams of the KV-shared layers and the head (models with KV sharing only):
+    /// `{1, last position}` when a prompt runs them on its last token, else equal to `step`.
+    step_tail: Option<wgpu::Buffer>,
     tokens: wgpu::Buffer,       // [chunk] u32
     h: wgpu::Buffer,            // [chunk, H] f32 residual stream
     xn: wgpu::Buffer,           // [chunk, H] f32 normed input of a block
@@ -100,18 +186,42 @@ struct Activations {
     penalty_ids: wgpu::Buffer,  // [max_penalty] u32 recent tokens for the repetition penalty
     attn_scratch: wgpu::Buffer, // split-key partials, shared by every layer's attention
     ropes: Vec<wgpu::Buffer>,   // per RoPE table: [chunk, d/2, 2] f32 (cos, sin)
+    /// Per RoPE table, the rows the KV-shared layers read (see `step_tail`).
+    ropes_tail: Vec<wgpu::Buffer>,
+    ple: Option<PleBuffers>,
+}
+
+impl Activations {
+    /// The uniform the KV-shared layers and the head bind.
+    fn tail_step(&self) -> &wgpu::Buffer {
+        self.step_tail.as_ref().unwrap_or(&self.step)
+    }
+}
+
+/// K/V projections and the cache store of a layer that owns a KV cache.
+struct KvOps {
+    k: Matmul,
+    v: Matmul,
+    k_prep: HeadPrep,
+    v_prep: HeadPrep,
+    store: KvStore,
+}
+
+/// Gemma 4's per-layer-input block: `h = (h + rms(W_proj·(gelu(W_gate·h) ⊙ ple_l))·w)·s`.
+struct PleOps {
+    gate: Matmul,
+    gelu: GeluMul,
+    proj: Matmul,
+    post_norm: RmsNorm,
 }
 
 struct LayerOps {
     attn_norm: RmsNorm,
     q: Matmul,
-    k: Matmul,
-    v: Matmul,
     q_prep: HeadPrep,
-    k_prep: HeadPrep,
-    v_prep: HeadPrep,
+    /// `None` on KV-shared layers.
+    kv: Option<KvOps>,
     attention: Attention,
-    kv_store: KvStore,
     o: Matmul,
     post_attn: RmsNorm,
     ffn_norm: RmsNorm,
@@ -120,6 +230,58 @@ struct LayerOps {
     gelu: GeluMul,
     down: Matmul,
     post_ffw: RmsNorm,
+    ple: Option<PleOps>,
+}
+
+impl LayerOps {
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
+        let mut ops: Vec<&dyn Op> = vec![&self.attn_norm, &self.q];
+        if let Some(kv) = &self.kv {
+            ops.extend([&kv.k as &dyn Op, &kv.v]);
+        }
+        ops.push(&self.q_prep);
+        if let Some(kv) = &self.kv {
+            ops.extend([
+                &kv.k_prep as &dyn Op,
+                &kv.v_prep,
+                &self.attention,
+                &kv.store,
+            ]);
+        } else {
+            ops.push(&self.attention);
+        }
+        ops.extend([
+            &self.o as &dyn Op,
+            &self.post_attn,
+            &self.ffn_norm,
+            &self.gate,
+            &self.up,
+            &self.gelu,
+            &self.down,
+            &self.post_ffw,
+        ]);
+        if let Some(p) = &self.ple {
+            ops.extend([&p.gate as &dyn Op, &p.gelu, &p.proj, &p.post_norm]);
+        }
+        for op in ops {
+            op.encode(pass, step);
+        }
+    }
+}
+
+/// Gemma 4's per-layer inputs: the table rows come from the file, the rest from the GPU.
+struct PleInput {
+    /// `W_plm·x` into `PleBuffers::ctx`.
+    proj: Matmul,
+    combine: PleCombine,
+    rows: Arc<dyn RowSource>,
+    /// `per_layer_token_embd`: where its rows are and how they are stored.
+    table: TensorInfo,
+    /// `L·P` values per row.
+    width: usize,
+    /// Reused per step: one row's bytes, and `[T, L·P]` f32 rows.
+    row_bytes: Vec<u8>,
+    values: Vec<f32>,
 }
 
 /// Final norm + LM head + top-k over a set of rows.
@@ -139,6 +301,17 @@ const SCORE_ROWS: u32 = 64;
 /// Most recent tokens the repetition penalty looks at.
 pub const MAX_PENALTY_TOKENS: u32 = 256;
 
+/// What a step computes after the layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepHead {
+    /// An inner prefill chunk: the layers that fill KV caches, nothing else.
+    None,
+    /// Next-token candidates after the step's last token.
+    Generate,
+    /// Candidates after every token of the step (`score`).
+    Score,
+}
+
 /// A loaded model: weights on the GPU, the KV cache, and every op of the forward pass.
 pub struct Model {
     pub cfg: ModelConfig,
@@ -151,10 +324,13 @@ pub struct Model {
     pos: u32,
     acts: Activations,
     embed: Embed,
+    ple: Option<PleInput>,
     layers: Vec<LayerOps>,
+    /// Moves the last row of `h` and of the per-layer inputs to row 0 before the KV-shared
+    /// layers run on a prompt's last token.
+    to_front: Vec<LastRowToFront>,
     head: Head,
     score_head: Option<Head>,
-    /// (table, which activation buffer it fills) per distinct RoPE setting.
     ropes: Vec<RopeTable>,
     uploads: HashMap<String, Upload>,
     memory: MemoryReport,
@@ -170,13 +346,41 @@ pub fn check(gguf: &Gguf) -> Result<ModelConfig> {
     plan(gguf).map(|(cfg, _)| cfg)
 }
 
-/// The configuration and the tensors to upload, with their expected `ne` shapes.
-fn plan(gguf: &Gguf) -> Result<(ModelConfig, HashMap<String, Vec<u64>>)> {
+/// The configuration and the tensors the model uses.
+fn plan(gguf: &Gguf) -> Result<(ModelConfig, TensorPlan)> {
     let cfg = ModelConfig::from_gguf(gguf)?;
     let (h, v) = (cfg.hidden as u64, cfg.vocab as u64);
-    let mut wanted: HashMap<String, Vec<u64>> = HashMap::new();
-    wanted.insert("token_embd.weight".into(), vec![h, v]);
-    wanted.insert("output_norm.weight".into(), vec![h]);
+    let (n_layers, ple) = (cfg.n_layers as u64, cfg.ple_dim as u64);
+    let mut wanted: TensorPlan = HashMap::new();
+    let mut want = |name: String, shape: Vec<u64>, at: Placement| {
+        wanted.insert(name, (shape, at));
+    };
+    want("token_embd.weight".into(), vec![h, v], Placement::Gpu);
+    want("output_norm.weight".into(), vec![h], Placement::Gpu);
+    if let Some(d) = cfg.layers.iter().find(|l| l.rope_freq_factors) {
+        want(
+            "rope_freqs.weight".into(),
+            vec![d.head_dim as u64 / 2],
+            Placement::Host,
+        );
+    }
+    if ple > 0 {
+        want(
+            "per_layer_token_embd.weight".into(),
+            vec![n_layers * ple, v],
+            Placement::Mapped,
+        );
+        want(
+            "per_layer_model_proj.weight".into(),
+            vec![h, n_layers * ple],
+            Placement::Gpu,
+        );
+        want(
+            "per_layer_proj_norm.weight".into(),
+            vec![ple],
+            Placement::Gpu,
+        );
+    }
     for (l, lc) in cfg.layers.iter().enumerate() {
         let (d, nq, nkv, ff) = (
             lc.head_dim as u64,
@@ -184,32 +388,49 @@ fn plan(gguf: &Gguf) -> Result<(ModelConfig, HashMap<String, Vec<u64>>)> {
             lc.n_kv_heads as u64,
             lc.ff_len as u64,
         );
-        let shapes = [
-            vec![h, nq * d],
-            vec![h, nkv * d],
-            vec![h, nkv * d],
-            vec![nq * d, h],
-            vec![h, ff],
-            vec![h, ff],
-            vec![ff, h],
-        ];
-        for (name, shape) in LAYER_MATRICES.iter().zip(shapes) {
-            wanted.insert(layer_tensor(l, name), shape);
+        let mut w =
+            |what: &str, shape: Vec<u64>| want(layer_tensor(l, what), shape, Placement::Gpu);
+        w("attn_q", vec![h, nq * d]);
+        w("attn_output", vec![nq * d, h]);
+        w("ffn_gate", vec![h, ff]);
+        w("ffn_up", vec![h, ff]);
+        w("ffn_down", vec![ff, h]);
+        for name in [
+            "attn_norm",
+            "post_attention_norm",
+            "ffn_norm",
+            "post_ffw_norm",
+        ] {
+            w(name, vec![h]);
         }
-        for name in LAYER_VECTORS {
-            let len = if name == "attn_q_norm" || name == "attn_k_norm" {
-                d
-            } else {
-                h
-            };
-            wanted.insert(layer_tensor(l, name), vec![len]);
+        w("attn_q_norm", vec![d]);
+        if !lc.shares_kv(l) {
+            w("attn_k", vec![h, nkv * d]);
+            w("attn_v", vec![h, nkv * d]);
+            w("attn_k_norm", vec![d]);
+        }
+        if ple > 0 {
+            w("inp_gate", vec![h, ple]);
+            w("proj", vec![ple, h]);
+            w("post_norm", vec![h]);
+        }
+        if cfg.arch == Arch::Gemma4
+            && gguf
+                .opt_tensor(&layer_tensor(l, "layer_output_scale"))
+                .is_some()
+        {
+            want(
+                layer_tensor(l, "layer_output_scale"),
+                vec![1],
+                Placement::Host,
+            );
         }
     }
     let mut names: Vec<&String> = wanted.keys().collect();
     names.sort();
     for name in names {
         let info = gguf.tensor(name)?;
-        let expected = &wanted[name];
+        let (expected, _) = &wanted[name];
         if &info.dims != expected {
             return Err(Error::Shape {
                 tensor: info.name.clone(),
@@ -222,28 +443,10 @@ fn plan(gguf: &Gguf) -> Result<(ModelConfig, HashMap<String, Vec<u64>>)> {
     Ok((cfg, wanted))
 }
 
-/// GGUF names of the tensors a Gemma 3 layer uses.
+/// GGUF name of a per-layer tensor.
 fn layer_tensor(l: usize, what: &str) -> String {
     format!("blk.{l}.{what}.weight")
 }
-
-const LAYER_MATRICES: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
-const LAYER_VECTORS: [&str; 6] = [
-    "attn_norm",
-    "attn_q_norm",
-    "attn_k_norm",
-    "post_attention_norm",
-    "ffn_norm",
-    "post_ffw_norm",
-];
 
 impl Model {
     /// Uploads the weights named by `gguf` from `src` (in file order, so a streaming source
@@ -262,50 +465,107 @@ impl Model {
             .clamp(1, cfg.context_length.max(1));
         let chunk = opts.prefill_chunk.clamp(1, 1024).min(context);
         let max_candidates = opts.max_candidates.clamp(1, 64);
+        let rows = match (cfg.ple_dim > 0, &opts.rows) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r.clone()),
+            (true, None) => {
+                return Err(Error::InvalidArgument(
+                    "this model keeps its per-layer embedding table in the file: loading it needs random access to the file (LoadOptions::rows)".into(),
+                ))
+            }
+        };
 
-        let mut infos: Vec<&TensorInfo> = gguf
-            .tensors_by_offset()
-            .into_iter()
-            .filter(|t| wanted.contains_key(&t.name))
-            .collect();
-        infos.sort_by_key(|t| t.offset);
-        let total: u64 = infos.iter().map(|t| t.n_bytes).sum();
-        let mut done = 0;
-        let mut uploads = HashMap::new();
         let mut memory = MemoryReport {
             file_tensor_bytes: gguf.tensor_data_bytes(),
             ..Default::default()
         };
+        let mut infos: Vec<&TensorInfo> = gguf.tensors_by_offset();
+        infos.sort_by_key(|t| t.offset);
+        let total: u64 = infos
+            .iter()
+            .filter(|t| {
+                matches!(
+                    wanted.get(&t.name),
+                    Some((_, Placement::Gpu | Placement::Host))
+                )
+            })
+            .map(|t| t.n_bytes)
+            .sum();
+        let mut done = 0;
+        let mut uploads = HashMap::new();
+        let mut host: HashMap<String, Vec<f32>> = HashMap::new();
         for info in infos {
+            let group = tensor_group(&info.name);
+            let placement = wanted.get(&info.name).map(|(_, p)| *p);
+            {
+                let g = memory.group(group);
+                g.tensors += 1;
+                g.file_bytes += info.n_bytes;
+            }
+            match placement {
+                None => continue,
+                Some(Placement::Mapped) => {
+                    memory.group(group).mapped_bytes += info.n_bytes;
+                    memory.mapped += info.n_bytes;
+                    continue;
+                }
+                Some(_) => {}
+            }
             let bytes = read_tensor_data(src, info).await?;
-            let upload = if info.dims.len() == 1 {
+            if placement == Some(Placement::Host) {
                 let values = crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
                     .map_err(|e| tensor_error(info, e))?;
-                memory.weights += values.len() as u64 * 4;
-                Upload::Vector(ctx.storage_init(&info.name, &values)?)
+                host.insert(info.name.clone(), values);
             } else {
-                let m = QuantMatrix::upload(
-                    &ctx,
-                    &info.name,
-                    info.ty,
-                    info.dims[0] as u32,
-                    info.dims[1] as u32,
-                    &bytes,
-                )?;
-                memory.weights += m.gpu_bytes();
-                memory.largest_buffer = memory.largest_buffer.max(m.largest_buffer_bytes());
-                Upload::Matrix(m)
-            };
-            uploads.insert(info.name.clone(), upload);
+                let upload = if info.dims.len() == 1 {
+                    let values =
+                        crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
+                            .map_err(|e| tensor_error(info, e))?;
+                    Upload::Vector(ctx.storage_init(&info.name, &values)?)
+                } else {
+                    let m = QuantMatrix::upload(
+                        &ctx,
+                        &info.name,
+                        info.ty,
+                        info.dims[0] as u32,
+                        info.dims[1] as u32,
+                        &bytes,
+                    )?;
+                    memory.largest_buffer = memory.largest_buffer.max(m.largest_buffer_bytes());
+                    Upload::Matrix(m)
+                };
+                let gpu = match &upload {
+                    Upload::Matrix(m) => m.gpu_bytes(),
+                    Upload::Vector(b) => b.size(),
+                };
+                memory.weights += gpu;
+                memory.group(group).gpu_bytes += gpu;
+                uploads.insert(info.name.clone(), upload);
+            }
             done += info.n_bytes;
             progress(done, total);
         }
+        let ple_table = match rows {
+            Some(r) => Some((r, gguf.tensor("per_layer_token_embd.weight")?.clone())),
+            None => None,
+        };
 
-        let mut model = Self::build(ctx, cfg, context, chunk, max_candidates, uploads, memory)?;
+        let mut model = Self::build(
+            ctx,
+            cfg,
+            context,
+            chunk,
+            max_candidates,
+            uploads,
+            &host,
+            ple_table,
+            memory,
+        )?;
         model.memory.largest_buffer = model.memory.largest_buffer.max(model.largest_activation());
         Ok(model)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         ctx: Arc<GpuContext>,
         cfg: ModelConfig,
@@ -313,6 +573,8 @@ impl Model {
         chunk: u32,
         max_candidates: u32,
         uploads: HashMap<String, Upload>,
+        host: &HashMap<String, Vec<f32>>,
+        ple_table: Option<(Arc<dyn RowSource>, TensorInfo)>,
         mut memory: MemoryReport,
     ) -> Result<Model> {
         let c = chunk as u64;
@@ -327,6 +589,7 @@ impl Model {
             .max()
             .unwrap_or(0);
         let ff_max = cfg.layers.iter().map(|l| l.ff_len).max().unwrap_or(0) as u64;
+        let ple_width = cfg.n_layers as u64 * cfg.ple_dim as u64;
         let ctx_ref = &*ctx;
         let mut act_bytes = 0u64;
         let mut buf = |label: &str, bytes: u64| -> Result<wgpu::Buffer> {
@@ -334,11 +597,20 @@ impl Model {
             ctx_ref.storage(label, bytes)
         };
 
-        // One RoPE table per distinct (θ, scale, head size).
+        // One RoPE table per distinct (θ, scale, head size, factors).
         let mut ropes: Vec<RopeTable> = Vec::new();
         let mut rope_of_layer = Vec::new();
         for lc in &cfg.layers {
-            let mut table = RopeTable::new(lc.rope_theta, lc.head_dim as usize)?;
+            let d = lc.head_dim as usize;
+            let mut table = if lc.rope_freq_factors {
+                let factors = host
+                    .get("rope_freqs.weight")
+                    .ok_or_else(|| Error::MissingTensor("rope_freqs.weight".into()))?;
+                RopeTable::with_freq_factors(lc.rope_theta, d, factors)
+                    .map_err(|e| Error::Gguf(format!("tensor `rope_freqs.weight`: {e}")))?
+            } else {
+                RopeTable::new(lc.rope_theta, d)?
+            };
             if lc.rope_scale != 1.0 {
                 table = table.linear_scaled(lc.rope_scale);
             }
@@ -351,15 +623,26 @@ impl Model {
             };
             rope_of_layer.push(idx);
         }
-
-        let acts = Activations {
-            step: ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("step"),
+        let uniform = |label: &str| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
                 size: std::mem::size_of::<StepParams>() as u64,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            }),
+            })
+        };
+        let sharing = cfg.has_kv_sharing();
+        let rope_bufs = |buf: &mut dyn FnMut(&str, u64) -> Result<wgpu::Buffer>| {
+            ropes
+                .iter()
+                .map(|t| buf("rope", c * t.floats_per_token() as u64 * f))
+                .collect::<Result<Vec<_>>>()
+        };
+
+        let acts = Activations {
+            step: uniform("step"),
             step_one: ctx.uniform_init("step_one", &StepParams::new(1, 0)),
+            step_tail: sharing.then(|| uniform("step_tail")),
             tokens: buf("tokens", c * 4)?,
             h: buf("h", c * hidden * f)?,
             xn: buf("xn", c * hidden * f)?,
@@ -379,16 +662,26 @@ impl Model {
             penalty_ids: buf("penalty_ids", MAX_PENALTY_TOKENS as u64 * 4)?,
             attn_scratch: buf(
                 "attention scratch",
-                cfg.layers
-                    .iter()
-                    .map(|lc| Attention::scratch_bytes(&attention_params(&cfg, lc, context, chunk)))
+                (0..cfg.layers.len())
+                    .map(|l| Attention::scratch_bytes(&attention_params(&cfg, l, context, chunk)))
                     .max()
                     .unwrap_or(4),
             )?,
-            ropes: ropes
-                .iter()
-                .map(|t| buf("rope", c * t.floats_per_token() as u64 * f))
-                .collect::<Result<_>>()?,
+            ropes: rope_bufs(&mut buf)?,
+            ropes_tail: if sharing {
+                rope_bufs(&mut buf)?
+            } else {
+                Vec::new()
+            },
+            ple: if ple_width > 0 {
+                Some(PleBuffers {
+                    tok: buf("ple_tok", c * ple_width * f)?,
+                    ctx: buf("ple_ctx", c * ple_width * f)?,
+                    out: buf("ple", c * ple_width * f)?,
+                })
+            } else {
+                None
+            },
         };
         memory.activations = act_bytes;
 
@@ -405,7 +698,6 @@ impl Model {
             }
         };
         let a = &acts;
-        let step = || a.step.as_entire_binding();
         let eps = cfg.eps;
 
         let embed = Embed::new(
@@ -414,16 +706,57 @@ impl Model {
             EmbedIo {
                 tokens: a.tokens.as_entire_binding(),
                 out: a.h.as_entire_binding(),
-                step: step(),
+                step: a.step.as_entire_binding(),
             },
             cfg.embed_scale,
         )?;
+        let ple = match (&a.ple, ple_table) {
+            (Some(pb), Some((rows, table))) => Some(PleInput {
+                proj: Matmul::new(
+                    &ctx,
+                    matrix("per_layer_model_proj.weight")?,
+                    MatmulIo {
+                        x: a.h.as_entire_binding(),
+                        y: pb.ctx.as_entire_binding(),
+                        step: a.step.as_entire_binding(),
+                    },
+                    MatmulOut::Store,
+                )?,
+                combine: PleCombine::new(
+                    &ctx,
+                    PleCombineIo {
+                        ctx: pb.ctx.as_entire_binding(),
+                        tok: pb.tok.as_entire_binding(),
+                        weight: vector("per_layer_proj_norm.weight")?,
+                        out: pb.out.as_entire_binding(),
+                        step: a.step.as_entire_binding(),
+                    },
+                    &PleConfig::gemma4(cfg.hidden, cfg.ple_dim, cfg.n_layers, eps),
+                )?,
+                rows,
+                width: ple_width as usize,
+                row_bytes: vec![0; table.row_bytes() as usize],
+                table,
+                values: Vec::new(),
+            }),
+            _ => None,
+        };
 
         let mut layers = Vec::with_capacity(cfg.layers.len());
         let mut kv_bytes = 0u64;
+        // Each KV-owning layer's cache, for the layers that share it.
+        let mut caches: Vec<Option<(wgpu::Buffer, wgpu::Buffer)>> = Vec::new();
         for (l, lc) in cfg.layers.iter().enumerate() {
             let t = |w: &str| layer_tensor(l, w);
             let d = lc.head_dim;
+            let shared = lc.shares_kv(l);
+            // KV-shared layers run as the tail of the step (see `step_tail`).
+            let (step_buf, rope) = if shared {
+                (a.tail_step(), &a.ropes_tail[rope_of_layer[l]])
+            } else {
+                (&a.step, &a.ropes[rope_of_layer[l]])
+            };
+            let step = || step_buf.as_entire_binding();
             let norm =
                 |x: &wgpu::Buffer, w: &str, y: &wgpu::Buffer, out: NormOut| -> Result<RmsNorm> {
                     RmsNorm::new(
@@ -452,7 +785,6 @@ impl Model {
                     MatmulOut::Store,
                 )
             };
-            let rope = &a.ropes[rope_of_layer[l]];
             let prep = |input: &wgpu::Buffer,
                         weight: Option<&str>,
                         out: &wgpu::Buffer,
@@ -471,19 +803,63 @@ impl Model {
                 )
             };
 
-            let cap = attention_params(&cfg, lc, context, chunk).cap;
-            let cache_bytes = cap as u64 * (lc.n_kv_heads * d) as u64 * 2;
-            let k_cache = ctx.storage(&t("k_cache"), cache_bytes)?;
-            let v_cache = ctx.storage(&t("v_cache"), cache_bytes)?;
-            kv_bytes += 2 * cache_bytes;
-            memory.largest_buffer = memory.largest_buffer.max(cache_bytes);
-            let params = attention_params(&cfg, lc, context, chunk);
+            let params = attention_params(&cfg, l, context, chunk);
+            let (kv, cache) = if shared {
+                (None, None)
+            } else {
+                let cache_bytes = params.cap as u64 * (lc.n_kv_heads * d) as u64 * 2;
+                let k_cache = ctx.storage(&t("k_cache"), cache_bytes)?;
+                let v_cache = ctx.storage(&t("v_cache"), cache_bytes)?;
+                kv_bytes += 2 * cache_bytes;
+                memory.largest_buffer = memory.largest_buffer.max(cache_bytes);
+                let store = KvStore::new(
+                    &ctx,
+                    KvStoreIo {
+                        k_new: a.k_new.as_entire_binding(),
+                        v_new: a.v_new.as_entire_binding(),
+                        k_cache: k_cache.as_entire_binding(),
+                        v_cache: v_cache.as_entire_binding(),
+                        step: step(),
+                    },
+                    &params,
+                )?;
+                // Gemma 3 keeps V as projected; Gemma 4 normalises it with no weight.
+                let v_norm = match cfg.arch {
+                    Arch::Gemma3 => HeadNorm::None,
+                    Arch::Gemma4 => HeadNorm::Weightless,
+                };
+                let kv = KvOps {
+                    k: mm("attn_k", &a.xn, &a.k)?,
+                    v: mm("attn_v", &a.xn, &a.v)?,
+                    k_prep: prep(
+                        &a.k,
+                        Some("attn_k_norm"),
+                        &a.k_new,
+                        HeadPrepConfig::qk(d, lc.n_kv_heads, eps, 1.0, HeadOut::F16Packed),
+                    )?,
+                    v_prep: prep(
+                        &a.v,
+                        None,
+                        &a.v_new,
+                        HeadPrepConfig::v(d, lc.n_kv_heads, eps, v_norm, HeadOut::F16Packed),
+                    )?,
+                    store,
+                };
+                (Some(kv), Some((k_cache, v_cache)))
+            };
+            caches.push(cache);
+            let (k_cache, v_cache) = caches[lc.kv_source].as_ref().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "layer {l} reads the KV cache of layer {}, which has none",
+                    lc.kv_source
+                ))
+            })?;
             let attention = Attention::new(
                 &ctx,
                 AttentionIo {
                     q: a.qp.as_entire_binding(),
-                    k_new: Some(a.k_new.as_entire_binding()),
-                    v_new: Some(a.v_new.as_entire_binding()),
+                    k_new: (!shared).then(|| a.k_new.as_entire_binding()),
+                    v_new: (!shared).then(|| a.v_new.as_entire_binding()),
                     k_cache: k_cache.as_entire_binding(),
                     v_cache: v_cache.as_entire_binding(),
                     out: a.attn.as_entire_binding(),
@@ -492,42 +868,54 @@ impl Model {
                 },
                 params,
             )?;
-            let kv_store = KvStore::new(
-                &ctx,
-                KvStoreIo {
-                    k_new: a.k_new.as_entire_binding(),
-                    v_new: a.v_new.as_entire_binding(),
-                    k_cache: k_cache.as_entire_binding(),
-                    v_cache: v_cache.as_entire_binding(),
-                    step: step(),
-                },
-                &params,
-            )?;
+            // Gemma 4 scales the whole residual stream at the end of every layer.
+            let scale_name = t("layer_output_scale");
+            let layer_scale = match host.get(&scale_name) {
+                Some(v) if v.len() == 1 && v[0].is_finite() => v[0],
+                Some(v) => {
+                    return Err(Error::Gguf(format!(
+                        "tensor `{scale_name}`: expected one finite value, found {v:?}"
+                    )))
+                }
+                None => 1.0,
+            };
+            let last_add = if layer_scale == 1.0 {
+                NormOut::Add
+            } else {
+                NormOut::AddScaled(layer_scale)
+            };
+            let ple_ops = match &a.ple {
+                None => None,
+                Some(pb) => Some(PleOps {
+                    gate: mm("inp_gate", &a.h, &a.gate)?,
+                    gelu: GeluMul::with_up_rows(
+                        &ctx,
+                        GeluMulIo {
+                            gate: a.gate.as_entire_binding(),
+                            up: pb.out.as_entire_binding(),
+                            out: a.act.as_entire_binding(),
+                            step: step(),
+                        },
+                        cfg.ple_dim,
+                        cfg.ple_dim,
+                        ple_width as u32,
+                        l as u32 * cfg.ple_dim,
+                    )?,
+                    proj: mm("proj", &a.act, &a.o)?,
+                    post_norm: norm(&a.o, "post_norm", &a.h, last_add)?,
+                }),
+            };
             layers.push(LayerOps {
                 attn_norm: norm(&a.h, "attn_norm", &a.xn, NormOut::Store)?,
                 q: mm("attn_q", &a.xn, &a.q)?,
-                k: mm("attn_k", &a.xn, &a.k)?,
-                v: mm("attn_v", &a.xn, &a.v)?,
                 q_prep: prep(
                     &a.q,
                     Some("attn_q_norm"),
                     &a.qp,
                     HeadPrepConfig::qk(d, cfg.n_heads, eps, 1.0, HeadOut::F32),
                 )?,
-                k_prep: prep(
-                    &a.k,
-                    Some("attn_k_norm"),
-                    &a.k_new,
-                    HeadPrepConfig::qk(d, lc.n_kv_heads, eps, 1.0, HeadOut::F16Packed),
-                )?,
-                v_prep: prep(
-                    &a.v,
-                    None,
-                    &a.v_new,
-                    HeadPrepConfig::v(d, lc.n_kv_heads, eps, HeadNorm::None, HeadOut::F16Packed),
-                )?,
+                kv,
                 attention,
-                kv_store,
                 o: mm("attn_output", &a.attn, &a.o)?,
                 post_attn: norm(&a.o, "post_attention_norm", &a.h, NormOut::Add)?,
                 ffn_norm: norm(&a.h, "ffn_norm", &a.xn, NormOut::Store)?,
@@ -545,10 +933,38 @@ impl Model {
                     None,
                 )?,
                 down: mm("ffn_down", &a.act, &a.o)?,
-                post_ffw: norm(&a.o, "post_ffw_norm", &a.h, NormOut::Add)?,
+                post_ffw: norm(
+                    &a.o,
+                    "post_ffw_norm",
+                    &a.h,
+                    if ple_ops.is_some() {
+                        NormOut::Add
+                    } else {
+                        last_add
+                    },
+                )?,
+                ple: ple_ops,
             });
         }
         memory.kv_cache = kv_bytes;
+
+        let mut to_front = Vec::new();
+        if sharing {
+            to_front.push(LastRowToFront::new(
+                &ctx,
+                a.h.as_entire_binding(),
+                a.step.as_entire_binding(),
+                cfg.hidden,
+            )?);
+            if let Some(pb) = &a.ple {
+                to_front.push(LastRowToFront::new(
+                    &ctx,
+                    pb.out.as_entire_binding(),
+                    a.step.as_entire_binding(),
+                    ple_width as u32,
+                )?);
+            }
+        }
 
         let head = Self::build_head(&ctx, &cfg, &acts, &uploads, max_candidates, None)?;
         // Top-k rows of the largest score step, mapped and unmapped every step.
@@ -567,7 +983,9 @@ impl Model {
             pos: 0,
             acts,
             embed,
+            ple,
             layers,
+            to_front,
             head,
             score_head: None,
             readback,
@@ -580,7 +998,8 @@ impl Model {
     }
 
     /// The final norm, LM head and top-k. `score_rows: None` builds the generation head (the
-    /// step's last row only); `Some(r)` a head over up to `r` rows for `score`.
+    /// step's last row only); `Some(r)` a head over up to `r` rows for `score`. It runs after
+    /// the KV-shared layers, so it binds their step uniform.
     fn build_head(
         ctx: &GpuContext,
         cfg: &ModelConfig,
@@ -597,13 +1016,14 @@ impl Model {
             Some(Upload::Vector(b)) => b,
             _ => return Err(Error::MissingTensor("output_norm.weight".into())),
         };
+        let step = a.tail_step();
         let rows = score_rows.unwrap_or(1);
         let (normed, logits, row_step) = match score_rows {
             None => (&a.last, a.logits.clone(), a.step_one.as_entire_binding()),
             Some(r) => (
                 &a.xn,
                 ctx.storage("score_logits", r as u64 * cfg.vocab as u64 * 4)?,
-                a.step.as_entire_binding(),
+                step.as_entire_binding(),
             ),
         };
         let norm = RmsNorm::new(
@@ -612,7 +1032,7 @@ impl Model {
                 x: a.h.as_entire_binding(),
                 weight: Some(norm_w.as_entire_binding()),
                 y: normed.as_entire_binding(),
-                step: a.step.as_entire_binding(),
+                step: step.as_entire_binding(),
             },
             cfg.hidden,
             1,
@@ -729,9 +1149,11 @@ impl Model {
         let n = chunks.len();
         for (i, part) in chunks.into_iter().enumerate() {
             if i + 1 < n {
-                self.run_step(part, None, recent, penalty).await?;
+                self.run_step(part, StepHead::None, recent, penalty).await?;
             } else {
-                let mut rows = self.run_step(part, Some(false), recent, penalty).await?;
+                let mut rows = self
+                    .run_step(part, StepHead::Generate, recent, penalty)
+                    .await?;
                 return rows
                     .pop()
                     .ok_or_else(|| Error::Readback("no candidates".into()));
@@ -770,7 +1192,7 @@ impl Model {
         }
         let mut out = Vec::with_capacity(tokens.len());
         for part in tokens.chunks(rows as usize) {
-            let mut got = self.run_step(part, Some(true), &[], 1.0).await?;
+            let mut got = self.run_step(part, StepHead::Score, &[], 1.0).await?;
             for c in got.iter_mut() {
                 c.ids.truncate(k as usize);
                 c.values.truncate(k as usize);
@@ -803,21 +1225,44 @@ impl Model {
     /// One step over `tokens` (≤ chunk) at the current position. `head`: `None` runs the layers
     /// only (an inner prefill chunk); `Some(false)` adds the generation head (last row);
     /// `Some(true)` the score head (every row).
+    /// One step over `tokens` (≤ chunk) at the current position. `head` says what comes
+    /// after the layers (nothing, for an inner prefill chunk).
     async fn run_step(
         &mut self,
         tokens: &[u32],
-        head: Option<bool>,
+        head: StepHead,
         recent: &[u32],
         penalty: f32,
     ) -> Result<Vec<Candidates>> {
         let ctx = self.ctx.clone();
         let q = &ctx.queue;
-        let step = StepParams::new(tokens.len() as u32, self.pos);
+        let n = tokens.len() as u32;
+        let step = StepParams::new(n, self.pos);
+        // The KV-shared layers (and the head after them) run on the last token only when a
+        // prompt needs just the next token's candidates, on every row for `score`, and not at
+        // all in an inner prefill chunk: they fill no cache.
+        let tail = match head {
+            _ if !self.cfg.has_kv_sharing() => Some(step),
+            StepHead::None => None,
+            StepHead::Generate => Some(StepParams::new(1, self.pos + n - 1)),
+            StepHead::Score => Some(step),
+        };
         q.write_buffer(&self.acts.step, 0, bytemuck::bytes_of(&step));
         q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(tokens));
         for (table, buffer) in self.ropes.iter().zip(&self.acts.ropes) {
             table.fill(self.pos, tokens.len(), &mut self.rope_scratch);
             q.write_buffer(buffer, 0, bytemuck::cast_slice(&self.rope_scratch));
+        }
+        if let (Some(ts), Some(buffer)) = (tail, &self.acts.step_tail) {
+            q.write_buffer(buffer, 0, bytemuck::bytes_of(&ts));
+            for (table, buffer) in self.ropes.iter().zip(&self.acts.ropes_tail) {
+                table.fill(ts.pos0, ts.n_tokens as usize, &mut self.rope_scratch);
+                q.write_buffer(buffer, 0, bytemuck::cast_slice(&self.rope_scratch));
+            }
+        }
+        if let (Some(ple), Some(pb)) = (&mut self.ple, &self.acts.ple) {
+            ple.read_rows(tokens)?;
+            q.write_buffer(&pb.tok, 0, bytemuck::cast_slice(&ple.values));
         }
         let recent = &recent[recent.len().saturating_sub(MAX_PENALTY_TOKENS as usize)..];
         let sampling = Sampling {
@@ -829,16 +1274,13 @@ impl Model {
         if !recent.is_empty() {
             q.write_buffer(&self.acts.penalty_ids, 0, bytemuck::cast_slice(recent));
         }
-        match head {
-            Some(false) if self.head.logits.sampling() != &sampling => {
-                self.head.logits.set_sampling(&ctx, &sampling)?
-            }
-            _ => {}
+        if head == StepHead::Generate && self.head.logits.sampling() != &sampling {
+            self.head.logits.set_sampling(&ctx, &sampling)?
         }
         let head_op = match head {
-            None => None,
-            Some(false) => Some(&self.head),
-            Some(true) => self.score_head.as_ref(),
+            StepHead::None => None,
+            StepHead::Generate => Some(&self.head),
+            StepHead::Score => self.score_head.as_ref(),
         };
 
         let mut encoder = ctx
@@ -851,30 +1293,26 @@ impl Model {
                 label: Some("step"),
                 timestamp_writes: None,
             });
-            self.encode_layers(&mut pass, &step);
-            if let Some(h) = head_op {
+            self.encode_layers(&mut pass, &step, tail.as_ref());
+            if let (Some(h), Some(ts)) = (head_op, tail) {
                 let rows = if h.last_row_only {
                     StepParams::new(1, 0)
                 } else {
-                    step
+                    ts
                 };
-                h.norm.encode(&mut pass, &step);
+                h.norm.encode(&mut pass, &ts);
                 h.lm_head.encode(&mut pass, &rows);
                 h.logits.encode(&mut pass, &rows);
             }
         }
         let readback = head_op.map(|h| {
-            let rows = if h.last_row_only {
-                1
-            } else {
-                tokens.len() as u32
-            };
+            let rows = if h.last_row_only { 1 } else { n };
             let bytes = Logits::out_bytes(rows, self.max_candidates);
             encoder.copy_buffer_to_buffer(&h.out, 0, &self.readback, 0, bytes);
             (bytes, rows)
         });
         q.submit([encoder.finish()]);
-        self.pos += tokens.len() as u32;
+        self.pos += n;
 
         let Some((bytes, rows)) = readback else {
             return Ok(Vec::new());
@@ -896,54 +1334,93 @@ impl Model {
         Ok(result)
     }
 
-    fn encode_layers(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
+    /// Records the embedding, the per-layer inputs and every layer. `tail`: the step of the
+    /// KV-shared layers (`None`: skip them); when it is shorter than `step`, the last row is
+    /// moved to the front first.
+    fn encode_layers(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        step: &StepParams,
+        tail: Option<&StepParams>,
+    ) {
         self.embed.encode(pass, step);
-        for l in &self.layers {
-            let ops: [&dyn Op; 17] = [
-                &l.attn_norm,
-                &l.q,
-                &l.k,
-                &l.v,
-                &l.q_prep,
-                &l.k_prep,
-                &l.v_prep,
-                &l.attention,
-                &l.kv_store,
-                &l.o,
-                &l.post_attn,
-                &l.ffn_norm,
-                &l.gate,
-                &l.up,
-                &l.gelu,
-                &l.down,
-                &l.post_ffw,
-            ];
-            for op in ops {
+        if let Some(p) = &self.ple {
+            p.proj.encode(pass, step);
+            p.combine.encode(pass, step);
+        }
+        let first_shared = self.cfg.first_shared as usize;
+        for l in &self.layers[..first_shared] {
+            l.encode(pass, step);
+        }
+        let Some(ts) = tail else { return };
+        if ts.n_tokens < step.n_tokens {
+            for op in &self.to_front {
                 op.encode(pass, step);
             }
+        }
+        for l in &self.layers[first_shared..] {
+            l.encode(pass, ts);
         }
     }
 }
 
-/// Attention shape of a layer: a full layer's cache holds the whole context; a sliding layer's
-/// is a ring of exactly `W` slots (the step's own keys are read from staging).
-fn attention_params(
-    cfg: &ModelConfig,
-    lc: &LayerConfig,
-    context: u32,
-    chunk: u32,
-) -> AttentionParams {
+impl PleInput {
+    /// Reads and dequantizes the per-layer-table rows of `tokens` into `values`
+    /// (`[T, L·P]` f32).
+    fn read_rows(&mut self, tokens: &[u32]) -> Result<()> {
+        self.values.clear();
+        let row_bytes = self.row_bytes.len() as u64;
+        for &t in tokens {
+            self.rows.read_rows(
+                self.table.offset + t as u64 * row_bytes,
+                &mut self.row_bytes,
+            )?;
+            let row = crate::quant::dequantize(self.table.ty, &self.row_bytes, self.width)
+                .map_err(|e| tensor_error(&self.table, e))?;
+            self.values.extend_from_slice(&row);
+        }
+        Ok(())
+    }
+}
+
+/// Cache slots of KV-owning layer `l`. A full layer's cache holds the whole context; a sliding
+/// layer's is a ring of `W` slots (the step's own keys are read from staging). A ring that
+/// KV-shared layers read grows by one `score` step: those layers read every key from the
+/// cache after the owner stored the step, and row `t` of a `T`-row step still needs the keys
+/// from `pos0 + t − W + 1` on, so `W + T − 1` slots are needed.
+fn cache_slots(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> u32 {
+    let lc = &cfg.layers[l];
+    let w = cfg.sliding_window;
     // With a context no longer than the window, a sliding layer sees every earlier key: it is
     // a full layer over `context` slots.
+    if !lc.sliding || context <= w {
+        return context;
+    }
+    let shared = cfg
+        .layers
+        .iter()
+        .enumerate()
+        .any(|(j, other)| j != l && other.kv_source == l);
+    if shared {
+        (w + chunk.min(SCORE_ROWS) - 1).min(context)
+    } else {
+        w
+    }
+}
+
+/// Attention shape of layer `l`: its own cache, or for a KV-shared layer the cache of the
+/// layer it reads, every key taken from that cache.
+fn attention_params(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> AttentionParams {
+    let lc = &cfg.layers[l];
     let sliding = lc.sliding && context > cfg.sliding_window;
     AttentionParams {
         n_q_heads: cfg.n_heads,
         n_kv_heads: lc.n_kv_heads,
         head_dim: lc.head_dim,
-        cap: if sliding { cfg.sliding_window } else { context },
+        cap: cache_slots(cfg, lc.kv_source, context, chunk),
         window: if sliding { cfg.sliding_window } else { 0 },
         scale: cfg.attn_scale,
-        keys_from_cache_only: false,
+        keys_from_cache_only: lc.shares_kv(l),
         max_tokens: chunk,
         split_keys: 0,
     }

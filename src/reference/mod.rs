@@ -21,3 +21,23 @@ pub fn rmsnorm(x: &[f32], w: Option<&[f32]>, len: usize, eps: f32) -> Vec<f32> {
 }
 
 pub mod attention;
+
+/// Gemma 4 per-layer inputs (see `shaders/ple_combine.wgsl`), per row of `width`:
+/// `(rms(ctx·ctx_scale)·w + tok·tok_scale)·out_scale`.
+pub fn ple_combine(
+    ctx: &[f32],
+    tok: &[f32],
+    w: &[f32],
+    eps: f32,
+    ctx_scale: f32,
+    tok_scale: f32,
+    out_scale: f32,
+) -> Vec<f32> {
+    let scaled: Vec<f32> = ctx.iter().map(|&c| c * ctx_scale).collect();
+    let normed = rmsnorm(&scaled, Some(w), w.len(), eps);
+    normed
+        .iter()
+        .zip(tok)
+        .map(|(&n, &t)| ((n as f64 + t as f64 * tok_scale as f64) * out_scale as f64) as f32)
+        .collect()
+}

@@ -107,3 +107,4 @@ pub fn block<F: std::future::Future>(f: F) -> F::Output {
     pollster::block_on(f)
 }
 pub mod gguf_writer;
+pub mod reference;

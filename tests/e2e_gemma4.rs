@@ -1,0 +1,98 @@
+//! Gemma 4 end to end: tiny random Gemma 4 models built with `transformers` and converted by
+//! llama.cpp's `convert_hf_to_gguf.py` (`tests/data/gemma4/*.gguf`), against transformers'
+//! fp32 logits (`*.json`, written offline by `pkg-scripts/make_gemma4_reference.py`).
+//!
+//! Between them the three models cover both layer types, two head sizes per model (64/128 or
+//! 128/256), KV-shared layers of both types (2–3 each, reading producers that are not the
+//! layer just before), GQA with 2 KV heads and with 1, a double-wide MLP, per-layer inputs,
+//! proportional RoPE on full layers, perturbed norms and layer scalars, F32 and F16 weights,
+//! and prompts of up to 345 tokens over sliding windows of 16–32 (every ring wraps many times).
+//!
+//! Tolerance. The fixtures' notes measure what each mistake costs on the long prompt: no PLE
+//! 24.7, no layer scalar 31.8, window off by one 23.0, standard instead of proportional RoPE
+//! 26.0, no V-norm 13.0, attention scale 1/√d 23.1, no final softcap 3.8. What is not a
+//! mistake: these random networks amplify rounding, and an f16 KV cache (what the engine
+//! stores) alone moves logits by up to 0.135 and flips 2 of 345 argmaxes. So `LOGIT_ATOL` =
+//! 0.3 (about twice that), and greedy decoding must agree until the reference's top-2 margin
+//! drops below 0.3.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::reference::Tolerance;
+use gemma_wgpu::gguf::{self, MmapSource};
+use gemma_wgpu::gpu::{GpuContext, GpuOptions};
+use gemma_wgpu::model::{Arch, LoadOptions, Model};
+
+const TOL: Tolerance = Tolerance {
+    logit_atol: 0.3,
+    greedy_margin: 0.3,
+};
+
+const MODELS: [&str; 3] = ["gemma4_tiny_a", "gemma4_tiny_b_f16", "gemma4_tiny_c"];
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/gemma4")
+        .join(name)
+}
+
+fn load(name: &str, portable: bool) -> Model {
+    let path = data(&format!("{name}.gguf"));
+    let (g, mut src) = gguf::open(&path).expect("open model");
+    let ctx = Arc::new(
+        common::block(GpuContext::new(&GpuOptions {
+            webgpu_default_limits: true,
+            disable_f16: portable,
+            disable_subgroups: portable,
+            backends: Some(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
+            ..Default::default()
+        }))
+        .expect("GPU"),
+    );
+    let opts = LoadOptions {
+        context: Some(1024),
+        rows: Some(Arc::new(MmapSource::open(&path).expect("map model"))),
+        ..Default::default()
+    };
+    let model = common::block(Model::load(ctx, &g, &mut src, &opts, |_, _| {})).expect("load");
+    assert_eq!(model.cfg.arch, Arch::Gemma4);
+    model
+}
+
+fn check_model(name: &str, portable: bool) {
+    let prompts = common::reference::load(&format!("tests/data/gemma4/{name}.json"));
+    let mut model = load(name, portable);
+    let w = model.cfg.sliding_window as usize;
+    assert!(
+        prompts.iter().any(|p| p.ids.len() > 2 * w),
+        "{name}: a prompt must wrap the sliding window"
+    );
+    let variant = format!("{name} {}", if portable { "portable" } else { "default" });
+    common::reference::check(&mut model, &prompts, &variant, TOL, true);
+}
+
+#[test]
+fn tiny_a_matches_transformers() {
+    check_model(MODELS[0], false);
+}
+
+#[test]
+fn tiny_b_f16_matches_transformers() {
+    check_model(MODELS[1], false);
+}
+
+#[test]
+fn tiny_c_matches_transformers() {
+    check_model(MODELS[2], false);
+}
+
+/// The portable kernels (no shader-f16, no subgroups) compose into the same models.
+#[test]
+fn portable_kernels_match_transformers() {
+    for name in MODELS {
+        check_model(name, true);
+    }
+}
