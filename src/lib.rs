@@ -14,6 +14,7 @@ pub mod quant;
 pub mod reference;
 pub mod rope;
 pub mod sampler;
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -40,6 +40,9 @@ enum Command {
     Score(ScoreArgs),
     /// Architecture, sizes, tensor types and the GPU memory plan.
     Info(InfoArgs),
+    /// Write a full-size synthetic model: the real tensor names, shapes, types and metadata
+    /// (and a working tokenizer) with seeded random weights, for benchmarks and memory tests.
+    Synth(SynthArgs),
 }
 
 #[derive(Args, Clone)]
@@ -177,6 +180,32 @@ struct InfoArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct SynthArgs {
+    /// Model to imitate.
+    #[arg(
+        long,
+        value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthArch::NAMES)
+    )]
+    arch: String,
+    /// Quantization mix (q4_k_m follows llama.cpp's choices per tensor).
+    #[arg(
+        long,
+        default_value = "q4_k_m",
+        value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthQuant::NAMES)
+    )]
+    quant: String,
+    /// Seed of the random weights (equal seeds give identical files).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output GGUF file.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Context length written into the metadata (default: the model's).
+    #[arg(long)]
+    context: Option<u32>,
+}
+
 fn main() {
     env_logger_init();
     let cli = Cli::parse();
@@ -185,6 +214,7 @@ fn main() {
         Command::Chat(a) => chat(a),
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
+        Command::Synth(a) => synth(a),
     };
     if let Err(e) = result {
         let mut msg = format!("{e}");
@@ -539,5 +569,58 @@ fn info(a: InfoArgs) -> Result<()> {
     println!("  activations  {}", mib(mem.activations));
     println!("  total        {}", mib(mem.total()));
     println!("  largest buffer {}", mib(mem.largest_buffer));
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    use gemma_wgpu::synth::{self, SynthArch, SynthQuant};
+    let arch = SynthArch::parse(&a.arch).with_context(|| format!("unknown --arch {}", a.arch))?;
+    let quant =
+        SynthQuant::parse(&a.quant).with_context(|| format!("unknown --quant {}", a.quant))?;
+    let mut spec = arch.spec(quant, a.seed);
+    if let Some(c) = a.context {
+        spec.context_length = c;
+    }
+    let start = std::time::Instant::now();
+    let file =
+        std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(8 << 20, file);
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "writing {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("{} {}", arch.name(), quant.name()));
+    let written = synth::write_with_progress(&spec, &mut out, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .and_then(|n| {
+        out.flush()?;
+        Ok(n)
+    });
+    bar.finish_and_clear();
+    let written = match written {
+        Ok(n) => n,
+        Err(e) => {
+            // Never leave a truncated file that looks like a model.
+            let _ = std::fs::remove_file(&a.out);
+            return Err(e).with_context(|| format!("writing {}", a.out.display()));
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "wrote {}: {} {} seed {}, {} bytes ({:.2} GiB) in {:.1} s ({:.0} MiB/s)",
+        a.out.display(),
+        arch.name(),
+        quant.name(),
+        a.seed,
+        written,
+        written as f64 / (1u64 << 30) as f64,
+        secs,
+        written as f64 / (1u64 << 20) as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

@@ -27,6 +27,7 @@ mod metadata;
 mod parse;
 mod source;
 mod types;
+pub mod writer;
 
 pub use metadata::{Array, Metadata, Value};
 pub use parse::MAX_HEADER_BYTES;
