@@ -261,7 +261,7 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
     let path = model_path(args)?;
     let (gguf, mut src): (Gguf, MmapSource) = gguf::open(&path)?;
     // Everything that can be wrong with the file is found before the GPU is touched.
-    gemma_wgpu::model::check(&gguf).with_context(|| format!("{}", path.display()))?;
+    let cfg = gemma_wgpu::model::check(&gguf).with_context(|| format!("{}", path.display()))?;
     let tok = match &args.tokenizer {
         Some(t) => Tokenizer::from_json_file(t)?,
         None => Tokenizer::from_gguf(&gguf.metadata)
@@ -301,9 +301,16 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
     );
+    // Gemma 4's per-layer-embedding table is read a row per token from a second map of the file.
+    let rows: Option<Arc<dyn gemma_wgpu::gguf::RowSource>> = if cfg.ple_dim > 0 {
+        Some(Arc::new(MmapSource::open(&path)?))
+    } else {
+        None
+    };
     let load_opts = LoadOptions {
         context: args.context,
         prefill_chunk: args.prefill_chunk,
+        rows,
         ..Default::default()
     };
     let model = pollster::block_on(Model::load(
@@ -529,6 +536,9 @@ fn info(a: InfoArgs) -> Result<()> {
                 "tensor_types": types.iter().map(|(k, (n, b))| (k.clone(), serde_json::json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
                 "adapter": l.model.gpu().describe(),
                 "gpu_memory": mem,
+                "gpu_memory_total": mem.total(),
+                "first_shared_layer": cfg.first_shared,
+                "per_layer_input_dim": cfg.ple_dim,
                 "gpu_weight_bytes_over_file_tensor_bytes": ratio,
             })
         );
@@ -546,18 +556,61 @@ fn info(a: InfoArgs) -> Result<()> {
         cfg.sliding_window
     );
     let sliding = cfg.layers.iter().filter(|l| l.sliding).count();
+    let dims = |f: fn(&gemma_wgpu::model::LayerConfig) -> u32| {
+        let mut v: Vec<u32> = cfg.layers.iter().map(f).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     println!(
-        "layers: {} sliding, {} full; head dim {}; MLP width {}",
+        "layers: {} sliding, {} full; head dim {}; KV heads {}; MLP width {}",
         sliding,
         cfg.layers.len() - sliding,
-        cfg.layers[0].head_dim,
-        cfg.layers[0].ff_len
+        dims(|l| l.head_dim),
+        dims(|l| l.n_kv_heads),
+        dims(|l| l.ff_len)
     );
+    if cfg.has_kv_sharing() {
+        let producers: Vec<String> = cfg
+            .layers
+            .iter()
+            .skip(cfg.first_shared as usize)
+            .map(|l| l.kv_source)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        println!(
+            "KV sharing: layers {}..{} compute no K/V and read the caches of layers {}",
+            cfg.first_shared,
+            cfg.n_layers,
+            producers.join(", ")
+        );
+    }
+    if cfg.ple_dim > 0 {
+        println!(
+            "per-layer inputs: {} per layer, table read a row per token from the file",
+            cfg.ple_dim
+        );
+    }
     println!("tensor types:");
     for (ty, (n, bytes)) in &types {
         println!("  {ty:<6} {n:>4} tensors  {}", mib(*bytes));
     }
     println!("adapter: {}", l.model.gpu().describe());
+    println!("tensors by group:            file         GPU   mapped (read per token)");
+    for g in &mem.groups {
+        println!(
+            "  {:<26} {:>11} {:>11} {:>11}",
+            g.name,
+            mib(g.file_bytes),
+            mib(g.gpu_bytes),
+            mib(g.mapped_bytes)
+        );
+    }
     println!("GPU memory plan (KV cache for {} tokens):", l.model.context);
     println!(
         "  weights      {} ({:.3}× the file's {} of tensor data)",
@@ -569,6 +622,10 @@ fn info(a: InfoArgs) -> Result<()> {
     println!("  activations  {}", mib(mem.activations));
     println!("  total        {}", mib(mem.total()));
     println!("  largest buffer {}", mib(mem.largest_buffer));
+    println!(
+        "  mapped from the file, not on the GPU: {}",
+        mib(mem.mapped)
+    );
     Ok(())
 }
 

@@ -38,7 +38,10 @@ fn gguf_tokenizer_gives_transformers_ids() {
     for model in MODELS {
         let (g, tok) = open(model);
         assert_eq!(g.metadata.str("tokenizer.ggml.model").unwrap(), "gemma4");
-        for p in json(&format!("{model}.json"))["prompts"].as_array().unwrap() {
+        for p in json(&format!("{model}.json"))["prompts"]
+            .as_array()
+            .unwrap()
+        {
             let text = p["text"].as_str().unwrap();
             let want = ids(&p["prompt_ids"]);
             // The prompt texts carry their own literal <bos>.
@@ -66,8 +69,18 @@ fn embedded_template_matches_apply_chat_template() {
             .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
             .collect();
         let prompt = template.render(&messages, true).unwrap();
-        assert_eq!(prompt.text(), case["text"].as_str().unwrap(), "{}", case["name"]);
-        assert_eq!(prompt.encode(&tok).unwrap(), ids(&case["ids"]), "{}", case["name"]);
+        assert_eq!(
+            prompt.text(),
+            case["text"].as_str().unwrap(),
+            "{}",
+            case["name"]
+        );
+        assert_eq!(
+            prompt.encode(&tok).unwrap(),
+            ids(&case["ids"]),
+            "{}",
+            case["name"]
+        );
     }
 }
 
