@@ -25,8 +25,10 @@
 // 4 | DC. Workgroup memory: (BQ + BK)·DC + BQ·BK + 3·BQ + 256 floats = 15.2 KiB at most
 // (WebGPU's default is 16 KiB).
 // Assumptions: nq % nkv == 0; positions < 2³²; cap ≥ the keys a step needs (see AttentionParams).
-// Precision: K/V are f16 (packed pairs; the F16 variant reads them as vec2<f16>), everything
-// else f32: dot products, softmax statistics, accumulators and output.
+// Precision: K/V are f16 (packed pairs; the F16 variant reads them as vec2<f16>), or f32 with
+// KV_F32 (pairs as vec2<f32>, twice the memory, in every capability variant); everything else
+// f32: dot products, softmax statistics, accumulators and output. Either way a K/V row is DW
+// pairs, so the indexing below is the same for both.
 
 struct Params {
     n_q_heads: u32,   // nq
@@ -40,7 +42,7 @@ struct Params {
 }
 
 const D: u32 = {{HEAD_DIM}}u;
-const DW: u32 = D / 2u;            // packed words per K/V row
+const DW: u32 = D / 2u;            // K/V pairs (f16 words or f32 pairs) per head row
 const BQ: u32 = {{BQ}}u;           // query rows per workgroup
 const BK: u32 = {{BK}}u;           // keys per tile
 const DC: u32 = {{DC}}u;           // head-dim chunk staged per pass
@@ -53,6 +55,12 @@ const RPT: u32 = BQ / TPP;         // output rows per invocation
 const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real score
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;         // [T, nq, d] f32
+#if KV_F32
+@group(0) @binding(1) var<storage, read> k_new: array<vec2<f32>>;     // [T, nkv, d/2] f32 pairs
+@group(0) @binding(2) var<storage, read> v_new: array<vec2<f32>>;     // [T, nkv, d/2] f32 pairs
+@group(0) @binding(3) var<storage, read> k_cache: array<vec2<f32>>;   // [cap, nkv, d/2] f32 pairs
+@group(0) @binding(4) var<storage, read> v_cache: array<vec2<f32>>;   // [cap, nkv, d/2] f32 pairs
+#else
 #if F16
 @group(0) @binding(1) var<storage, read> k_new: array<vec2<f16>>;     // [T, nkv, d] f16
 @group(0) @binding(2) var<storage, read> v_new: array<vec2<f16>>;     // [T, nkv, d] f16
@@ -63,6 +71,7 @@ const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real scor
 @group(0) @binding(2) var<storage, read> v_new: array<u32>;           // [T, nkv, d/2] f16 pairs
 @group(0) @binding(3) var<storage, read> k_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
 @group(0) @binding(4) var<storage, read> v_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
+#endif
 #endif
 @group(0) @binding(5) var<storage, read_write> out: array<vec2<f32>>; // [T, nq, d] f32
 // Split partials: [0] = number of splits S, then o [S, T·nq, d], then (m, l) [S, T·nq, 2].
@@ -78,6 +87,7 @@ var<workgroup> l_sh: array<f32, BQ>;             // running sum per row
 var<workgroup> alpha_sh: array<f32, BQ>;         // rescale of this tile per row
 var<workgroup> red: array<f32, WG>;              // per-invocation row max / sum partials
 
+// Index of pair w (one array element: an f16 word or an f32 pair) of key j, KV head g.
 fn new_word(j: u32, g: u32, w: u32) -> u32 {
     return ((j - step.pos0) * p.n_kv_heads + g) * DW + w;
 }
@@ -86,35 +96,36 @@ fn cache_word(j: u32, g: u32, w: u32) -> u32 {
     return ((j % p.cap) * p.n_kv_heads + g) * DW + w;
 }
 
+// One stored K/V pair as f32.
+#if KV_F32
+fn kv_pair(x: vec2<f32>) -> vec2<f32> {
+    return x;
+}
+#else
+#if F16
+fn kv_pair(x: vec2<f16>) -> vec2<f32> {
+    return vec2<f32>(x);
+}
+#else
+fn kv_pair(x: u32) -> vec2<f32> {
+    return unpack2x16float(x);
+}
+#endif
+#endif
+
 // Dims (2w, 2w+1) of key j, KV head g.
 fn load_k(j: u32, g: u32, w: u32) -> vec2<f32> {
     if p.cache_only == 0u && j >= step.pos0 {
-#if F16
-        return vec2<f32>(k_new[new_word(j, g, w)]);
-#else
-        return unpack2x16float(k_new[new_word(j, g, w)]);
-#endif
+        return kv_pair(k_new[new_word(j, g, w)]);
     }
-#if F16
-    return vec2<f32>(k_cache[cache_word(j, g, w)]);
-#else
-    return unpack2x16float(k_cache[cache_word(j, g, w)]);
-#endif
+    return kv_pair(k_cache[cache_word(j, g, w)]);
 }
 
 fn load_v(j: u32, g: u32, w: u32) -> vec2<f32> {
     if p.cache_only == 0u && j >= step.pos0 {
-#if F16
-        return vec2<f32>(v_new[new_word(j, g, w)]);
-#else
-        return unpack2x16float(v_new[new_word(j, g, w)]);
-#endif
+        return kv_pair(v_new[new_word(j, g, w)]);
     }
-#if F16
-    return vec2<f32>(v_cache[cache_word(j, g, w)]);
-#else
-    return unpack2x16float(v_cache[cache_word(j, g, w)]);
-#endif
+    return kv_pair(v_cache[cache_word(j, g, w)]);
 }
 
 // First key any query of this step may see (the split ranges partition [step_lo, pos0 + T)).

@@ -6,22 +6,25 @@
 // cap ≥ W slots. Rows t with T − t > cap would be overwritten by a later row of the same step,
 // so they are skipped: no two invocations write the same slot (no race), and the ring ends up
 // holding the last cap positions.
-// Dispatch: one invocation per packed word of K and V, T·nkv·d/2 of them, WG per workgroup,
-// split over x/y by gpu::grid. Pure u32 copy: identical in every capability variant.
+// Dispatch: one invocation per u32 word of K and V, T·nkv·words of them, WG per workgroup,
+// split over x/y by gpu::grid. Pure u32 copy, blind to the element type: identical in every
+// capability variant and for both cache types (f16 pairs: words = d/2; f32: words = d, each
+// f32 a word, so a row is copied bit for bit either way).
 
 struct Params {
     n_kv_heads: u32,
-    words: u32,       // d / 2
+    words: u32,       // u32 words per head row: d / 2 (f16 pairs) or d (f32)
     cap: u32,
     _pad: u32,
 }
 
 const WG: u32 = {{WG}}u;
 
-@group(0) @binding(0) var<storage, read> k_new: array<u32>;           // [T, nkv, d/2] f16 pairs
-@group(0) @binding(1) var<storage, read> v_new: array<u32>;           // [T, nkv, d/2] f16 pairs
-@group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;   // [cap, nkv, d/2] f16 pairs
-@group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;   // [cap, nkv, d/2] f16 pairs
+// Rows of `words` u32 per KV head: f16 pairs (words = d/2) or f32 bit patterns (words = d).
+@group(0) @binding(0) var<storage, read> k_new: array<u32>;           // [T, nkv, words]
+@group(0) @binding(1) var<storage, read> v_new: array<u32>;           // [T, nkv, words]
+@group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;   // [cap, nkv, words]
+@group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;   // [cap, nkv, words]
 @group(0) @binding(4) var<uniform> p: Params;
 @group(0) @binding(5) var<uniform> step: Step;
 

@@ -1,4 +1,6 @@
-//! Attention and KV-store kernels against `reference::attention` (naive, f64, same f16 K/V).
+//! Attention and KV-store kernels against `reference::attention` (naive, f64, fed exactly the
+//! K/V the kernel reads: f16-rounded for the default cache, unrounded f32 for `kv_f32`). Every
+//! attention case list runs twice: `name` (f16 K/V) and `name_kv_f32` (f32 K/V).
 //!
 //! Tolerance: atol 2e-5, rtol 1e-4, tightened from STYLE §3.9's starting point (1e-4, 1e-3)
 //! after measuring: the worst error over every case and both variants on lavapipe is 1.6e-6
@@ -7,6 +9,12 @@
 //! ≤ 4096-term sums (relative ~1e-6, amplified by |score| through exp). The 10× margin covers
 //! other GPUs' exp/FMA; a mask off by one key, a wrong ring slot or a lost split moves outputs
 //! by 1e-2 or more (checked by mutating the shader).
+//!
+//! f32 K/V (`*_kv_f32`): atol 3e-6, rtol 3e-6, i.e. |err| ≤ 3e-6·(1 + |want|). Measured on
+//! lavapipe over every case and both variants: worst |err| 1.3e-6 and worst |err|/(1 + |want|)
+//! 9.5e-7 (d = 512, scale 1), so the margin is ~3×. The reference sees the same unrounded f32
+//! K/V, so this is again only f32 arithmetic; rounding K/V to f16 instead would move these
+//! outputs by 7e-6 to 2.2e-3 (printed per case), which is what the f32 cache removes.
 
 // The shared harness's NaN-aware `!(err <= tol)` trips this lint (not ours to edit here).
 #[allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -14,11 +22,43 @@ mod common;
 
 use common::{assert_close, block, variants, Rng};
 use gemma_wgpu::gpu::{GpuContext, Op, StepParams};
-use gemma_wgpu::kernels::attention::{Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo};
+use gemma_wgpu::kernels::attention::{
+    kv_bytes_per_elem, Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo,
+};
 use gemma_wgpu::reference::attention::{attention, f16_round, pack_f16, AttentionShape};
 
 const ATOL: f32 = 2e-5;
 const RTOL: f32 = 1e-4;
+/// f32 K/V (`kv_f32`) against the reference fed the same unrounded f32 K/V; see the doc comment.
+const ATOL_F32: f32 = 3e-6;
+const RTOL_F32: f32 = 3e-6;
+
+/// Tolerance for a K/V storage type.
+fn tol(kv_f32: bool) -> (f32, f32) {
+    if kv_f32 {
+        (ATOL_F32, RTOL_F32)
+    } else {
+        (ATOL, RTOL)
+    }
+}
+
+/// The K/V values the kernel reads: rounded to f16, or exactly `x` with `kv_f32`.
+fn kv_values(x: Vec<f32>, kv_f32: bool) -> Vec<f32> {
+    if kv_f32 {
+        x
+    } else {
+        f16_round(&x)
+    }
+}
+
+/// K/V as the buffers hold them: f16 pairs packed in u32, or f32 bit patterns with `kv_f32`.
+fn pack_kv(x: &[f32], kv_f32: bool) -> Vec<u32> {
+    if kv_f32 {
+        x.iter().map(|v| v.to_bits()).collect()
+    } else {
+        pack_f16(x)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -35,6 +75,8 @@ struct Case {
     /// Make keys p−W and p−W+1 of the last query line up with it, so a window off by one is
     /// a large error.
     edge: bool,
+    /// f32 K/V cache and staging (compared with unrounded K/V).
+    kv_f32: bool,
 }
 
 impl Case {
@@ -51,6 +93,7 @@ impl Case {
             cache_only: false,
             split_keys: 0,
             edge: false,
+            kv_f32: false,
         }
     }
     fn sliding(mut self, window: u32, cap: u32) -> Self {
@@ -69,6 +112,7 @@ impl Case {
             keys_from_cache_only: self.cache_only,
             max_tokens: self.t,
             split_keys: self.split_keys,
+            kv_f32: self.kv_f32,
         }
     }
     fn shape(&self) -> AttentionShape {
@@ -83,12 +127,12 @@ impl Case {
 }
 
 /// Cache contents after storing positions `0..n` in order: slot `j % cap` holds the last `j`.
-fn fill_cache(hist: &[f32], n: usize, cap: usize, row: usize) -> Vec<u32> {
+fn fill_cache(hist: &[f32], n: usize, cap: usize, row: usize, kv_f32: bool) -> Vec<u32> {
     let mut cache = vec![0f32; cap * row];
     for j in 0..n {
         cache[(j % cap) * row..][..row].copy_from_slice(&hist[j * row..][..row]);
     }
-    pack_f16(&cache)
+    pack_kv(&cache, kv_f32)
 }
 
 /// Runs one case on every variant; returns the worst absolute error seen.
@@ -99,22 +143,31 @@ fn run_case(c: Case) -> f32 {
     let row = nkv * d;
     let mut rng = Rng::new((c.d * 7 + c.nq * 131 + c.pos0 * 17 + c.t) as u64 + c.window as u64);
     let q = rng.vec(t * nq * d, 1.0);
-    let mut k = f16_round(&rng.vec(n * row, 1.0));
-    let v = f16_round(&rng.vec(n * row, 1.0));
+    let mut k = kv_values(rng.vec(n * row, 1.0), c.kv_f32);
+    let v = kv_values(rng.vec(n * row, 1.0), c.kv_f32);
     if c.edge && c.window > 0 && n > c.window as usize {
         // Last query, head 0 (KV head 0): keys p−W (outside) and p−W+1 (inside) match q.
         let p = n - 1;
         let qh = &q[(t - 1) * nq * d..][..d];
         for j in [p - c.window as usize, p + 1 - c.window as usize] {
-            k[j * row..][..d].copy_from_slice(&f16_round(qh));
+            k[j * row..][..d].copy_from_slice(&kv_values(qh.to_vec(), c.kv_f32));
         }
     }
     let want = attention(&q, &k, &v, pos0, c.shape());
+    if c.kv_f32 {
+        // What an f16 cache would cost here: the reference itself on f16-rounded K/V.
+        let rounded = attention(&q, &f16_round(&k), &f16_round(&v), pos0, c.shape());
+        eprintln!(
+            "{c:?}: f16 K/V rounding alone moves outputs by {:.2e}",
+            max_err(&rounded, &want)
+        );
+    }
     let stored = if c.cache_only { n } else { pos0 };
-    let k_cache = fill_cache(&k, stored, c.cap as usize, row);
-    let v_cache = fill_cache(&v, stored, c.cap as usize, row);
-    let k_new = pack_f16(&k[pos0 * row..]);
-    let v_new = pack_f16(&v[pos0 * row..]);
+    let k_cache = fill_cache(&k, stored, c.cap as usize, row, c.kv_f32);
+    let v_cache = fill_cache(&v, stored, c.cap as usize, row, c.kv_f32);
+    let k_new = pack_kv(&k[pos0 * row..], c.kv_f32);
+    let v_new = pack_kv(&v[pos0 * row..], c.kv_f32);
+    let (atol, rtol) = tol(c.kv_f32);
     let mut worst = 0f32;
     for var in variants() {
         let ctx = &var.ctx;
@@ -146,7 +199,7 @@ fn run_case(c: Case) -> f32 {
         let err = max_err(&got, &want);
         eprintln!("{c:?} [{}]: max abs err {err:.2e}", var.name);
         worst = worst.max(err);
-        assert_close(&format!("{c:?} [{}]", var.name), &got, &want, ATOL, RTOL);
+        assert_close(&format!("{c:?} [{}]", var.name), &got, &want, atol, rtol);
     }
     worst
 }
@@ -158,44 +211,70 @@ fn max_err(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-#[test]
-fn first_position_sees_one_key() {
-    // Softmax over one key: the output is that key's value row.
-    run_case(Case::new(8, 1, 256, 0, 1));
-    run_case(Case::new(4, 4, 128, 0, 1).sliding(8, 8));
+/// Runs `c` with f16 or f32 (`kv_f32`) K/V storage; returns the worst absolute error.
+fn run(c: Case, kv_f32: bool) -> f32 {
+    run_case(Case { kv_f32, ..c })
 }
 
-#[test]
-fn gqa_ratios() {
+/// Each case list below runs twice: `name` with f16 K/V, `name_kv_f32` with f32 K/V.
+macro_rules! both_kv_types {
+    ($cases:ident, $f16:ident, $f32:ident) => {
+        #[test]
+        fn $f16() {
+            $cases(false);
+        }
+        #[test]
+        fn $f32() {
+            $cases(true);
+        }
+    };
+}
+
+fn first_position_cases(kv_f32: bool) {
+    // Softmax over one key: the output is that key's value row.
+    run(Case::new(8, 1, 256, 0, 1), kv_f32);
+    run(Case::new(4, 4, 128, 0, 1).sliding(8, 8), kv_f32);
+}
+both_kv_types!(
+    first_position_cases,
+    first_position_sees_one_key,
+    first_position_sees_one_key_kv_f32
+);
+
+fn gqa_cases(kv_f32: bool) {
     for (nq, nkv) in [(4, 4), (8, 2), (8, 1), (16, 2)] {
-        run_case(Case::new(nq, nkv, 128, 37, 1));
-        run_case(Case::new(nq, nkv, 128, 20, 7));
+        run(Case::new(nq, nkv, 128, 37, 1), kv_f32);
+        run(Case::new(nq, nkv, 128, 20, 7), kv_f32);
     }
 }
+both_kv_types!(gqa_cases, gqa_ratios, gqa_ratios_kv_f32);
 
-#[test]
-fn head_dims() {
-    for d in [128, 256, 512] {
-        run_case(Case::new(8, 1, d, 50, 1));
+fn head_dim_cases(kv_f32: bool) {
+    for d in [64, 128, 256, 512] {
+        run(Case::new(8, 1, d, 50, 1), kv_f32);
         let mut c = Case::new(8, 2, d, 9, 13);
         c.scale = 1.0; // Gemma 4
-        run_case(c);
+        run(c, kv_f32);
     }
 }
+both_kv_types!(head_dim_cases, head_dims, head_dims_kv_f32);
 
-#[test]
-fn sliding_window_edge() {
+fn sliding_edge_cases(kv_f32: bool) {
     // Last query p = pos0 + T − 1: key p − W must be excluded, p − W + 1 included.
     for (pos0, t) in [(8, 1), (9, 1), (20, 1), (20, 5), (3, 9)] {
         let mut c = Case::new(4, 2, 128, pos0, t).sliding(8, 8);
         c.edge = true;
         c.scale = 1.0;
-        run_case(c);
+        run(c, kv_f32);
     }
 }
+both_kv_types!(
+    sliding_edge_cases,
+    sliding_window_edge,
+    sliding_window_edge_kv_f32
+);
 
-#[test]
-fn ring_wrap() {
+fn ring_wrap_cases(kv_f32: bool) {
     for (w, pos0, t) in [
         (8, 99, 1),
         (8, 100, 1),
@@ -203,55 +282,60 @@ fn ring_wrap() {
         (16, 90, 5),
         (8, 77, 3),
     ] {
-        run_case(Case::new(8, 2, 128, pos0, t).sliding(w, w));
+        run(Case::new(8, 2, 128, pos0, t).sliding(w, w), kv_f32);
     }
     // A ring larger than the window.
-    run_case(Case::new(8, 2, 128, 61, 2).sliding(8, 12));
+    run(Case::new(8, 2, 128, 61, 2).sliding(8, 12), kv_f32);
 }
+both_kv_types!(ring_wrap_cases, ring_wrap, ring_wrap_kv_f32);
 
-#[test]
-fn prefill_chunks() {
+fn prefill_cases(kv_f32: bool) {
     // First chunk, odd T, full attention.
-    run_case(Case::new(8, 1, 256, 0, 33));
+    run(Case::new(8, 1, 256, 0, 33), kv_f32);
     // A chunk following an earlier one: cache and staging mixed.
-    run_case(Case::new(4, 1, 256, 30, 17));
+    run(Case::new(4, 1, 256, 30, 17), kv_f32);
     // Chunks straddling the window: early rows reach into the ring, late rows only staging.
-    run_case(Case::new(8, 2, 256, 10, 21).sliding(16, 16));
-    run_case(Case::new(4, 4, 128, 40, 45).sliding(16, 16));
+    run(Case::new(8, 2, 256, 10, 21).sliding(16, 16), kv_f32);
+    run(Case::new(4, 4, 128, 40, 45).sliding(16, 16), kv_f32);
     // Gemma 4 full layer shape: d = 512, nq 8, nkv 1, scale 1.
     let mut c = Case::new(8, 1, 512, 5, 24);
     c.scale = 1.0;
-    run_case(c);
+    run(c, kv_f32);
 }
+both_kv_types!(prefill_cases, prefill_chunks, prefill_chunks_kv_f32);
 
-#[test]
-fn keys_from_cache_only() {
+fn cache_only_cases(kv_f32: bool) {
     let mut c = Case::new(8, 1, 256, 20, 3);
     c.cache_only = true;
-    run_case(c);
+    run(c, kv_f32);
     // Sliding consumer in decode: the ring of W already holds position p.
     let mut c = Case::new(8, 1, 256, 50, 1).sliding(8, 8);
     c.cache_only = true;
-    run_case(c);
+    run(c, kv_f32);
     // Several rows need a ring of W + T − 1.
     let mut c = Case::new(8, 2, 128, 50, 4).sliding(8, 11);
     c.cache_only = true;
-    run_case(c);
+    run(c, kv_f32);
 }
+both_kv_types!(
+    cache_only_cases,
+    keys_from_cache_only,
+    keys_from_cache_only_kv_f32
+);
 
-#[test]
-fn long_context_splits() {
+fn split_cases(kv_f32: bool) {
     // 4096 keys: the key range is split across workgroups and merged.
-    run_case(Case::new(8, 1, 256, 4095, 1));
-    run_case(Case::new(8, 2, 128, 3000, 3));
+    run(Case::new(8, 1, 256, 4095, 1), kv_f32);
+    run(Case::new(8, 2, 128, 3000, 3), kv_f32);
     // Forced small splits over a wrapped ring and over a prefill chunk.
     let mut c = Case::new(8, 2, 128, 200, 1).sliding(100, 100);
     c.split_keys = 16;
-    run_case(c);
+    run(c, kv_f32);
     let mut c = Case::new(4, 1, 128, 100, 5);
     c.split_keys = 32;
-    run_case(c);
+    run(c, kv_f32);
 }
+both_kv_types!(split_cases, long_context_splits, long_context_splits_kv_f32);
 
 /// Runs `chunks` consecutive steps (attention, then KvStore) and returns every row's output.
 #[allow(clippy::too_many_arguments)]
@@ -269,14 +353,19 @@ fn run_steps(
         p.head_dim as usize,
     );
     let max_t = p.max_tokens as usize;
+    let kv_bytes = kv_bytes_per_elem(p.kv_f32);
     let qb = ctx.storage("q", (max_t * nq * d * 4) as u64).unwrap();
-    let knb = ctx.storage("k_new", (max_t * nkv * d * 2) as u64).unwrap();
-    let vnb = ctx.storage("v_new", (max_t * nkv * d * 2) as u64).unwrap();
+    let knb = ctx
+        .storage("k_new", (max_t * nkv * d) as u64 * kv_bytes)
+        .unwrap();
+    let vnb = ctx
+        .storage("v_new", (max_t * nkv * d) as u64 * kv_bytes)
+        .unwrap();
     let kcb = ctx
-        .storage("k_cache", (p.cap as usize * nkv * d * 2) as u64)
+        .storage("k_cache", (p.cap as usize * nkv * d) as u64 * kv_bytes)
         .unwrap();
     let vcb = ctx
-        .storage("v_cache", (p.cap as usize * nkv * d * 2) as u64)
+        .storage("v_cache", (p.cap as usize * nkv * d) as u64 * kv_bytes)
         .unwrap();
     let ob = ctx.storage("out", (max_t * nq * d * 4) as u64).unwrap();
     let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
@@ -322,8 +411,8 @@ fn run_steps(
             0,
             bytemuck::cast_slice(&q[pos0 * nq * d..][..t * nq * d]),
         );
-        let kr = pack_f16(&k[pos0 * nkv * d..][..t * nkv * d]);
-        let vr = pack_f16(&v[pos0 * nkv * d..][..t * nkv * d]);
+        let kr = pack_kv(&k[pos0 * nkv * d..][..t * nkv * d], p.kv_f32);
+        let vr = pack_kv(&v[pos0 * nkv * d..][..t * nkv * d], p.kv_f32);
         ctx.queue.write_buffer(&knb, 0, bytemuck::cast_slice(&kr));
         ctx.queue.write_buffer(&vnb, 0, bytemuck::cast_slice(&vr));
         block(ctx.run(|pass| {
@@ -337,9 +426,9 @@ fn run_steps(
     out
 }
 
-#[test]
-fn chunked_steps_match_one_prefill() {
+fn chunked_steps_cases(kv_f32: bool) {
     let chunks = [5u32, 1, 13, 1, 1, 20, 2, 1];
+    let (atol, rtol) = tol(kv_f32);
     let n: u32 = chunks.iter().sum();
     for (window, cap) in [(0, n), (16, 16), (8, 8)] {
         let p = AttentionParams {
@@ -352,12 +441,13 @@ fn chunked_steps_match_one_prefill() {
             keys_from_cache_only: false,
             max_tokens: 20,
             split_keys: 16,
+            kv_f32,
         };
         let (nq, nkv, d) = (8usize, 2usize, 128usize);
         let mut rng = Rng::new(window as u64 + 5);
         let q = rng.vec(n as usize * nq * d, 1.0);
-        let k = f16_round(&rng.vec(n as usize * nkv * d, 1.0));
-        let v = f16_round(&rng.vec(n as usize * nkv * d, 1.0));
+        let k = kv_values(rng.vec(n as usize * nkv * d, 1.0), kv_f32);
+        let v = kv_values(rng.vec(n as usize * nkv * d, 1.0), kv_f32);
         let shape = AttentionShape {
             n_q_heads: nq,
             n_kv_heads: nkv,
@@ -368,34 +458,34 @@ fn chunked_steps_match_one_prefill() {
         let want = attention(&q, &k, &v, 0, shape);
         for var in variants() {
             let got = run_steps(&var.ctx, p, &q, &k, &v, &chunks);
-            eprintln!(
-                "steps {chunks:?} W {window} [{}]: max abs err {:.2e}",
-                var.name,
-                max_err(&got, &want)
-            );
-            assert_close(
-                &format!("steps {chunks:?} W {window} [{}]", var.name),
-                &got,
-                &want,
-                ATOL,
-                RTOL,
-            );
+            let what = format!("steps {chunks:?} W {window} kv_f32 {kv_f32} [{}]", var.name);
+            eprintln!("{what}: max abs err {:.2e}", max_err(&got, &want));
+            assert_close(&what, &got, &want, atol, rtol);
         }
     }
 }
+both_kv_types!(
+    chunked_steps_cases,
+    chunked_steps_match_one_prefill,
+    chunked_steps_match_one_prefill_kv_f32
+);
 
-#[test]
-fn kv_store_writes_ring_slots() {
+fn kv_store_cases(kv_f32: bool) {
     // T = 11 rows into a ring of 8 at pos0 = 5: positions 8..=15 survive, in slots p % 8.
     let (nkv, d, cap, pos0, t) = (2usize, 128usize, 8u32, 5u32, 11u32);
-    let row = nkv * d / 2;
+    // u32 words per row: f16 pairs, or one f32 each.
+    let row = nkv * d * kv_bytes_per_elem(kv_f32) as usize / 4;
     let mut rng = Rng::new(3);
-    let k_new: Vec<u32> = (0..t as usize * row)
-        .map(|_| rng.next_u64() as u32)
-        .collect();
-    let v_new: Vec<u32> = (0..t as usize * row)
-        .map(|_| rng.next_u64() as u32)
-        .collect();
+    // Random bit patterns (the store is a blind word copy); f32 rows get real f32 values.
+    let mut words = |n: usize| -> Vec<u32> {
+        if kv_f32 {
+            pack_kv(&rng.vec(n, 1.0), true)
+        } else {
+            (0..n).map(|_| rng.next_u64() as u32).collect()
+        }
+    };
+    let k_new = words(t as usize * row);
+    let v_new = words(t as usize * row);
     let p = AttentionParams {
         n_q_heads: 2,
         n_kv_heads: nkv as u32,
@@ -406,6 +496,7 @@ fn kv_store_writes_ring_slots() {
         keys_from_cache_only: false,
         max_tokens: t,
         split_keys: 0,
+        kv_f32,
     };
     for var in variants() {
         let ctx = &var.ctx;
@@ -450,6 +541,11 @@ fn kv_store_writes_ring_slots() {
         }
     }
 }
+both_kv_types!(
+    kv_store_cases,
+    kv_store_writes_ring_slots,
+    kv_store_writes_ring_slots_kv_f32
+);
 
 #[test]
 fn shaders_validate() {
@@ -487,11 +583,13 @@ fn bench() {
     let reps = 20u32;
     for var in variants() {
         let ctx = &var.ctx;
-        for (label, nq, nkv, d, window, pos0, t) in cases {
+        for ((label, nq, nkv, d, window, pos0, t), kv_f32) in
+            cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+        {
             let cap = if window > 0 { window } else { pos0 + t };
             let mut rng = Rng::new(1);
             let q = rng.vec((t * nq * d) as usize, 1.0);
-            let kv = pack_f16(&rng.vec((cap.max(t) * nkv * d) as usize, 1.0));
+            let kv = pack_kv(&rng.vec((cap.max(t) * nkv * d) as usize, 1.0), kv_f32);
             let qb = ctx.storage_init("q", &q).unwrap();
             let kb = ctx.storage_init("k", &kv).unwrap();
             let vb = ctx.storage_init("v", &kv).unwrap();
@@ -510,6 +608,7 @@ fn bench() {
                 keys_from_cache_only: false,
                 max_tokens: t,
                 split_keys: 0,
+                kv_f32,
             };
             let op = Attention::new(
                 ctx,
@@ -541,13 +640,15 @@ fn bench() {
                 pos0 + t
             };
             // Decode is bound by reading K and V once: report it as bandwidth.
-            let gbs = (keys as u64 * (nkv * d * 4) as u64) as f64 / us / 1e3;
+            let gbs =
+                (keys as u64 * (nkv * d) as u64 * 2 * kv_bytes_per_elem(kv_f32)) as f64 / us / 1e3;
             let note = if t == 1 {
                 format!(", K+V read at {gbs:.1} GB/s")
             } else {
                 String::new()
             };
-            eprintln!("[{}] {label}: {us:.1} µs/op{note}", var.name);
+            let kv = if kv_f32 { "f32" } else { "f16" };
+            eprintln!("[{}] {label} ({kv} K/V): {us:.1} µs/op{note}", var.name);
         }
     }
 }

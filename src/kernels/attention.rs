@@ -14,6 +14,11 @@
 //! prefill: the model runs [`KvStore`] after the layer's attention. With
 //! `keys_from_cache_only` (Gemma 4 KV-shared layers) every key is read from a cache that the
 //! producer layer has already updated this step.
+//!
+//! K/V storage (cache and staging alike) is f16 pairs packed in u32 by default, or f32 with
+//! [`AttentionParams::kv_f32`] (twice the memory, no K/V rounding; [`kv_bytes_per_elem`] sizes
+//! the buffers). The f32 staging layout `[T, nkv, d]` f32 is exactly what
+//! `HeadPrep` writes with `HeadOut::F32`.
 
 use std::sync::Arc;
 
@@ -61,6 +66,20 @@ pub struct AttentionParams {
     pub max_tokens: u32,
     /// Least keys per split of the flash-decoding path (0: [`DEFAULT_SPLIT_KEYS`]).
     pub split_keys: u32,
+    /// K/V cache and staging rows hold f32 instead of f16 pairs: twice the memory, no f16
+    /// rounding of K/V (like llama.cpp's `--cache-type-k f32`). See [`kv_bytes_per_elem`].
+    pub kv_f32: bool,
+}
+
+/// Bytes one K/V element takes in the cache and staging buffers: 2 (f16) or 4 (`kv_f32`).
+/// A cache holds `cap · n_kv_heads · head_dim` elements, a staging buffer
+/// `max_tokens · n_kv_heads · head_dim`.
+pub fn kv_bytes_per_elem(kv_f32: bool) -> u64 {
+    if kv_f32 {
+        4
+    } else {
+        2
+    }
 }
 
 impl AttentionParams {
@@ -119,12 +138,17 @@ const LARGE: Tile = Tile {
     dc: 64,
 };
 
-fn main_spec(head_dim: u32, t: Tile) -> KernelSpec {
-    KernelSpec::new(format!("attention_d{head_dim}_q{}_k{}", t.bq, t.bk), SOURCE)
-        .define("HEAD_DIM", head_dim)
-        .define("BQ", t.bq)
-        .define("BK", t.bk)
-        .define("DC", t.dc)
+fn main_spec(head_dim: u32, t: Tile, kv_f32: bool) -> KernelSpec {
+    let kv = if kv_f32 { "_kvf32" } else { "" };
+    KernelSpec::new(
+        format!("attention_d{head_dim}_q{}_k{}{kv}", t.bq, t.bk),
+        SOURCE,
+    )
+    .define("HEAD_DIM", head_dim)
+    .define("BQ", t.bq)
+    .define("BK", t.bk)
+    .define("DC", t.dc)
+    .flag("KV_F32", kv_f32)
 }
 
 fn merge_spec(head_dim: u32) -> KernelSpec {
@@ -140,8 +164,10 @@ fn store_spec() -> KernelSpec {
 pub fn specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for d in HEAD_DIMS {
-        v.push(main_spec(d, SMALL));
-        v.push(main_spec(d, LARGE));
+        for kv_f32 in [false, true] {
+            v.push(main_spec(d, SMALL, kv_f32));
+            v.push(main_spec(d, LARGE, kv_f32));
+        }
         v.push(merge_spec(d));
     }
     v.push(store_spec());
@@ -152,13 +178,15 @@ pub fn specs() -> Vec<KernelSpec> {
 pub struct AttentionIo<'a> {
     /// `[T, nq, d]` f32, normed and RoPE'd, not yet scaled
     pub q: wgpu::BindingResource<'a>,
-    /// `[T, nkv, d]` f16 pairs in u32: this step's keys (`None` with `keys_from_cache_only`)
+    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`): this step's keys (`None` with
+    /// `keys_from_cache_only`)
     pub k_new: Option<wgpu::BindingResource<'a>>,
-    /// `[T, nkv, d]` f16 pairs in u32: this step's values (`None` with `keys_from_cache_only`)
+    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`): this step's values (`None` with
+    /// `keys_from_cache_only`)
     pub v_new: Option<wgpu::BindingResource<'a>>,
-    /// `[cap, nkv, d]` f16 pairs in u32
+    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
     pub k_cache: wgpu::BindingResource<'a>,
-    /// `[cap, nkv, d]` f16 pairs in u32
+    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
     pub v_cache: wgpu::BindingResource<'a>,
     /// `[T, nq, d]` f32 (must not alias `q`)
     pub out: wgpu::BindingResource<'a>,
@@ -216,7 +244,7 @@ impl Attention {
             }
         };
         let main = |tile: Tile| -> Result<(Arc<Kernel>, wgpu::BindGroup)> {
-            let kernel = ctx.kernel(&main_spec(d, tile))?;
+            let kernel = ctx.kernel(&main_spec(d, tile, params.kv_f32))?;
             let bind_group = ctx.bind(
                 &kernel,
                 &[
@@ -327,13 +355,13 @@ impl Op for Attention {
 
 /// Buffers a [`KvStore`] reads and writes.
 pub struct KvStoreIo<'a> {
-    /// `[T, nkv, d]` f16 pairs in u32
+    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
     pub k_new: wgpu::BindingResource<'a>,
-    /// `[T, nkv, d]` f16 pairs in u32
+    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
     pub v_new: wgpu::BindingResource<'a>,
-    /// `[cap, nkv, d]` f16 pairs in u32
+    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
     pub k_cache: wgpu::BindingResource<'a>,
-    /// `[cap, nkv, d]` f16 pairs in u32
+    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
     pub v_cache: wgpu::BindingResource<'a>,
     /// the step uniform (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
@@ -350,7 +378,8 @@ struct StoreParams {
 }
 
 /// Writes this step's K/V rows into cache slots `(pos0 + t) % cap`. Rows a later row of the
-/// same step would overwrite (T − t > cap) are skipped.
+/// same step would overwrite (T − t > cap) are skipped. A pure u32 copy: one kernel serves
+/// f16 and f32 (`kv_f32`) rows, which differ only in words per row.
 pub struct KvStore {
     kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
@@ -361,12 +390,18 @@ pub struct KvStore {
 impl KvStore {
     pub fn new(ctx: &GpuContext, io: KvStoreIo<'_>, params: &AttentionParams) -> Result<Self> {
         params.check()?;
+        // u32 words per head row: an f16 pair or one f32 each.
+        let words = if params.kv_f32 {
+            params.head_dim
+        } else {
+            params.head_dim / 2
+        };
         let kernel = ctx.kernel(&store_spec())?;
         let uniform = ctx.uniform_init(
             "kv_store.params",
             &StoreParams {
                 n_kv_heads: params.n_kv_heads,
-                words: params.head_dim / 2,
+                words,
                 cap: params.cap,
                 _pad: 0,
             },
@@ -385,7 +420,7 @@ impl KvStore {
         Ok(Self {
             kernel,
             bind_group,
-            row_words: params.n_kv_heads * params.head_dim / 2,
+            row_words: params.n_kv_heads * words,
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
     }

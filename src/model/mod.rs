@@ -1423,6 +1423,7 @@ fn attention_params(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> At
         keys_from_cache_only: lc.shares_kv(l),
         max_tokens: chunk,
         split_keys: 0,
+        kv_f32: false,
     }
 }
 
