@@ -77,6 +77,9 @@ struct ModelArgs {
     /// Allow GPU buffers above 256 MiB when the adapter supports them (default: split).
     #[arg(long)]
     large_buffers: bool,
+    /// Keep the KV cache in f32 instead of f16 (twice the memory, no rounding of K and V).
+    #[arg(long)]
+    kv_f32: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -311,6 +314,7 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
         context: args.context,
         prefill_chunk: args.prefill_chunk,
         rows,
+        kv_f32: args.kv_f32,
         ..Default::default()
     };
     let model = pollster::block_on(Model::load(

@@ -40,7 +40,9 @@ fn synth(arch: &str, quant: &str) -> Scratch {
     ));
     let scratch = Scratch(path);
     let out = scratch.0.to_str().unwrap();
-    run_ok(&["synth", "--arch", arch, "--quant", quant, "--seed", "7", "--out", out]);
+    run_ok(&[
+        "synth", "--arch", arch, "--quant", quant, "--seed", "7", "--out", out,
+    ]);
     scratch
 }
 

@@ -4,6 +4,7 @@
 //! (`../shared/GEMMA.md` §1.1, §4.2).
 
 use crate::gguf::Gguf;
+use crate::kernels::attention::HEAD_DIMS;
 use crate::{Error, Result};
 
 /// Architectures this engine runs.
@@ -146,10 +147,10 @@ impl ModelConfig {
                 format!("{n_kv_heads} does not divide head_count {n_heads}"),
             ));
         }
-        if head_dim % 2 != 0 || head_dim > 512 || value_len != head_dim {
+        if !HEAD_DIMS.contains(&head_dim) || value_len != head_dim {
             return Err(bad(
                 "attention.key_length",
-                format!("head size {head_dim} (value {value_len}) is not supported: even, ≤ 512, keys = values"),
+                format!("head size {head_dim} (value {value_len}) is not supported: one of {HEAD_DIMS:?}, keys = values"),
             ));
         }
 
@@ -282,10 +283,16 @@ impl ModelConfig {
             if ff[i] == 0 {
                 return Err(bad("feed_forward_length", format!("layer {i} has width 0")));
             }
-            if head_dim == 0 || head_dim % 2 != 0 || head_dim > 512 {
+            if !HEAD_DIMS.contains(&head_dim) {
                 return Err(bad(
-                    "attention.key_length",
-                    format!("layer {i}: head size {head_dim} is not supported (even, ≤ 512)"),
+                    if sliding {
+                        "attention.key_length_swa"
+                    } else {
+                        "attention.key_length"
+                    },
+                    format!(
+                        "layer {i}: head size {head_dim} is not supported (the attention kernels are built for {HEAD_DIMS:?})"
+                    ),
                 ));
             }
             // A shared layer reads the cache of the last earlier layer of its own type

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use crate::gguf::{read_tensor_data, Gguf, RowSource, TensorInfo, TensorSource};
 use crate::gpu::{GpuContext, Op, StepParams};
-use crate::kernels::attention::{Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo};
+use crate::kernels::attention::{
+    kv_bytes_per_elem, Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo,
+};
 use crate::kernels::embed::{Embed, EmbedIo};
 use crate::kernels::gelu::{GeluMul, GeluMulIo};
 use crate::kernels::head_prep::{HeadNorm, HeadOut, HeadPrep, HeadPrepConfig, HeadPrepIo};
@@ -47,6 +49,9 @@ pub struct LoadOptions {
     /// Random access to the model file after loading: required by models whose per-layer
     /// embedding table stays off the GPU (Gemma 4), which read one row per token from it.
     pub rows: Option<Arc<dyn RowSource>>,
+    /// Keep the KV cache in f32 instead of f16: twice its memory, no rounding of K and V
+    /// (what the reference implementations compute; the tests use it for tight tolerances).
+    pub kv_f32: bool,
 }
 
 impl Default for LoadOptions {
@@ -56,6 +61,7 @@ impl Default for LoadOptions {
             prefill_chunk: 128,
             max_candidates: 64,
             rows: None,
+            kv_f32: false,
         }
     }
 }
@@ -174,8 +180,8 @@ struct Activations {
     k: wgpu::Buffer,            // [chunk, nkv·d] f32
     v: wgpu::Buffer,            // [chunk, nkv·d] f32
     qp: wgpu::Buffer,           // [chunk, nq, d] f32 normed + RoPE'd queries
-    k_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) staging keys
-    v_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) staging values
+    k_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) or f32 staging keys
+    v_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) or f32 staging values
     attn: wgpu::Buffer,         // [chunk, nq·d] f32 attention output
     o: wgpu::Buffer,            // [chunk, H] f32 block output before its post-norm
     gate: wgpu::Buffer,         // [chunk, I] f32
@@ -556,6 +562,7 @@ impl Model {
             context,
             chunk,
             max_candidates,
+            opts.kv_f32,
             uploads,
             &host,
             ple_table,
@@ -572,6 +579,7 @@ impl Model {
         context: u32,
         chunk: u32,
         max_candidates: u32,
+        kv_f32: bool,
         uploads: HashMap<String, Upload>,
         host: &HashMap<String, Vec<f32>>,
         ple_table: Option<(Arc<dyn RowSource>, TensorInfo)>,
@@ -590,6 +598,12 @@ impl Model {
             .unwrap_or(0);
         let ff_max = cfg.layers.iter().map(|l| l.ff_len).max().unwrap_or(0) as u64;
         let ple_width = cfg.n_layers as u64 * cfg.ple_dim as u64;
+        let kv_elem = kv_bytes_per_elem(kv_f32);
+        let kv_out = if kv_f32 {
+            HeadOut::F32
+        } else {
+            HeadOut::F16Packed
+        };
         let ctx_ref = &*ctx;
         let mut act_bytes = 0u64;
         let mut buf = |label: &str, bytes: u64| -> Result<wgpu::Buffer> {
@@ -650,8 +664,8 @@ impl Model {
             k: buf("k", c * kv_max * f)?,
             v: buf("v", c * kv_max * f)?,
             qp: buf("qp", c * nq * d_max * f)?,
-            k_new: buf("k_new", c * kv_max * 2)?,
-            v_new: buf("v_new", c * kv_max * 2)?,
+            k_new: buf("k_new", c * kv_max * kv_elem)?,
+            v_new: buf("v_new", c * kv_max * kv_elem)?,
             attn: buf("attn", c * nq * d_max * f)?,
             o: buf("o", c * hidden * f)?,
             gate: buf("gate", c * ff_max * f)?,
@@ -663,7 +677,9 @@ impl Model {
             attn_scratch: buf(
                 "attention scratch",
                 (0..cfg.layers.len())
-                    .map(|l| Attention::scratch_bytes(&attention_params(&cfg, l, context, chunk)))
+                    .map(|l| {
+                        Attention::scratch_bytes(&attention_params(&cfg, l, context, chunk, kv_f32))
+                    })
                     .max()
                     .unwrap_or(4),
             )?,
@@ -743,7 +759,7 @@ impl Model {
         };
 
         let mut layers = Vec::with_capacity(cfg.layers.len());
-        let mut kv_bytes = 0u64;
+        let mut kv_total = 0u64;
         // Each KV-owning layer's cache, for the layers that share it.
         let mut caches: Vec<Option<(wgpu::Buffer, wgpu::Buffer)>> = Vec::new();
         for (l, lc) in cfg.layers.iter().enumerate() {
@@ -803,14 +819,14 @@ impl Model {
                 )
             };
 
-            let params = attention_params(&cfg, l, context, chunk);
+            let params = attention_params(&cfg, l, context, chunk, kv_f32);
             let (kv, cache) = if shared {
                 (None, None)
             } else {
-                let cache_bytes = params.cap as u64 * (lc.n_kv_heads * d) as u64 * 2;
-                let k_cache = ctx.storage(&t("k_cache"), cache_bytes)?;
-                let v_cache = ctx.storage(&t("v_cache"), cache_bytes)?;
-                kv_bytes += 2 * cache_bytes;
+                let cache_bytes = params.cap as u64 * (lc.n_kv_heads * d) as u64 * kv_elem;
+                let k_cache = ctx.storage(&format!("blk.{l}.k_cache"), cache_bytes)?;
+                let v_cache = ctx.storage(&format!("blk.{l}.v_cache"), cache_bytes)?;
+                kv_total += 2 * cache_bytes;
                 memory.largest_buffer = memory.largest_buffer.max(cache_bytes);
                 let store = KvStore::new(
                     &ctx,
@@ -835,13 +851,13 @@ impl Model {
                         &a.k,
                         Some("attn_k_norm"),
                         &a.k_new,
-                        HeadPrepConfig::qk(d, lc.n_kv_heads, eps, 1.0, HeadOut::F16Packed),
+                        HeadPrepConfig::qk(d, lc.n_kv_heads, eps, 1.0, kv_out),
                     )?,
                     v_prep: prep(
                         &a.v,
                         None,
                         &a.v_new,
-                        HeadPrepConfig::v(d, lc.n_kv_heads, eps, v_norm, HeadOut::F16Packed),
+                        HeadPrepConfig::v(d, lc.n_kv_heads, eps, v_norm, kv_out),
                     )?,
                     store,
                 };
@@ -946,7 +962,7 @@ impl Model {
                 ple: ple_ops,
             });
         }
-        memory.kv_cache = kv_bytes;
+        memory.kv_cache = kv_total;
 
         let mut to_front = Vec::new();
         if sharing {
@@ -1410,7 +1426,13 @@ fn cache_slots(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> u32 {
 
 /// Attention shape of layer `l`: its own cache, or for a KV-shared layer the cache of the
 /// layer it reads, every key taken from that cache.
-fn attention_params(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> AttentionParams {
+fn attention_params(
+    cfg: &ModelConfig,
+    l: usize,
+    context: u32,
+    chunk: u32,
+    kv_f32: bool,
+) -> AttentionParams {
     let lc = &cfg.layers[l];
     let sliding = lc.sliding && context > cfg.sliding_window;
     AttentionParams {
@@ -1423,7 +1445,7 @@ fn attention_params(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> At
         keys_from_cache_only: lc.shares_kv(l),
         max_tokens: chunk,
         split_keys: 0,
-        kv_f32: false,
+        kv_f32,
     }
 }
 
