@@ -33,6 +33,16 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// The messages of a chat-template fixture case.
+fn messages(case: &Value) -> Vec<Message> {
+    case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect()
+}
+
 #[test]
 fn gguf_tokenizer_gives_transformers_ids() {
     for model in MODELS {
@@ -62,12 +72,7 @@ fn embedded_template_matches_apply_chat_template() {
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.iter().any(|c| c["messages"][0]["role"] == "system"));
     for case in cases {
-        let messages: Vec<Message> = case["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-            .collect();
+        let messages = messages(case);
         let prompt = template.render(&messages, true).unwrap();
         assert_eq!(
             prompt.text(),
@@ -92,12 +97,7 @@ fn builtin_template_is_the_small_model_flavour() {
     let fixture = json("chat_template.json");
     let builtin = ChatTemplate::builtin(Family::Gemma4);
     for case in fixture["cases"].as_array().unwrap() {
-        let messages: Vec<Message> = case["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-            .collect();
+        let messages = messages(case);
         let want = case["text"].as_str().unwrap();
         let want = want
             .strip_suffix("<|channel>thought\n<channel|>")

@@ -103,7 +103,8 @@ impl ModelConfig {
 
     fn gemma3(g: &Gguf) -> Result<Self> {
         let md = &g.metadata;
-        let key = |k: &str| format!("gemma3.{k}");
+        let arch_name = "gemma3";
+        let key = |k: &str| format!("{arch_name}.{k}");
         let n_layers = md.u32(&key("block_count"))?;
         let hidden = md.u32(&key("embedding_length"))?;
         let n_heads = md.u32(&key("attention.head_count"))?;
@@ -115,13 +116,13 @@ impl ModelConfig {
             .opt_u32(&key("attention.value_length"))?
             .unwrap_or(head_dim);
         let ff_len = md.u32(&key("feed_forward_length"))?;
-        let context_length = md.u32(&key("context_length"))?;
-        let sliding_window = md.opt_u32(&key("attention.sliding_window"))?.unwrap_or(0);
-        let eps = md
-            .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-6);
-        let theta_full = md.opt_f32(&key("rope.freq_base"))?.unwrap_or(1_000_000.0);
-        let theta_local = md.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0);
+        let Shared {
+            context_length,
+            sliding_window,
+            eps,
+            theta_full,
+            theta_local,
+        } = Shared::read(g, arch_name)?;
         let scaling_type = md.opt_str(&key("rope.scaling.type"))?.unwrap_or("none");
         let rope_scale_full = match scaling_type {
             "linear" => md.opt_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0),
@@ -208,7 +209,8 @@ impl ModelConfig {
     /// per-layer-embedding width, attention scale 1.0 and the final softcap.
     fn gemma4(g: &Gguf) -> Result<Self> {
         let md = &g.metadata;
-        let key = |k: &str| format!("gemma4.{k}");
+        let arch_name = "gemma4";
+        let key = |k: &str| format!("{arch_name}.{k}");
         let bad = |k: &str, problem: String| Error::Metadata {
             key: key(k),
             problem,
@@ -248,13 +250,13 @@ impl ModelConfig {
                 return Err(bad(k, format!("{v:?} differs from the key length {d}")));
             }
         }
-        let context_length = md.u32(&key("context_length"))?;
-        let sliding_window = md.opt_u32(&key("attention.sliding_window"))?.unwrap_or(0);
-        let eps = md
-            .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-6);
-        let theta_full = md.opt_f32(&key("rope.freq_base"))?.unwrap_or(1_000_000.0);
-        let theta_local = md.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0);
+        let Shared {
+            context_length,
+            sliding_window,
+            eps,
+            theta_full,
+            theta_local,
+        } = Shared::read(g, arch_name)?;
         let pattern = sliding_pattern(g, &key("attention.sliding_window_pattern"), n_layers)?;
         let shared = md.opt_u32(&key("attention.shared_kv_layers"))?.unwrap_or(0);
         if shared >= n_layers {
@@ -364,6 +366,32 @@ impl ModelConfig {
     /// Head size of layer `l`.
     pub fn head_dim(&self, l: usize) -> u32 {
         self.layers[l].head_dim
+    }
+}
+
+/// Keys both families store the same way, with llama.cpp's defaults where a file leaves one out.
+struct Shared {
+    context_length: u32,
+    sliding_window: u32,
+    eps: f32,
+    /// RoPE θ of full and of sliding layers.
+    theta_full: f32,
+    theta_local: f32,
+}
+
+impl Shared {
+    fn read(g: &Gguf, arch: &str) -> Result<Self> {
+        let md = &g.metadata;
+        let key = |k: &str| format!("{arch}.{k}");
+        Ok(Self {
+            context_length: md.u32(&key("context_length"))?,
+            sliding_window: md.opt_u32(&key("attention.sliding_window"))?.unwrap_or(0),
+            eps: md
+                .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-6),
+            theta_full: md.opt_f32(&key("rope.freq_base"))?.unwrap_or(1_000_000.0),
+            theta_local: md.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0),
+        })
     }
 }
 

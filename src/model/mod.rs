@@ -420,11 +420,8 @@ fn plan(gguf: &Gguf) -> Result<(ModelConfig, TensorPlan)> {
             w("proj", vec![ple, h]);
             w("post_norm", vec![h]);
         }
-        if cfg.arch == Arch::Gemma4
-            && gguf
-                .opt_tensor(&layer_tensor(l, "layer_output_scale"))
-                .is_some()
-        {
+        // Every Gemma 4 layer scales its residual stream; llama.cpp's converter always writes it.
+        if cfg.arch == Arch::Gemma4 {
             want(
                 layer_tensor(l, "layer_output_scale"),
                 vec![1],
