@@ -250,7 +250,7 @@ fn gqa_cases(kv_f32: bool) {
 both_kv_types!(gqa_cases, gqa_ratios, gqa_ratios_kv_f32);
 
 fn head_dim_cases(kv_f32: bool) {
-    for d in [64, 128, 256, 512] {
+    for d in [8, 16, 32, 64, 128, 256, 512] {
         run(Case::new(8, 1, d, 50, 1), kv_f32);
         let mut c = Case::new(8, 2, d, 9, 13);
         c.scale = 1.0; // Gemma 4

@@ -29,8 +29,9 @@ const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
 const MERGE_SOURCE: &str = include_str!("../../shaders/attention_merge.wgsl");
 const STORE_SOURCE: &str = include_str!("../../shaders/kv_store.wgsl");
 
-/// Head dimensions the kernels are built for (the output column pairs must divide 256).
-pub const HEAD_DIMS: [u32; 4] = [64, 128, 256, 512];
+/// Head dimensions the kernels are built for: Gemma's 256 and 512, and the smaller powers of
+/// two that other configurations (and tiny test models) use.
+pub const HEAD_DIMS: [u32; 7] = [8, 16, 32, 64, 128, 256, 512];
 
 /// Most key splits of one step (bounds the partials scratch).
 const MAX_SPLITS: u32 = 32;
@@ -138,6 +139,22 @@ const LARGE: Tile = Tile {
     dc: 64,
 };
 
+/// The (decode-sized, everything else) tiles for head size `d`. Each output column pair is
+/// shared by `512 / d` invocations, so a tile needs at least that many rows; below d = 64 the
+/// tile grows taller and narrower (`bq · bk = 512`) and stages the whole head at once.
+fn tiles(d: u32) -> (Tile, Tile) {
+    if d >= 64 {
+        return (SMALL, LARGE);
+    }
+    let bq = (512 / d).max(16);
+    let t = Tile {
+        bq,
+        bk: 512 / bq,
+        dc: d.min(32),
+    };
+    (t, t)
+}
+
 fn main_spec(head_dim: u32, t: Tile, kv_f32: bool) -> KernelSpec {
     let kv = if kv_f32 { "_kvf32" } else { "" };
     KernelSpec::new(
@@ -164,9 +181,12 @@ fn store_spec() -> KernelSpec {
 pub fn specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for d in HEAD_DIMS {
+        let (small, large) = tiles(d);
         for kv_f32 in [false, true] {
-            v.push(main_spec(d, SMALL, kv_f32));
-            v.push(main_spec(d, LARGE, kv_f32));
+            v.push(main_spec(d, small, kv_f32));
+            if large != small {
+                v.push(main_spec(d, large, kv_f32));
+            }
         }
         v.push(merge_spec(d));
     }
@@ -201,8 +221,9 @@ pub struct AttentionIo<'a> {
 /// Attention of one layer: `out = softmax(scale·q·kᵀ + mask)·v` with GQA, over cache + staging.
 pub struct Attention {
     params: AttentionParams,
-    small: (Arc<Kernel>, wgpu::BindGroup),
-    large: (Arc<Kernel>, wgpu::BindGroup),
+    /// Tile and kernel for decode-sized steps, and for everything else.
+    small: (Tile, (Arc<Kernel>, wgpu::BindGroup)),
+    large: (Tile, (Arc<Kernel>, wgpu::BindGroup)),
     merge: (Arc<Kernel>, wgpu::BindGroup),
     /// Partial rows (split × token × head) the scratch holds.
     split_rows: u32,
@@ -261,8 +282,9 @@ impl Attention {
             );
             Ok((kernel, bind_group))
         };
-        let small = main(SMALL)?;
-        let large = main(LARGE)?;
+        let (small_tile, large_tile) = tiles(d);
+        let small = (small_tile, main(small_tile)?);
+        let large = (large_tile, main(large_tile)?);
         let merge_kernel = ctx.kernel(&merge_spec(d))?;
         let merge_bg = ctx.bind(
             &merge_kernel,
@@ -333,10 +355,10 @@ impl Op for Attention {
             step.pos0 + step.n_tokens - 1
         );
         let rows = step.n_tokens * (p.n_q_heads / p.n_kv_heads);
-        let (tile, (kernel, bind_group)) = if rows <= SMALL.bq {
-            (SMALL, &self.small)
+        let (tile, (kernel, bind_group)) = if rows <= self.small.0.bq {
+            &self.small
         } else {
-            (LARGE, &self.large)
+            &self.large
         };
         let tiles = rows.div_ceil(tile.bq);
         let splits = self.n_splits(step, tiles);
@@ -451,12 +473,14 @@ mod tests {
 
     #[test]
     fn tiles_fit_webgpu_workgroup_memory() {
-        for t in [SMALL, LARGE] {
-            let floats = (t.bq + t.bk) * t.dc + t.bq * t.bk + 3 * t.bq + 256;
-            assert!(floats * 4 <= 16384, "{t:?}: {} bytes", floats * 4);
-            assert_eq!(t.bq * t.bk % 256, 0);
-            for d in HEAD_DIMS {
+        for d in HEAD_DIMS {
+            let (small, large) = tiles(d);
+            for t in [small, large] {
+                let floats = (t.bq + t.bk) * t.dc + t.bq * t.bk + 3 * t.bq + 256;
+                assert!(floats * 4 <= 16384, "{t:?}: {} bytes", floats * 4);
+                assert_eq!(t.bq * t.bk % 256, 0);
                 assert_eq!(d % t.dc, 0);
+                assert_eq!(t.dc % 4, 0);
                 assert_eq!(t.bq % (256 / (d / 2)), 0, "rows per column pair, d {d}");
             }
         }
