@@ -2,8 +2,8 @@
 //! llama.cpp's `convert_hf_to_gguf.py` (`tests/data/gemma4/*.gguf`), against transformers'
 //! fp32 logits (`*.json`, written offline by `pkg-scripts/make_gemma4_reference.py`).
 //!
-//! Between them the three models cover both layer types, two head sizes per model (64/128 or
-//! 128/256), KV-shared layers of both types (2–3 each, reading producers that are not the
+//! Between them the four models cover both layer types, two head sizes per model (16/32,
+//! 64/128 or 128/256), KV-shared layers of both types (2–3 each, reading producers that are not the
 //! layer just before), GQA with 2 KV heads and with 1, a double-wide MLP, per-layer inputs,
 //! proportional RoPE on full layers, perturbed norms and layer scalars, F32 and F16 weights,
 //! and prompts of up to 345 tokens over sliding windows of 16–32 (every ring wraps many times).
@@ -41,7 +41,12 @@ const TIGHT: Tolerance = Tolerance {
     greedy_margin: 0.004,
 };
 
-const MODELS: [&str; 3] = ["gemma4_tiny_a", "gemma4_tiny_b_f16", "gemma4_tiny_c"];
+const MODELS: [&str; 4] = [
+    "gemma4_tiny_a",
+    "gemma4_tiny_b_f16",
+    "gemma4_tiny_c",
+    "gemma4_tiny_d",
+];
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -106,6 +111,12 @@ fn tiny_b_f16_matches_transformers() {
 #[test]
 fn tiny_c_matches_transformers() {
     check_model(MODELS[2], false);
+}
+
+/// Heads of 16 (sliding) and 32 (full), hidden 32: nothing depends on Gemma's real sizes.
+#[test]
+fn tiny_d_small_heads_matches_transformers() {
+    check_model(MODELS[3], false);
 }
 
 /// The portable kernels (no shader-f16, no subgroups) compose into the same models.

@@ -9,7 +9,12 @@ use gemma_wgpu::gguf::{self, Gguf};
 use gemma_wgpu::tokenizer::Tokenizer;
 use serde_json::Value;
 
-const MODELS: [&str; 3] = ["gemma4_tiny_a", "gemma4_tiny_b_f16", "gemma4_tiny_c"];
+const MODELS: [&str; 4] = [
+    "gemma4_tiny_a",
+    "gemma4_tiny_b_f16",
+    "gemma4_tiny_c",
+    "gemma4_tiny_d",
+];
 
 fn data(name: &str) -> String {
     format!("{}/tests/data/gemma4/{name}", env!("CARGO_MANIFEST_DIR"))
