@@ -240,24 +240,27 @@ struct LayerOps {
 }
 
 impl LayerOps {
+    /// Records the layer's dispatches in order; runs every step for every layer, so it
+    /// allocates nothing.
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
-        let mut ops: Vec<&dyn Op> = vec![&self.attn_norm, &self.q];
+        let mut run = |op: &dyn Op| op.encode(pass, step);
+        run(&self.attn_norm);
+        run(&self.q);
         if let Some(kv) = &self.kv {
-            ops.extend([&kv.k as &dyn Op, &kv.v]);
+            run(&kv.k);
+            run(&kv.v);
         }
-        ops.push(&self.q_prep);
+        run(&self.q_prep);
         if let Some(kv) = &self.kv {
-            ops.extend([
-                &kv.k_prep as &dyn Op,
-                &kv.v_prep,
-                &self.attention,
-                &kv.store,
-            ]);
-        } else {
-            ops.push(&self.attention);
+            run(&kv.k_prep);
+            run(&kv.v_prep);
         }
-        ops.extend([
-            &self.o as &dyn Op,
+        run(&self.attention);
+        if let Some(kv) = &self.kv {
+            run(&kv.store);
+        }
+        let mlp: [&dyn Op; 8] = [
+            &self.o,
             &self.post_attn,
             &self.ffn_norm,
             &self.gate,
@@ -265,12 +268,11 @@ impl LayerOps {
             &self.gelu,
             &self.down,
             &self.post_ffw,
-        ]);
+        ];
+        mlp.into_iter().for_each(&mut run);
         if let Some(p) = &self.ple {
-            ops.extend([&p.gate as &dyn Op, &p.gelu, &p.proj, &p.post_norm]);
-        }
-        for op in ops {
-            op.encode(pass, step);
+            let ple: [&dyn Op; 4] = [&p.gate, &p.gelu, &p.proj, &p.post_norm];
+            ple.into_iter().for_each(&mut run);
         }
     }
 }
@@ -1262,15 +1264,24 @@ impl Model {
         };
         q.write_buffer(&self.acts.step, 0, bytemuck::bytes_of(&step));
         q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(tokens));
-        for (table, buffer) in self.ropes.iter().zip(&self.acts.ropes) {
+        // The KV-shared layers' uniform and RoPE rows: the same rows as the step's unless they
+        // run on the last token alone (then one row, computed on its own).
+        let tail_written = match (tail, &self.acts.step_tail) {
+            (Some(ts), Some(buffer)) => {
+                q.write_buffer(buffer, 0, bytemuck::bytes_of(&ts));
+                Some(ts)
+            }
+            _ => None,
+        };
+        for (i, (table, buffer)) in self.ropes.iter().zip(&self.acts.ropes).enumerate() {
             table.fill(self.pos, tokens.len(), &mut self.rope_scratch);
             q.write_buffer(buffer, 0, bytemuck::cast_slice(&self.rope_scratch));
-        }
-        if let (Some(ts), Some(buffer)) = (tail, &self.acts.step_tail) {
-            q.write_buffer(buffer, 0, bytemuck::bytes_of(&ts));
-            for (table, buffer) in self.ropes.iter().zip(&self.acts.ropes_tail) {
-                table.fill(ts.pos0, ts.n_tokens as usize, &mut self.rope_scratch);
-                q.write_buffer(buffer, 0, bytemuck::cast_slice(&self.rope_scratch));
+            if let Some(ts) = tail_written {
+                if ts != step {
+                    table.fill(ts.pos0, ts.n_tokens as usize, &mut self.rope_scratch);
+                }
+                let tail_rope = &self.acts.ropes_tail[i];
+                q.write_buffer(tail_rope, 0, bytemuck::cast_slice(&self.rope_scratch));
             }
         }
         if let (Some(ple), Some(pb)) = (&mut self.ple, &self.acts.ple) {
