@@ -76,6 +76,14 @@ pub enum Error {
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// Reading the model file failed (the browser's file or cache storage reported an error).
+    #[error("reading the model file: {0}")]
+    Read(String),
+
+    /// The caller stopped the operation.
+    #[error("aborted: {0}")]
+    Aborted(String),
 }
 
 impl Error {

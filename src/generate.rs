@@ -26,6 +26,8 @@ pub enum Finish {
     MaxTokens,
     /// The KV cache is full.
     ContextFull,
+    /// The caller stopped it.
+    Cancelled,
 }
 
 /// Timings of one generation.
@@ -40,30 +42,32 @@ pub struct Stats {
     pub decode_tokens_per_s: f64,
 }
 
-/// A generation in progress.
-pub struct Generator<'a> {
-    model: &'a mut Model,
-    tok: &'a Tokenizer,
+/// The state of a generation in progress, without borrows: the model and tokenizer are passed
+/// to every call, so a host that keeps them elsewhere (the browser engine, behind a JS handle)
+/// can hold a generation across calls. [`Generator`] bundles the borrows for simple callers.
+pub struct Generation {
     sampler: Sampler,
     stream: TokenStream,
     next: Option<Candidates>,
     max_tokens: usize,
     produced: Vec<u32>,
+    /// How many of `produced` went through the model (are in the KV cache).
+    fed: usize,
     finish: Option<Finish>,
     stats: Stats,
     started: Instant,
     first_token_at: Option<Instant>,
 }
 
-impl<'a> Generator<'a> {
+impl Generation {
     /// Prefills `prompt` (appended at the model's current position) and gets ready to sample.
     pub async fn start(
-        model: &'a mut Model,
-        tok: &'a Tokenizer,
+        model: &mut Model,
+        tok: &Tokenizer,
         prompt: &[u32],
         params: SamplingParams,
         max_tokens: usize,
-    ) -> Result<Generator<'a>> {
+    ) -> Result<Generation> {
         let sampler = Sampler::new(params)?;
         let most = model.max_candidates();
         if !params.is_greedy() && (params.top_k == 0 || params.top_k > most) {
@@ -75,17 +79,23 @@ impl<'a> Generator<'a> {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
+        let room = (model.context - model.position()) as usize;
+        if prompt.len() > room {
+            return Err(Error::ContextOverflow {
+                tokens: model.position() as usize + prompt.len(),
+                context: model.context as usize,
+            });
+        }
         let started = Instant::now();
         let candidates = model.forward(prompt, &[], 1.0).await?;
         let prefill_s = started.elapsed().as_secs_f64();
-        Ok(Generator {
-            model,
-            tok,
+        Ok(Generation {
             sampler,
             stream: tok.stream(),
             next: Some(candidates),
             max_tokens,
             produced: Vec::new(),
+            fed: 0,
             finish: None,
             stats: Stats {
                 prompt_tokens: prompt.len(),
@@ -97,8 +107,8 @@ impl<'a> Generator<'a> {
         })
     }
 
-    /// The next piece, or `None` when generation has finished (see [`Generator::finish`]).
-    pub async fn next(&mut self) -> Result<Option<Piece>> {
+    /// The next piece, or `None` when generation has finished (see [`Generation::finish`]).
+    pub async fn next(&mut self, model: &mut Model, tok: &Tokenizer) -> Result<Option<Piece>> {
         if self.finish.is_some() || self.max_tokens == 0 {
             self.finish.get_or_insert(Finish::MaxTokens);
             return Ok(None);
@@ -113,7 +123,7 @@ impl<'a> Generator<'a> {
             self.first_token_at = Some(now);
             self.stats.time_to_first_token_s = (now - self.started).as_secs_f64();
         }
-        if self.tok.is_eos(id) {
+        if tok.is_eos(id) {
             self.finish = Some(Finish::EndToken(id));
             let text = self.stream.finish();
             self.update_decode_stats();
@@ -123,7 +133,7 @@ impl<'a> Generator<'a> {
         let text = self.stream.push(id)?;
         if self.produced.len() >= self.max_tokens {
             self.finish = Some(Finish::MaxTokens);
-        } else if self.model.position() >= self.model.context {
+        } else if model.position() >= model.context {
             self.finish = Some(Finish::ContextFull);
         } else {
             let params = *self.sampler.params();
@@ -132,11 +142,8 @@ impl<'a> Generator<'a> {
             } else {
                 Vec::new()
             };
-            self.next = Some(
-                self.model
-                    .forward(&[id], &recent, params.repeat_penalty)
-                    .await?,
-            );
+            self.next = Some(model.forward(&[id], &recent, params.repeat_penalty).await?);
+            self.fed = self.produced.len();
         }
         let mut text = text;
         if self.finish.is_some() {
@@ -144,6 +151,15 @@ impl<'a> Generator<'a> {
         }
         self.update_decode_stats();
         Ok(Some(Piece { id, text }))
+    }
+
+    /// Ends the generation early (the caller stopped it). Every generated token except the last
+    /// has been fed to the model; see [`Generation::fed`].
+    pub fn cancel(&mut self) {
+        if self.finish.is_none() {
+            self.finish = Some(Finish::Cancelled);
+            self.next = None;
+        }
     }
 
     fn update_decode_stats(&mut self) {
@@ -167,7 +183,58 @@ impl<'a> Generator<'a> {
         &self.produced
     }
 
+    /// Generated ids that went through the model and so sit in its KV cache: all of them,
+    /// except the last when generation stopped on a limit (it was sampled but never fed).
+    pub fn fed(&self) -> &[u32] {
+        &self.produced[..self.fed]
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+}
+
+/// A generation in progress that borrows its model and tokenizer (the CLI's form).
+pub struct Generator<'a> {
+    model: &'a mut Model,
+    tok: &'a Tokenizer,
+    state: Generation,
+}
+
+impl<'a> Generator<'a> {
+    /// Prefills `prompt` (appended at the model's current position) and gets ready to sample.
+    pub async fn start(
+        model: &'a mut Model,
+        tok: &'a Tokenizer,
+        prompt: &[u32],
+        params: SamplingParams,
+        max_tokens: usize,
+    ) -> Result<Generator<'a>> {
+        let state = Generation::start(model, tok, prompt, params, max_tokens).await?;
+        Ok(Generator { model, tok, state })
+    }
+
+    /// The next piece, or `None` when generation has finished (see [`Generator::finish`]).
+    pub async fn next(&mut self) -> Result<Option<Piece>> {
+        self.state.next(self.model, self.tok).await
+    }
+
+    /// Why generation ended (`None` while it runs).
+    pub fn finish(&self) -> Option<Finish> {
+        self.state.finish()
+    }
+
+    /// Generated ids (without the end token).
+    pub fn tokens(&self) -> &[u32] {
+        self.state.tokens()
+    }
+
+    /// Generated ids now in the KV cache (see [`Generation::fed`]).
+    pub fn fed(&self) -> &[u32] {
+        self.state.fed()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        self.state.stats()
     }
 }

@@ -16,5 +16,7 @@ pub mod rope;
 pub mod sampler;
 pub mod synth;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

@@ -386,6 +386,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             Some(Finish::EndToken(id)) => format!("stopped at end token {id}"),
             Some(Finish::MaxTokens) => "max tokens".into(),
             Some(Finish::ContextFull) => "context full".into(),
+            Some(Finish::Cancelled) => "cancelled".into(),
             None => "unfinished".into(),
         }
     );
@@ -464,13 +465,7 @@ fn chat(a: ChatArgs) -> Result<()> {
                 "[{} new prompt tokens, {:.1} tok/s prefill, {:.1} tok/s decode]",
                 s.prompt_tokens, s.prefill_tokens_per_s, s.decode_tokens_per_s
             );
-            // Tokens that went through the model: all generated ones, except the last when
-            // generation stopped on a limit (it was sampled but never fed).
-            let mut fed = g.tokens().to_vec();
-            if !matches!(g.finish(), Some(Finish::EndToken(_))) {
-                fed.pop();
-            }
-            anyhow::Ok((reply, fed))
+            anyhow::Ok((reply, g.fed().to_vec()))
         })?;
         for id in fed {
             conv.push_generated(id);

@@ -37,7 +37,7 @@ pub use source::{MemorySource, RowSource, TensorSource};
 pub use types::GgmlType;
 
 use crate::{Error, Result};
-use parse::{Halt, HeaderParser};
+pub use parse::{Halt, HeaderParser};
 
 /// One tensor as described by the header.
 #[derive(Debug, Clone, PartialEq, Eq)]

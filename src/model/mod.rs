@@ -448,6 +448,148 @@ fn plan(gguf: &Gguf) -> Result<(ModelConfig, TensorPlan)> {
     Ok((cfg, wanted))
 }
 
+/// KV cache length and prefill chunk for `opts`.
+fn sizes(cfg: &ModelConfig, opts: &LoadOptions) -> (u32, u32) {
+    let context = opts
+        .context
+        .unwrap_or(cfg.context_length.min(8192))
+        .clamp(1, cfg.context_length.max(1));
+    (context, opts.prefill_chunk.clamp(1, 1024).min(context))
+}
+
+/// What loading a model will take, known from its header alone.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Preflight {
+    pub architecture: String,
+    pub layers: u32,
+    pub vocab: u32,
+    /// KV cache length the load will use.
+    pub context_length: u32,
+    /// Tensor bytes in the file.
+    pub file_bytes: u64,
+    /// Weight bytes the GPU will hold.
+    pub weights: u64,
+    pub kv_cache: u64,
+    /// Largest single buffer among weights and KV cache.
+    pub largest_buffer: u64,
+    /// Tensor bytes left in the file and read a row per token.
+    pub mapped: u64,
+}
+
+/// Checks, from the header only, that the model is supported and that every weight and KV
+/// buffer fits the device's limits, and estimates what it will hold (activations, a few MiB,
+/// are not counted). Run before downloading the weights, so that a model that cannot run fails
+/// at once with the reason.
+pub fn preflight(gguf: &Gguf, caps: &crate::gpu::Caps, opts: &LoadOptions) -> Result<Preflight> {
+    let (cfg, wanted) = plan(gguf)?;
+    let (context, chunk) = sizes(&cfg, opts);
+    let limit = caps.max_binding.min(caps.max_buffer);
+    let mut p = Preflight {
+        architecture: gguf.architecture()?.to_string(),
+        layers: cfg.n_layers,
+        vocab: cfg.vocab,
+        context_length: context,
+        file_bytes: gguf.tensor_data_bytes(),
+        ..Default::default()
+    };
+    for info in gguf.tensors_by_offset() {
+        match wanted.get(&info.name).map(|(_, at)| *at) {
+            Some(Placement::Gpu) if info.dims.len() > 1 => {
+                let parts = crate::quant::part_sizes(
+                    &info.name,
+                    info.ty,
+                    info.dims[0] as u32,
+                    info.dims[1] as u32,
+                    limit,
+                )?;
+                p.weights += parts.iter().sum::<u64>();
+                p.largest_buffer = p.largest_buffer.max(parts.into_iter().max().unwrap_or(0));
+            }
+            Some(Placement::Gpu) => {
+                let bytes = info.n_elements() * 4;
+                check_fits(&info.name, bytes, caps)?;
+                p.weights += bytes;
+            }
+            Some(Placement::Mapped) => p.mapped += info.n_bytes,
+            Some(Placement::Host) | None => {}
+        }
+    }
+    let elem = kv_bytes_per_elem(opts.kv_f32);
+    for (l, lc) in cfg.layers.iter().enumerate() {
+        if cfg.layers[l].kv_source != l {
+            continue;
+        }
+        let cap = attention_params(&cfg, l, context, chunk, opts.kv_f32).cap as u64;
+        let bytes = cap * (lc.n_kv_heads * lc.head_dim) as u64 * elem;
+        check_fits(
+            &format!("the KV cache of layer {l} ({cap} tokens)"),
+            bytes,
+            caps,
+        )?;
+        p.kv_cache += 2 * bytes;
+        p.largest_buffer = p.largest_buffer.max(bytes);
+    }
+    Ok(p)
+}
+
+fn check_fits(what: &str, bytes: u64, caps: &crate::gpu::Caps) -> Result<()> {
+    for (available, limit) in [
+        (caps.max_binding, "max_storage_buffer_binding_size"),
+        (caps.max_buffer, "max_buffer_size"),
+    ] {
+        if bytes > available {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                needed: bytes,
+                available,
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// GGUF bytes read per chunk while uploading a matrix: bounds the loader's memory (what a
+/// browser tab holds while a model streams in) independently of the largest tensor.
+const UPLOAD_CHUNK_BYTES: u64 = 4 << 20;
+
+/// Streams one matrix from `src` to the GPU in row chunks; `progress(bytes)` after each chunk.
+async fn upload_matrix<S: TensorSource>(
+    ctx: &GpuContext,
+    src: &mut S,
+    info: &TensorInfo,
+    progress: &mut impl FnMut(u64),
+) -> Result<QuantMatrix> {
+    let (k, n) = (info.dims[0] as u32, info.dims[1] as u32);
+    let mut up = crate::quant::MatrixUpload::new(ctx, &info.name, info.ty, k, n)?;
+    let rb = up.row_bytes();
+    if rb * n as u64 != info.n_bytes {
+        return Err(Error::Shape {
+            tensor: info.name.clone(),
+            expected: format!(
+                "{n} rows × {k} {} elements = {} bytes",
+                info.ty,
+                rb * n as u64
+            ),
+            found: format!("{} bytes", info.n_bytes),
+        });
+    }
+    let step = up.chunk_rows(UPLOAD_CHUNK_BYTES);
+    let mut buf = Vec::new();
+    let mut row = 0u32;
+    while row < n {
+        let rows = step.min(n - row);
+        buf.resize((rows as u64 * rb) as usize, 0);
+        src.read_at(info.offset + row as u64 * rb, &mut buf).await?;
+        up.write_rows(ctx, row, &buf)?;
+        row += rows;
+        progress(row as u64 * rb);
+    }
+    // Hand the staged writes to the GPU now, so staging memory never holds more than a tensor.
+    ctx.queue.submit([]);
+    up.finish()
+}
+
 /// GGUF name of a per-layer tensor.
 fn layer_tensor(l: usize, what: &str) -> String {
     format!("blk.{l}.{what}.weight")
@@ -464,11 +606,7 @@ impl Model {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Model> {
         let (cfg, wanted) = plan(gguf)?;
-        let context = opts
-            .context
-            .unwrap_or(cfg.context_length.min(8192))
-            .clamp(1, cfg.context_length.max(1));
-        let chunk = opts.prefill_chunk.clamp(1, 1024).min(context);
+        let (context, chunk) = sizes(&cfg, opts);
         let max_candidates = opts.max_candidates.clamp(1, 64);
         let rows = match (cfg.ple_dim > 0, &opts.rows) {
             (false, _) => None,
@@ -516,36 +654,29 @@ impl Model {
                 }
                 Some(_) => {}
             }
+            if placement == Some(Placement::Gpu) && info.dims.len() > 1 {
+                let m = upload_matrix(&ctx, src, info, &mut |bytes| progress(done + bytes, total))
+                    .await?;
+                memory.largest_buffer = memory.largest_buffer.max(m.largest_buffer_bytes());
+                memory.weights += m.gpu_bytes();
+                memory.group(group).gpu_bytes += m.gpu_bytes();
+                uploads.insert(info.name.clone(), Upload::Matrix(m));
+                done += info.n_bytes;
+                progress(done, total);
+                continue;
+            }
             let bytes = read_tensor_data(src, info).await?;
             if placement == Some(Placement::Host) {
                 let values = crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
                     .map_err(|e| tensor_error(info, e))?;
                 host.insert(info.name.clone(), values);
             } else {
-                let upload = if info.dims.len() == 1 {
-                    let values =
-                        crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
-                            .map_err(|e| tensor_error(info, e))?;
-                    Upload::Vector(ctx.storage_init(&info.name, &values)?)
-                } else {
-                    let m = QuantMatrix::upload(
-                        &ctx,
-                        &info.name,
-                        info.ty,
-                        info.dims[0] as u32,
-                        info.dims[1] as u32,
-                        &bytes,
-                    )?;
-                    memory.largest_buffer = memory.largest_buffer.max(m.largest_buffer_bytes());
-                    Upload::Matrix(m)
-                };
-                let gpu = match &upload {
-                    Upload::Matrix(m) => m.gpu_bytes(),
-                    Upload::Vector(b) => b.size(),
-                };
-                memory.weights += gpu;
-                memory.group(group).gpu_bytes += gpu;
-                uploads.insert(info.name.clone(), upload);
+                let values = crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
+                    .map_err(|e| tensor_error(info, e))?;
+                let buffer = ctx.storage_init(&info.name, &values)?;
+                memory.weights += buffer.size();
+                memory.group(group).gpu_bytes += buffer.size();
+                uploads.insert(info.name.clone(), Upload::Vector(buffer));
             }
             done += info.n_bytes;
             progress(done, total);

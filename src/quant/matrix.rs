@@ -47,55 +47,17 @@ impl QuantMatrix {
         n: u32,
         gguf_bytes: &[u8],
     ) -> Result<Self> {
-        let layout = GpuLayout::new(name, ty, k)?;
-        let row_bytes = layout.row_bytes();
-        let expected = row_bytes * n as u64;
-        if gguf_bytes.len() as u64 != expected || n == 0 {
+        let mut up = MatrixUpload::new(ctx, name, ty, k, n)?;
+        let expected = up.layout.row_bytes() * n as u64;
+        if gguf_bytes.len() as u64 != expected {
             return Err(Error::Shape {
                 tensor: name.to_string(),
-                expected: format!("{n} rows × {k} {ty} elements = {expected} bytes (n > 0)"),
+                expected: format!("{n} rows × {k} {ty} elements = {expected} bytes"),
                 found: format!("{} bytes", gguf_bytes.len()),
             });
         }
-        let limit = ctx.caps.max_binding.min(ctx.caps.max_buffer);
-        let rows_per_part = rows_fitting(&layout, n, limit);
-        if rows_per_part == 0 {
-            return Err(Error::Limit {
-                what: format!("one row of tensor `{name}`"),
-                needed: layout.words(1) * 4,
-                available: limit,
-                limit: "max_storage_buffer_binding_size",
-            });
-        }
-        let mut parts = Vec::new();
-        let mut row0 = 0u32;
-        while row0 < n {
-            let rows = rows_per_part.min(n - row0);
-            let bytes = &gguf_bytes
-                [(row0 as u64 * row_bytes) as usize..((row0 + rows) as u64 * row_bytes) as usize];
-            let words = layout.repack(bytes);
-            let label = if rows == n {
-                name.to_string()
-            } else {
-                format!("{name}[{row0}..{}]", row0 + rows)
-            };
-            let buffer = ctx.storage_init(&label, &words)?;
-            parts.push(QuantPart {
-                buffer,
-                row0,
-                rows,
-                sbase: layout.sbase(rows) as u32,
-                words: words.len() as u64,
-            });
-            row0 += rows;
-        }
-        Ok(Self {
-            name: name.to_string(),
-            layout,
-            k,
-            n,
-            parts,
-        })
+        up.write_rows(ctx, 0, gguf_bytes)?;
+        up.finish()
     }
 
     /// The GGUF element type.
@@ -121,6 +83,174 @@ impl QuantMatrix {
     pub fn gguf_bytes(&self) -> u64 {
         self.layout.row_bytes() * self.n as u64
     }
+}
+
+/// A matrix being uploaded in row chunks, so that a loader never holds a whole tensor (the
+/// 170 MB embedding of Gemma 3 270M would otherwise dominate a browser tab's memory): the part
+/// buffers are created up front and every chunk is repacked and written into its place in the
+/// payload and scales planes.
+#[derive(Debug)]
+pub struct MatrixUpload {
+    name: String,
+    layout: GpuLayout,
+    k: u32,
+    n: u32,
+    parts: Vec<QuantPart>,
+    /// Rows written so far (chunks arrive in order).
+    written: u32,
+}
+
+impl MatrixUpload {
+    /// Checks the geometry against the device's limits and creates the (zeroed) part buffers.
+    pub fn new(ctx: &GpuContext, name: &str, ty: GgmlType, k: u32, n: u32) -> Result<Self> {
+        let layout = GpuLayout::new(name, ty, k)?;
+        if n == 0 {
+            return Err(Error::Shape {
+                tensor: name.to_string(),
+                expected: "at least one row".into(),
+                found: "0 rows".into(),
+            });
+        }
+        let rows_per_part = part_rows(
+            &layout,
+            n,
+            name,
+            ctx.caps.max_binding.min(ctx.caps.max_buffer),
+        )?;
+        let mut parts = Vec::new();
+        let mut row0 = 0u32;
+        while row0 < n {
+            let rows = rows_per_part.min(n - row0);
+            let label = if rows == n {
+                name.to_string()
+            } else {
+                format!("{name}[{row0}..{}]", row0 + rows)
+            };
+            let words = layout.words(rows);
+            parts.push(QuantPart {
+                buffer: ctx.storage(&label, words * 4)?,
+                row0,
+                rows,
+                sbase: layout.sbase(rows) as u32,
+                words,
+            });
+            row0 += rows;
+        }
+        Ok(Self {
+            name: name.to_string(),
+            layout,
+            k,
+            n,
+            parts,
+            written: 0,
+        })
+    }
+
+    /// Rows per chunk for about `bytes` of GGUF data per read: even, so that two f16 scales
+    /// always share a word within one chunk.
+    pub fn chunk_rows(&self, bytes: u64) -> u32 {
+        let rows = (bytes / self.layout.row_bytes().max(1)).max(2) as u32 & !1;
+        rows.min(self.n)
+    }
+
+    /// GGUF bytes of one row.
+    pub fn row_bytes(&self) -> u64 {
+        self.layout.row_bytes()
+    }
+
+    /// Rows of the matrix.
+    pub fn rows(&self) -> u32 {
+        self.n
+    }
+
+    /// Repacks and writes whole GGUF rows starting at `row0` (which must be the next unwritten
+    /// row, and even unless the chunk ends the matrix).
+    pub fn write_rows(&mut self, ctx: &GpuContext, row0: u32, bytes: &[u8]) -> Result<()> {
+        let rb = self.layout.row_bytes() as usize;
+        let rows = (bytes.len() / rb) as u32;
+        if bytes.len() % rb != 0 || row0 != self.written || row0 + rows > self.n {
+            return Err(Error::Gguf(format!(
+                "internal: tensor `{}`: chunk of {} bytes at row {row0} does not continue rows 0..{} of {}",
+                self.name,
+                bytes.len(),
+                self.written,
+                self.n
+            )));
+        }
+        let mut row = row0;
+        while row < row0 + rows {
+            let part = self
+                .parts
+                .iter()
+                .find(|p| row >= p.row0 && row < p.row0 + p.rows)
+                .expect("parts cover every row");
+            let take = (part.row0 + part.rows - row).min(row0 + rows - row);
+            let local = row - part.row0;
+            let chunk = &bytes[((row - row0) as usize * rb)..((row - row0 + take) as usize * rb)];
+            let words = self.layout.repack(chunk);
+            // The chunk's own planes: payload words, then its scales.
+            let split = self.layout.sbase(take) as usize;
+            let payload_at = self.layout.sbase(local) * 4;
+            ctx.queue.write_buffer(
+                &part.buffer,
+                payload_at,
+                bytemuck::cast_slice(&words[..split]),
+            );
+            if split < words.len() {
+                // Scales of rows before `local` in this part (an even count, so whole words).
+                let scales_before = self.layout.words(local) - self.layout.sbase(local);
+                let at = (part.sbase as u64 + scales_before) * 4;
+                ctx.queue
+                    .write_buffer(&part.buffer, at, bytemuck::cast_slice(&words[split..]));
+            }
+            row += take;
+        }
+        self.written = row0 + rows;
+        Ok(())
+    }
+
+    /// The uploaded matrix; every row must have been written.
+    pub fn finish(self) -> Result<QuantMatrix> {
+        if self.written != self.n {
+            return Err(Error::Gguf(format!(
+                "internal: tensor `{}`: {} of {} rows uploaded",
+                self.name, self.written, self.n
+            )));
+        }
+        Ok(QuantMatrix {
+            name: self.name,
+            layout: self.layout,
+            k: self.k,
+            n: self.n,
+            parts: self.parts,
+        })
+    }
+}
+
+/// Byte sizes of the part buffers a `[n, k]` matrix of `ty` is split into under `limit` bytes
+/// per buffer (what [`MatrixUpload::new`] will create), or why it cannot be uploaded.
+pub fn part_sizes(name: &str, ty: GgmlType, k: u32, n: u32, limit: u64) -> Result<Vec<u64>> {
+    let layout = GpuLayout::new(name, ty, k)?;
+    let per_part = part_rows(&layout, n, name, limit)?;
+    Ok((0..n)
+        .step_by(per_part as usize)
+        .map(|row0| (layout.words(per_part.min(n - row0)) * 4).max(4))
+        .collect())
+}
+
+/// Rows per part buffer: all of them when they fit one binding, else the most that fit.
+fn part_rows(layout: &GpuLayout, n: u32, name: &str, limit: u64) -> Result<u32> {
+    let rows = rows_fitting(layout, n, limit);
+    if rows == 0 {
+        return Err(Error::Limit {
+            what: format!("one row of tensor `{name}`"),
+            needed: layout.words(1) * 4,
+            available: limit,
+            limit: "max_storage_buffer_binding_size",
+        });
+    }
+    // Keep part boundaries even so chunk boundaries inside a part stay even too.
+    Ok(if rows < n { (rows & !1).max(1) } else { rows })
 }
 
 /// The most rows (≤ `n`) whose part fits in `limit` bytes.

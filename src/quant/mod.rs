@@ -11,4 +11,4 @@ mod matrix;
 
 pub use dequant::dequantize;
 pub use layout::GpuLayout;
-pub use matrix::{QuantMatrix, QuantPart};
+pub use matrix::{part_sizes, MatrixUpload, QuantMatrix, QuantPart};

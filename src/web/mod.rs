@@ -1,0 +1,786 @@
+//! The browser engine: the same model, tokenizer and generation code as native, exposed to
+//! JavaScript through wasm-bindgen. It runs inside the package's dedicated Worker
+//! (`web/package/worker.js`), which owns the download, the OPFS cache and the message protocol;
+//! everything here is synchronous to the worker or a promise of wgpu work.
+//!
+//! Bytes come from a JS `ByteSource` (`{ size, readInto(offset, dest) }`, synchronous: an OPFS
+//! access handle or `FileReaderSync` over a `File`), so a model is read tensor by tensor and in
+//! 4 MiB row chunks, never held whole in wasm or JS memory; Gemma 4 reads per-layer-embedding
+//! rows from the same source at every token.
+//!
+//! Errors reach JS as `Error` objects with a `code` (see [`error_code`]).
+
+mod source;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+
+use crate::chat::{ChatTemplate, Message};
+use crate::generate::{Finish, Generation};
+use crate::gguf::{read_header, Gguf, Halt, HeaderParser};
+use crate::gpu::{Caps, GpuContext, GpuOptions};
+use crate::model::{LoadOptions, Model};
+use crate::sampler::SamplingParams;
+use crate::tokenizer::Tokenizer;
+use crate::Error;
+
+pub use source::{ByteSource, JsSource};
+
+/// Installs the panic hook: a Rust panic is logged to the console with its message and
+/// location (the worker then reports it as an `internal` error instead of dying silently).
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// The `code` a JS caller can switch on for each kind of failure.
+pub fn error_code(e: &Error) -> &'static str {
+    match e {
+        Error::Gguf(_)
+        | Error::Truncated(_)
+        | Error::Metadata { .. }
+        | Error::UnsupportedArchitecture { .. }
+        | Error::UnsupportedTensorType { .. }
+        | Error::MissingTensor(_)
+        | Error::Shape { .. }
+        | Error::Tokenizer(_) => "bad-model",
+        Error::Limit { .. } => "adapter-limits",
+        Error::NoAdapter { .. } | Error::Device(_) => "no-webgpu",
+        Error::InvalidArgument(_) | Error::ContextOverflow { .. } => "invalid-argument",
+        Error::Aborted(_) => "aborted",
+        Error::Io { .. } | Error::IoPlain(_) | Error::Read(_) => "download-failed",
+        Error::Shader { .. } | Error::Readback(_) => "internal",
+    }
+}
+
+/// A JS `Error` with `code` set.
+fn js_error(code: &str, message: &str) -> JsValue {
+    let err = js_sys::Error::new(message);
+    let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
+    err.into()
+}
+
+impl From<Error> for JsValue {
+    fn from(e: Error) -> JsValue {
+        let message = e.to_string();
+        let code = match &e {
+            // wgpu reports allocation failures as device errors whose text names memory.
+            Error::Device(m) | Error::Readback(m) if m.to_lowercase().contains("memory") => {
+                "out-of-memory"
+            }
+            _ => error_code(&e),
+        };
+        js_error(code, &message)
+    }
+}
+
+fn busy() -> JsValue {
+    js_error(
+        "busy",
+        "the engine is busy with another request (one load or generation at a time)",
+    )
+}
+
+fn no_model() -> JsValue {
+    js_error("invalid-argument", "no model is loaded")
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| js_error("internal", &e.to_string()))
+}
+
+fn from_js<T: for<'de> Deserialize<'de> + Default>(
+    value: JsValue,
+    what: &str,
+) -> Result<T, JsValue> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(T::default());
+    }
+    serde_wasm_bindgen::from_value(value)
+        .map_err(|e| js_error("invalid-argument", &format!("{what}: {e}")))
+}
+
+/// Incremental GGUF header parser fed with the first bytes of a download, so the model can be
+/// checked against the adapter before its weights arrive.
+#[wasm_bindgen]
+pub struct HeaderProbe {
+    parser: HeaderParser,
+    /// File bytes `[base, base + buf.len())` not yet consumed by the parser.
+    buf: Vec<u8>,
+    base: u64,
+    /// Bytes the parser needs before it can go on.
+    wanted: u64,
+    size: Option<u64>,
+    header: Option<Gguf>,
+}
+
+#[wasm_bindgen]
+impl HeaderProbe {
+    /// `size`: the file's length when known (Content-Length), which bounds every tensor.
+    #[wasm_bindgen(constructor)]
+    pub fn new(size: Option<f64>) -> HeaderProbe {
+        HeaderProbe {
+            parser: HeaderParser::new(),
+            buf: Vec::new(),
+            base: 0,
+            wanted: 24,
+            size: size.map(|s| s as u64),
+            header: None,
+        }
+    }
+
+    /// Feeds the file's next bytes (in order from byte 0). True once the header is complete;
+    /// throws `bad-model` when the bytes are not a GGUF header.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<bool, JsValue> {
+        if self.header.is_some() {
+            return Ok(true);
+        }
+        self.buf.extend_from_slice(chunk);
+        while self.base + self.buf.len() as u64 >= self.wanted {
+            match self.parser.feed(&self.buf, self.base, self.size) {
+                Ok(g) => {
+                    self.header = Some(g);
+                    self.buf = Vec::new();
+                    return Ok(true);
+                }
+                Err(Halt::Fail(e)) => return Err(e.into()),
+                Err(Halt::More(end)) => {
+                    let consumed = (self.parser.consumed() - self.base) as usize;
+                    self.buf.drain(..consumed);
+                    self.base += consumed as u64;
+                    self.wanted = end;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Bytes of the file the header needs so far (grows while parsing).
+    #[wasm_bindgen(getter)]
+    pub fn wanted(&self) -> f64 {
+        self.wanted as f64
+    }
+}
+
+/// Options of `Engine.create`.
+#[derive(Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct CreateOptions {
+    f16: bool,
+    subgroups: bool,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            f16: true,
+            subgroups: true,
+        }
+    }
+}
+
+/// Options of `preflight` and `load`.
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct ModelOptions {
+    context_length: Option<u32>,
+}
+
+impl ModelOptions {
+    /// The browser default is a 4096-token cache: most chats fit, and it keeps Gemma 4's
+    /// global-layer caches small on phones.
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            context: Some(self.context_length.unwrap_or(4096)),
+            ..Default::default()
+        }
+    }
+}
+
+/// Sampling options of `start`, as JS passes them.
+#[derive(Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct StartOptions {
+    max_tokens: u32,
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    min_p: f32,
+    repeat_penalty: f32,
+    seed: f64,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        let d = SamplingParams::default();
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_k: d.top_k,
+            top_p: d.top_p,
+            min_p: d.min_p,
+            repeat_penalty: d.repeat_penalty,
+            seed: 0.0,
+        }
+    }
+}
+
+impl StartOptions {
+    fn params(&self) -> crate::Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed as u64,
+            ..Default::default()
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AdapterInfo {
+    name: String,
+    backend: String,
+    f16: bool,
+    subgroups: bool,
+    max_buffer_size: u64,
+    max_storage_buffer_binding_size: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelInfo {
+    architecture: String,
+    layers: u32,
+    vocab: u32,
+    context_length: u32,
+    has_chat_template: bool,
+    gpu_memory: GpuMemory,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GpuMemory {
+    weights: u64,
+    kv_cache: u64,
+    activations: u64,
+    total: u64,
+    largest_buffer: u64,
+    mapped: u64,
+}
+
+#[derive(Serialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+struct GenerationStats {
+    prompt_tokens: usize,
+    cached_tokens: usize,
+    generated_tokens: usize,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    time_to_first_token_s: f64,
+}
+
+#[derive(Serialize)]
+struct PieceOut {
+    id: u32,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: String,
+}
+
+/// A loaded model and its conversation state.
+struct Loaded {
+    model: Model,
+    tok: Tokenizer,
+    template: ChatTemplate,
+    architecture: String,
+    /// Ids in the KV cache, in order.
+    cached: Vec<u32>,
+    /// Length of `cached` when the current generation started (its generated ids follow).
+    gen_base: usize,
+    gen: Option<Generation>,
+    stats: GenerationStats,
+}
+
+/// Engine state shared by the JS handle and its in-flight promises. A request takes the model
+/// out while it runs, so a second request finds it missing and fails with `busy` instead of
+/// touching a model mid-step.
+struct State {
+    ctx: Arc<GpuContext>,
+    loaded: Option<Loaded>,
+    /// True while a request holds the model.
+    busy: bool,
+    /// Set by `cancel`; checked between tokens and between load chunks.
+    cancel: Rc<Cell<bool>>,
+}
+
+/// The engine a worker drives: one GPU device, at most one model.
+#[wasm_bindgen]
+pub struct Engine {
+    state: Rc<RefCell<State>>,
+}
+
+/// Takes the model out of the state for the duration of a request; puts it back on drop (so
+/// an error or a dropped promise never loses it).
+struct Lease {
+    state: Rc<RefCell<State>>,
+    loaded: Option<Loaded>,
+}
+
+impl Lease {
+    fn take(state: &Rc<RefCell<State>>) -> Result<Lease, JsValue> {
+        let mut s = state.borrow_mut();
+        if s.busy {
+            return Err(busy());
+        }
+        let loaded = s.loaded.take().ok_or_else(no_model)?;
+        s.busy = true;
+        Ok(Lease {
+            state: state.clone(),
+            loaded: Some(loaded),
+        })
+    }
+
+    fn get(&mut self) -> &mut Loaded {
+        self.loaded
+            .as_mut()
+            .expect("a lease holds the model until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut s = self.state.borrow_mut();
+        s.loaded = self.loaded.take();
+        s.busy = false;
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Requests the WebGPU adapter and device. `options.f16` / `options.subgroups` = false
+    /// keep the portable kernels even when the adapter offers the features.
+    pub async fn create(options: JsValue) -> Result<Engine, JsValue> {
+        let o: CreateOptions = from_js(options, "Engine.create options")?;
+        let ctx = GpuContext::new(&GpuOptions {
+            backends: Some(wgpu::Backends::BROWSER_WEBGPU),
+            disable_f16: !o.f16,
+            disable_subgroups: !o.subgroups,
+            ..Default::default()
+        })
+        .await?;
+        #[allow(clippy::arc_with_non_send_sync)] // wasm is single-threaded; Model wants an Arc
+        Ok(Engine {
+            state: Rc::new(RefCell::new(State {
+                ctx: Arc::new(ctx),
+                loaded: None,
+                busy: false,
+                cancel: Rc::new(Cell::new(false)),
+            })),
+        })
+    }
+
+    /// The adapter and the kernel variant in use.
+    pub fn adapter(&self) -> Result<JsValue, JsValue> {
+        let s = self.state.borrow();
+        let ctx = &s.ctx;
+        to_js(&AdapterInfo {
+            name: ctx.info.name.clone(),
+            backend: format!("{:?}", ctx.info.backend),
+            f16: ctx.caps.f16,
+            subgroups: ctx.caps.subgroups,
+            max_buffer_size: ctx.caps.max_buffer,
+            max_storage_buffer_binding_size: ctx.caps.max_binding,
+        })
+    }
+
+    /// Checks a parsed header against this device (see [`crate::model::preflight`]).
+    pub fn preflight(&self, probe: &HeaderProbe, options: JsValue) -> Result<JsValue, JsValue> {
+        let o: ModelOptions = from_js(options, "preflight options")?;
+        let gguf = probe
+            .header
+            .as_ref()
+            .ok_or_else(|| js_error("invalid-argument", "the GGUF header is not complete yet"))?;
+        let s = self.state.borrow();
+        let plan = crate::model::preflight(gguf, &s.ctx.caps, &o.load_options())?;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Plan<'a> {
+            architecture: &'a str,
+            layers: u32,
+            vocab: u32,
+            context_length: u32,
+            file_bytes: u64,
+            weights_bytes: u64,
+            kv_cache_bytes: u64,
+            gpu_bytes: u64,
+            largest_buffer: u64,
+            mapped_bytes: u64,
+        }
+        to_js(&Plan {
+            architecture: &plan.architecture,
+            layers: plan.layers,
+            vocab: plan.vocab,
+            context_length: plan.context_length,
+            file_bytes: plan.file_bytes,
+            weights_bytes: plan.weights,
+            kv_cache_bytes: plan.kv_cache,
+            gpu_bytes: plan.weights + plan.kv_cache,
+            largest_buffer: plan.largest_buffer,
+            mapped_bytes: plan.mapped,
+        })
+    }
+
+    /// Loads a model from `source`, replacing any loaded one. `progress(done, total)` is called
+    /// as tensor bytes reach the GPU. `cancel()` aborts it between chunks.
+    pub fn load(
+        &self,
+        source: ByteSource,
+        options: JsValue,
+        progress: js_sys::Function,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let o: ModelOptions = from_js(options, "load options")?;
+            let (ctx, cancel) = {
+                let mut s = state.borrow_mut();
+                if s.busy {
+                    return Err(busy());
+                }
+                // Free the old model's GPU memory before the new one arrives.
+                s.loaded = None;
+                s.busy = true;
+                s.cancel.set(false);
+                (s.ctx.clone(), s.cancel.clone())
+            };
+            let result = load_model(ctx, source, o, progress, cancel).await;
+            let mut s = state.borrow_mut();
+            s.busy = false;
+            let loaded = result?;
+            let info = loaded_info(&loaded);
+            s.loaded = Some(loaded);
+            to_js(&info)
+        })
+    }
+
+    /// Token ids of `text` (with `<bos>` first when `add_bos`).
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, JsValue> {
+        let s = self.state.borrow();
+        let l = s.loaded.as_ref().ok_or_else(|| self.busy_or_no_model())?;
+        Ok(l.tok.encode(text, add_bos)?)
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, JsValue> {
+        let s = self.state.borrow();
+        let l = s.loaded.as_ref().ok_or_else(|| self.busy_or_no_model())?;
+        Ok(l.tok.decode(ids)?)
+    }
+
+    /// `messages` (`[{role, content}]`) rendered by the model's chat template, as ids.
+    #[wasm_bindgen(js_name = renderChat)]
+    pub fn render_chat(
+        &self,
+        messages: JsValue,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, JsValue> {
+        let messages: Vec<ChatMessage> = serde_wasm_bindgen::from_value(messages).map_err(|e| {
+            js_error(
+                "invalid-argument",
+                &format!("messages must be an array of {{role, content}} strings: {e}"),
+            )
+        })?;
+        let messages: Vec<Message> = messages
+            .into_iter()
+            .map(|m| Message::new(m.role, m.content))
+            .collect();
+        let s = self.state.borrow();
+        let l = s.loaded.as_ref().ok_or_else(|| self.busy_or_no_model())?;
+        let prompt = l.template.render(&messages, add_generation_prompt)?;
+        Ok(prompt.encode(&l.tok)?)
+    }
+
+    /// Starts a generation after `ids`: keeps the longest prefix of `ids` already in the KV
+    /// cache and prefills the rest. Resolves to `{ promptTokens, cachedTokens }`.
+    pub fn start(&self, ids: Vec<u32>, options: JsValue) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let o: StartOptions = from_js(options, "generation options")?;
+            let params = o.params()?;
+            let mut lease = Lease::take(&state)?;
+            state.borrow().cancel.set(false);
+            let l = lease.get();
+            if ids.is_empty() {
+                return Err(Error::InvalidArgument("the prompt is empty".into()).into());
+            }
+            if ids.len() > l.model.context as usize {
+                return Err(Error::ContextOverflow {
+                    tokens: ids.len(),
+                    context: l.model.context as usize,
+                }
+                .into());
+            }
+            l.gen = None;
+            // Reuse the cached prefix; at least one token must run to produce logits.
+            let mut keep = l
+                .cached
+                .iter()
+                .zip(&ids)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(ids.len() - 1);
+            if !l.model.rewind(keep as u32) {
+                l.model.reset();
+                keep = 0;
+            }
+            l.cached.truncate(keep);
+            let started = Generation::start(
+                &mut l.model,
+                &l.tok,
+                &ids[keep..],
+                params,
+                o.max_tokens as usize,
+            )
+            .await;
+            let gen = match started {
+                Ok(g) => g,
+                Err(e) => {
+                    // The cache may hold part of the prompt: forget it.
+                    l.model.reset();
+                    l.cached.clear();
+                    return Err(e.into());
+                }
+            };
+            l.cached.extend_from_slice(&ids[keep..]);
+            l.gen_base = l.cached.len();
+            l.stats = GenerationStats {
+                prompt_tokens: ids.len(),
+                cached_tokens: keep,
+                prefill_tokens_per_s: gen.stats().prefill_tokens_per_s,
+                ..Default::default()
+            };
+            l.gen = Some(gen);
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Started {
+                prompt_tokens: usize,
+                cached_tokens: usize,
+            }
+            to_js(&Started {
+                prompt_tokens: ids.len(),
+                cached_tokens: keep,
+            })
+        })
+    }
+
+    /// The next piece `{ id, text }`, or `undefined` once the generation has finished.
+    pub fn next(&self) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut lease = Lease::take(&state)?;
+            let cancel = state.borrow().cancel.clone();
+            let l = lease.get();
+            let Some(gen) = l.gen.as_mut() else {
+                return Ok(JsValue::UNDEFINED);
+            };
+            if cancel.get() {
+                gen.cancel();
+            }
+            let piece = match gen.next(&mut l.model, &l.tok).await {
+                Ok(p) => p,
+                Err(e) => {
+                    l.gen = None;
+                    l.model.reset();
+                    l.cached.clear();
+                    return Err(e.into());
+                }
+            };
+            l.cached.truncate(l.gen_base);
+            l.cached.extend_from_slice(gen.fed());
+            let s = gen.stats();
+            l.stats.generated_tokens = s.generated_tokens;
+            l.stats.decode_tokens_per_s = s.decode_tokens_per_s;
+            l.stats.time_to_first_token_s = s.time_to_first_token_s;
+            match piece {
+                Some(p) => to_js(&PieceOut {
+                    id: p.id,
+                    text: p.text,
+                }),
+                None => Ok(JsValue::UNDEFINED),
+            }
+        })
+    }
+
+    /// Why the last generation ended: 'stop', 'length', 'context', 'cancelled', or undefined
+    /// while it runs.
+    #[wasm_bindgen(js_name = finishReason)]
+    pub fn finish_reason(&self) -> Option<String> {
+        let s = self.state.borrow();
+        let finish = s.loaded.as_ref()?.gen.as_ref()?.finish()?;
+        Some(
+            match finish {
+                Finish::EndToken(_) => "stop",
+                Finish::MaxTokens => "length",
+                Finish::ContextFull => "context",
+                Finish::Cancelled => "cancelled",
+            }
+            .into(),
+        )
+    }
+
+    /// Stops the running generation (the next `next()` resolves to `undefined`) or load (it
+    /// rejects with `aborted`). The KV cache keeps every token that was fed.
+    pub fn cancel(&self) {
+        let mut s = self.state.borrow_mut();
+        s.cancel.set(true);
+        if let Some(gen) = s.loaded.as_mut().and_then(|l| l.gen.as_mut()) {
+            gen.cancel();
+        }
+    }
+
+    /// Figures of the last generation.
+    pub fn stats(&self) -> Result<JsValue, JsValue> {
+        let s = self.state.borrow();
+        let stats = s
+            .loaded
+            .as_ref()
+            .map(|l| l.stats.clone())
+            .unwrap_or_default();
+        to_js(&stats)
+    }
+
+    /// Drops the model and its GPU buffers; the device stays for another load.
+    pub fn unload(&self) -> Result<(), JsValue> {
+        let mut s = self.state.borrow_mut();
+        if s.busy {
+            return Err(busy());
+        }
+        s.loaded = None;
+        Ok(())
+    }
+
+    /// Current size of the wasm linear memory (it only grows, so this is also its peak).
+    #[wasm_bindgen(js_name = wasmMemoryBytes)]
+    pub fn wasm_memory_bytes(&self) -> f64 {
+        wasm_memory_bytes()
+    }
+
+    fn busy_or_no_model(&self) -> JsValue {
+        if self.state.borrow().busy {
+            busy()
+        } else {
+            no_model()
+        }
+    }
+}
+
+fn wasm_memory_bytes() -> f64 {
+    wasm_bindgen::memory()
+        .dyn_into::<js_sys::WebAssembly::Memory>()
+        .map(|m| {
+            m.buffer()
+                .dyn_into::<js_sys::ArrayBuffer>()
+                .map(|b| b.byte_length() as f64)
+                .unwrap_or(0.0)
+        })
+        .unwrap_or(0.0)
+}
+
+fn loaded_info(l: &Loaded) -> ModelInfo {
+    let m = l.model.memory();
+    ModelInfo {
+        architecture: l.architecture.clone(),
+        layers: l.model.cfg.n_layers,
+        vocab: l.model.cfg.vocab,
+        context_length: l.model.context,
+        has_chat_template: true,
+        gpu_memory: GpuMemory {
+            weights: m.weights,
+            kv_cache: m.kv_cache,
+            activations: m.activations,
+            total: m.total(),
+            largest_buffer: m.largest_buffer,
+            mapped: m.mapped,
+        },
+    }
+}
+
+async fn load_model(
+    ctx: Arc<GpuContext>,
+    source: ByteSource,
+    o: ModelOptions,
+    progress: js_sys::Function,
+    cancel: Rc<Cell<bool>>,
+) -> crate::Result<Loaded> {
+    let mut src = JsSource::new(source, cancel)?;
+    let gguf = read_header(&mut src).await?;
+    let architecture = gguf.architecture()?.to_string();
+    let tok = Tokenizer::from_gguf(&gguf.metadata)?;
+    let template = ChatTemplate::from_gguf(&gguf.metadata, &tok)?;
+    let opts = LoadOptions {
+        rows: Some(src.rows()),
+        ..o.load_options()
+    };
+    let model = Model::load(ctx, &gguf, &mut src, &opts, |done, total| {
+        let _ = progress.call2(
+            &JsValue::NULL,
+            &(done as f64).into(),
+            &(total as f64).into(),
+        );
+    })
+    .await?;
+    Ok(Loaded {
+        model,
+        tok,
+        template,
+        architecture,
+        cached: Vec::new(),
+        gen_base: 0,
+        gen: None,
+        stats: GenerationStats::default(),
+    })
+}
+
+/// Every WGSL kernel variant as the browser build compiles it (`enable` directives included):
+/// `[{ name, f16, subgroups, code }]`, for validation with Chrome's compiler.
+#[wasm_bindgen(js_name = shaderVariants)]
+pub fn shader_variants() -> Result<JsValue, JsValue> {
+    #[derive(Serialize)]
+    struct Variant {
+        name: String,
+        f16: bool,
+        subgroups: bool,
+        code: String,
+    }
+    let mut out = Vec::new();
+    for spec in crate::kernels::all_specs() {
+        for (f16, subgroups) in [(false, false), (true, false), (false, true), (true, true)] {
+            let caps = Caps {
+                browser: true,
+                ..Caps::webgpu_defaults(f16, subgroups)
+            };
+            out.push(Variant {
+                name: spec.name.clone(),
+                f16,
+                subgroups,
+                code: spec.expand(&caps)?,
+            });
+        }
+    }
+    to_js(&out)
+}
