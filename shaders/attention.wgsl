@@ -137,20 +137,20 @@ fn first_key(pos: u32) -> u32 {
 }
 
 @compute @workgroup_size(256)
-fn main(inv: Invocation) {
+fn main(inv: Invocation, grp: Workgroup) {
     let lid = inv.lid;
     let group = p.n_q_heads / p.n_kv_heads;
     let rows = step.n_tokens * group;      // query rows of one KV head
     let n_tiles = (rows + BQ - 1u) / BQ;
-    let lin = linear_group(inv.wg, inv.nwg);
+    let lin = linear_group(grp.wg, grp.nwg);
     // Uniform per workgroup: barriers below stay in uniform control flow.
     if lin >= n_tiles * p.n_kv_heads {
         return;
     }
     let g = lin % p.n_kv_heads;
     let r0 = (lin / p.n_kv_heads) * BQ;
-    let split = inv.wg.z;
-    let n_splits = inv.nwg.z;
+    let split = grp.wg.z;
+    let n_splits = grp.nwg.z;
 
     // Keys this tile needs: from the first row's window start to the last row's position,
     // cut to this split's share of the step's key range.

@@ -31,9 +31,9 @@ const WG: u32 = 64u;
 @group(0) @binding(3) var<uniform> step: Step;
 
 @compute @workgroup_size(64)
-fn main(inv: Invocation) {
+fn main(inv: Invocation, grp: Workgroup) {
     let n_rows = step.n_tokens * p.n_q_heads;
-    let row = linear_group(inv.wg, inv.nwg);
+    let row = linear_group(grp.wg, grp.nwg);
     if row >= n_rows {
         return;
     }

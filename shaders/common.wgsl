@@ -29,15 +29,22 @@ fn f16_hi(w: u32) -> f32 {
     return unpack2x16float(w).y;
 }
 
-// The builtins every kernel takes; entry points declare `fn main(inv: Invocation)`.
+// The builtins every kernel takes; entry points declare
+// `fn main(inv: Invocation, grp: Workgroup)`. The workgroup's ids are a struct of their own:
+// Chrome's compiler (Tint) treats a whole struct parameter as non-uniform when any member is,
+// and a row index derived from a non-uniform value may not guard a barrier.
 struct Invocation {
     @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
 #if SUBGROUPS
     @builtin(subgroup_invocation_id) sg_lane: u32,
     @builtin(subgroup_size) sg_size: u32,
 #endif
+}
+
+// Uniform across the workgroup.
+struct Workgroup {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
 }
 
 // Scratch for workgroup reductions (only counted against the 16 KiB limit when used).

@@ -22,8 +22,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(2) var<uniform> step: Step;
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let i = linear_group(inv.wg, inv.nwg) * WG + inv.lid;
+fn main(inv: Invocation, grp: Workgroup) {
+    let i = linear_group(grp.wg, grp.nwg) * WG + inv.lid;
     if i >= p.len {
         return;
     }

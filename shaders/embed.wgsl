@@ -32,10 +32,10 @@ const WG: u32 = {{WG}}u;
 const CPB: u32 = QBLOCK / 8u;  // chunks per block
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
+fn main(inv: Invocation, grp: Workgroup) {
     let chunks = p.k / 8u;
     let per_token = (chunks + WG - 1u) / WG;
-    let lin = linear_group(inv.wg, inv.nwg);
+    let lin = linear_group(grp.wg, grp.nwg);
     let t = lin / per_token;
     let c = (lin % per_token) * WG + inv.lid;
     if t >= step.n_tokens || c >= chunks {

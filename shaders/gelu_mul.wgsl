@@ -35,8 +35,8 @@ fn gelu_tanh(x: f32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let idx = linear_group(inv.wg, inv.nwg) * WG + inv.lid;
+fn main(inv: Invocation, grp: Workgroup) {
+    let idx = linear_group(grp.wg, grp.nwg) * WG + inv.lid;
     if idx >= step.n_tokens * p.width {
         return;
     }

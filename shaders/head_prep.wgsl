@@ -72,8 +72,8 @@ fn prepared(base: u32, t: u32, j: u32, scale: f32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let group = linear_group(inv.wg, inv.nwg);
+fn main(inv: Invocation, grp: Workgroup) {
+    let group = linear_group(grp.wg, grp.nwg);
     // Uniform per workgroup, so the barriers in workgroup_sum stay in uniform control flow.
     if group >= step.n_tokens * p.n_heads {
         return;

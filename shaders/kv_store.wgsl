@@ -29,8 +29,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(5) var<uniform> step: Step;
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let i = linear_group(inv.wg, inv.nwg) * WG + inv.lid;
+fn main(inv: Invocation, grp: Workgroup) {
+    let i = linear_group(grp.wg, grp.nwg) * WG + inv.lid;
     let row_words = p.n_kv_heads * p.words;
     let t = i / row_words;
     if t >= step.n_tokens || step.n_tokens - t > p.cap {

@@ -134,18 +134,19 @@ fn emit(row: u32, slice: u32, total: f32, lid: u32) {
             result[base + 1u + c] = vec2(id, bits);
         }
         if lid == 0u {
-            var lse = bitcast<f32>(NEG_INF_BITS);
+            // -inf stays as bits: WGSL may not spell an infinite f32 (Tint rejects it).
+            var lse_bits = NEG_INF_BITS;
             if total > 0.0 {
-                lse = from_key(keys[0]) * p.inv_temp + log(total);
+                lse_bits = bitcast<u32>(from_key(keys[0]) * p.inv_temp + log(total));
             }
-            result[base] = vec2(min(p.k, p.vocab), bitcast<u32>(lse));
+            result[base] = vec2(min(p.k, p.vocab), lse_bits);
         }
     }
 }
 
 @compute @workgroup_size(WG)
-fn first(inv: Invocation) {
-    let g = linear_group(inv.wg, inv.nwg);
+fn first(inv: Invocation, grp: Workgroup) {
+    let g = linear_group(grp.wg, grp.nwg);
     if g >= n_rows() * p.n_out {
         return;
     }
@@ -224,8 +225,8 @@ fn first(inv: Invocation) {
 }
 
 @compute @workgroup_size(WG)
-fn merge(inv: Invocation) {
-    let g = linear_group(inv.wg, inv.nwg);
+fn merge(inv: Invocation, grp: Workgroup) {
+    let g = linear_group(grp.wg, grp.nwg);
     if g >= n_rows() * p.n_out {
         return;
     }

@@ -43,8 +43,8 @@ var<workgroup> ws: array<f32, BK * BM>;  // [BK, BM] dequantized W tile, k-major
 var<workgroup> xs: array<f32, BK * BT>;  // [BK, BT] activation tile, k-major
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let lin = linear_group(inv.wg, inv.nwg);
+fn main(inv: Invocation, grp: Workgroup) {
+    let lin = linear_group(grp.wg, grp.nwg);
     let row_tiles = (p.rows + BM - 1u) / BM;
     let nt = step.n_tokens;
     let r0 = (lin % row_tiles) * BM;

@@ -45,8 +45,8 @@ const CPB: u32 = QBLOCK / 8u;  // chunks per block
 var<workgroup> red: array<f32, NV * WG>;  // [NV, WG] partial sums
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let r0 = linear_group(inv.wg, inv.nwg) * ROWS;
+fn main(inv: Invocation, grp: Workgroup) {
+    let r0 = linear_group(grp.wg, grp.nwg) * ROWS;
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
     if r0 >= p.rows {
         return;

@@ -32,8 +32,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(5) var<uniform> step: Step;
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let row = linear_group(inv.wg, inv.nwg);
+fn main(inv: Invocation, grp: Workgroup) {
+    let row = linear_group(grp.wg, grp.nwg);
     // Uniform per workgroup, so the barriers of workgroup_sum stay in uniform control flow.
     if row >= step.n_tokens * p.layers {
         return;

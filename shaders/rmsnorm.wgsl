@@ -29,8 +29,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(4) var<uniform> step: Step;
 
 @compute @workgroup_size(WG)
-fn main(inv: Invocation) {
-    let row = linear_group(inv.wg, inv.nwg);
+fn main(inv: Invocation, grp: Workgroup) {
+    let row = linear_group(grp.wg, grp.nwg);
 #if LAST_ROW
     let rows = 1u;
     let in_base = (step.n_tokens - 1u) * p.len;

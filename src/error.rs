@@ -55,11 +55,19 @@ pub enum Error {
         limit: &'static str,
     },
 
-    #[error("no usable GPU adapter{detail}. On a machine without a GPU install Mesa's software Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`)")]
+    #[error("no usable GPU adapter{detail}. {}", if cfg!(target_arch = "wasm32") { "This browser offers no WebGPU adapter: use a browser with WebGPU enabled (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows)" } else { "On a machine without a GPU install Mesa's software Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`)" })]
     NoAdapter { detail: String },
 
     #[error("GPU device request failed: {0}")]
     Device(String),
+
+    /// A GPU operation failed (validation error, lost device) where nothing caught it.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    /// The GPU could not allocate a buffer.
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
 
     /// A shader failed to compile or validate (a bug, reported instead of a panic).
     #[error("shader `{name}`: {message}")]

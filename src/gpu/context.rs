@@ -162,6 +162,16 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     kernels: Mutex<HashMap<KernelSpec, Arc<Kernel>>>,
+    /// The first GPU error nobody caught (wgpu's default would panic; a browser would only log
+    /// it): reported by the next wait or readback, so a failed dispatch never reads as zeros.
+    uncaptured: Arc<Mutex<Option<GpuFault>>>,
+}
+
+/// An uncaptured GPU error, kept until a wait or readback reports it.
+#[derive(Clone, Debug)]
+struct GpuFault {
+    out_of_memory: bool,
+    message: String,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -226,6 +236,18 @@ impl GpuContext {
             .await
             .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
 
+        let uncaptured: Arc<Mutex<Option<GpuFault>>> = Arc::default();
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(GpuFault {
+                    out_of_memory: matches!(e, wgpu::Error::OutOfMemory { .. }),
+                    message: e.to_string(),
+                });
+            }
+        }));
+
         let caps = Caps {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -246,7 +268,31 @@ impl GpuContext {
             info,
             caps,
             kernels: Mutex::new(HashMap::new()),
+            uncaptured,
         })
+    }
+
+    /// The first uncaptured GPU error since the last call, as an error (`OutOfMemory` for
+    /// allocation failures).
+    pub fn take_fault(&self) -> Option<Error> {
+        let fault = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some(if fault.out_of_memory {
+            Error::OutOfMemory(fault.message)
+        } else {
+            Error::Gpu(fault.message)
+        })
+    }
+
+    /// `Err` with the pending uncaptured error, if any.
+    fn check_fault(&self) -> Result<()> {
+        match self.take_fault() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// One line naming the adapter, backend and the variant in use.
@@ -274,6 +320,9 @@ impl GpuContext {
             return Ok(k.clone());
         }
         let text = spec.expand(&self.caps)?;
+        // Natively the scope resolves at once. In a browser it resolves later, so there errors
+        // go to the uncaptured-error sink instead and surface at the first wait or readback.
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -291,6 +340,7 @@ impl GpuContext {
                 compilation_options: Default::default(),
                 cache: None,
             });
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(error) = super::poll_ready(scope.pop()).flatten() {
             return Err(Error::Shader {
                 name: spec.name.clone(),
@@ -427,6 +477,7 @@ impl GpuContext {
             bytemuck::cast_slice::<u8, T>(&view[..bytes as usize]).to_vec()
         };
         staging.unmap();
+        self.check_fault()?;
         Ok(data)
     }
 
@@ -457,7 +508,9 @@ impl GpuContext {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Readback(e.to_string()))?;
-        rx.await.map_err(|_| Error::Readback("device lost".into()))
+        rx.await
+            .map_err(|_| Error::Readback("device lost".into()))?;
+        self.check_fault()
     }
 }
 
@@ -481,9 +534,12 @@ pub async fn map_read(
         .map_err(|e| Error::Readback(e.to_string()))?;
     #[cfg(target_arch = "wasm32")]
     let _ = ctx;
-    rx.await
+    let mapped = rx
+        .await
         .map_err(|_| Error::Readback("device lost".into()))?
-        .map_err(|e| Error::Readback(e.to_string()))
+        .map_err(|e| Error::Readback(e.to_string()));
+    ctx.check_fault()?;
+    mapped
 }
 
 async fn select_adapter(

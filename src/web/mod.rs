@@ -52,8 +52,9 @@ pub fn error_code(e: &Error) -> &'static str {
         Error::NoAdapter { .. } | Error::Device(_) => "no-webgpu",
         Error::InvalidArgument(_) | Error::ContextOverflow { .. } => "invalid-argument",
         Error::Aborted(_) => "aborted",
+        Error::OutOfMemory(_) => "out-of-memory",
         Error::Io { .. } | Error::IoPlain(_) | Error::Read(_) => "download-failed",
-        Error::Shader { .. } | Error::Readback(_) => "internal",
+        Error::Shader { .. } | Error::Readback(_) | Error::Gpu(_) => "internal",
     }
 }
 
