@@ -400,8 +400,14 @@ impl Engine {
     pub fn adapter(&self) -> Result<JsValue, JsValue> {
         let s = self.state.borrow();
         let ctx = &s.ctx;
+        // Browsers may leave the description empty (privacy); say at least what kind it is.
+        let name = match (ctx.info.name.trim(), ctx.info.device_type) {
+            ("", wgpu::DeviceType::Cpu) => "WebGPU fallback adapter (software)".to_string(),
+            ("", _) => "WebGPU adapter".to_string(),
+            (n, _) => n.to_string(),
+        };
         to_js(&AdapterInfo {
-            name: ctx.info.name.clone(),
+            name,
             backend: format!("{:?}", ctx.info.backend),
             f16: ctx.caps.f16,
             subgroups: ctx.caps.subgroups,
