@@ -173,6 +173,10 @@ pub fn derive_merges(tokens: &[String], scores: &[f32]) -> Result<Vec<(String, S
         local.sort_by_key(|m| (m.l, m.r));
         merges.append(&mut local);
     }
+    // Free the lookup table before the merge strings are allocated (peak memory).
+    drop(vocab);
+    drop(local);
+    merges.shrink_to_fit();
     // Stable sort, descending on the key, equal keys keep insertion order (as Python's
     // `sorted(..., reverse=True)` does).
     merges.sort_by(|a, b| {
@@ -229,6 +233,19 @@ impl Tokenizer {
     /// `"llama"` + `pre = "gemma4"` with `merges` (Gemma 4). A `"llama"` file that carries merges
     /// uses them too: explicit merges are what the model was converted from.
     pub fn from_gguf(md: &Metadata) -> Result<Tokenizer> {
+        let tokens = md.str_array("tokenizer.ggml.tokens")?.to_vec();
+        Self::from_gguf_tokens(md, tokens)
+    }
+
+    /// [`Tokenizer::from_gguf`] that moves the vocabulary out of `md` instead of copying it
+    /// (tens of MB for Gemma's 262k pieces): for loaders that no longer need the metadata's
+    /// token list, such as the browser engine, where peak memory matters.
+    pub fn from_gguf_taking(md: &mut Metadata) -> Result<Tokenizer> {
+        let tokens = md.take_str_array("tokenizer.ggml.tokens")?;
+        Self::from_gguf_tokens(md, tokens)
+    }
+
+    fn from_gguf_tokens(md: &Metadata, tokens: Vec<String>) -> Result<Tokenizer> {
         let model = md.str("tokenizer.ggml.model")?;
         let pre = md.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
         let gemma4 = model == "gemma4" || pre == "gemma4";
@@ -238,7 +255,6 @@ impl Tokenizer {
                 problem: format!("`{model}` is not supported (Gemma uses `llama` or `gemma4`)"),
             });
         }
-        let tokens = md.str_array("tokenizer.ggml.tokens")?.to_vec();
         let n = tokens.len();
         let token_types: Vec<TokenType> = match md.opt_u32_array("tokenizer.ggml.token_type")? {
             Some(v) => v.into_iter().map(TokenType::from_gguf).collect(),
@@ -321,10 +337,37 @@ impl Tokenizer {
             MergeSource::Merges(m) => m,
             MergeSource::Scores(s) => derive_merges(&tokens, &s)?,
         };
+        let unk = tokens
+            .iter()
+            .zip(&token_types)
+            .find(|(_, &ty)| ty == TokenType::Unknown)
+            .map(|(t, _)| t.clone())
+            .unwrap_or_else(|| "<unk>".to_string());
+        // Control and unknown pieces are "special" (as llama.cpp classifies them); it only
+        // matters for `skip_special_tokens`, which this crate never uses: all are matched alike.
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|(_, ty)| ty.is_added())
+            .map(|(t, &ty)| {
+                AddedToken::from(t.clone(), ty != TokenType::UserDefined).normalized(false)
+            })
+            .collect();
+        // The pieces move into the vocabulary (a 262k vocabulary is tens of MB, and in a
+        // browser tab the peak while building is what counts); ids map back through it.
         let mut vocab: tokenizers::models::bpe::Vocab = Default::default();
-        for (i, t) in tokens.iter().enumerate() {
+        vocab.reserve(n);
+        let mut duplicates: HashMap<u32, String> = HashMap::new();
+        for (i, t) in tokens.into_iter().enumerate() {
             // A duplicate piece keeps its first id, like SentencePiece.
-            vocab.entry(t.clone()).or_insert(i as u32);
+            match vocab.entry(t) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    duplicates.insert(i as u32, e.key().clone());
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i as u32);
+                }
+            }
         }
         // Byte fallback is what makes every string encodable; without it this is not Gemma.
         for b in 0..=255u8 {
@@ -335,12 +378,6 @@ impl Tokenizer {
                 )));
             }
         }
-        let unk = tokens
-            .iter()
-            .zip(&token_types)
-            .find(|(_, &ty)| ty == TokenType::Unknown)
-            .map(|(t, _)| t.clone())
-            .unwrap_or_else(|| "<unk>".to_string());
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .unk_token(unk)
@@ -372,18 +409,16 @@ impl Tokenizer {
             hf.with_pre_tokenizer(Some(space_split));
         }
         hf.with_decoder(Some(gemma_decoder()?));
-        // Control and unknown pieces are "special" (as llama.cpp classifies them); it only
-        // matters for `skip_special_tokens`, which this crate never uses: all are matched alike.
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&token_types)
-            .filter(|(_, ty)| ty.is_added())
-            .map(|(t, &ty)| {
-                AddedToken::from(t.clone(), ty != TokenType::UserDefined).normalized(false)
-            })
-            .collect();
         hf.add_tokens(added).map_err(tok_err)?;
-        let pieces = tokens.iter().map(|t| piece_of(t)).collect();
+        let pieces = (0..n as u32)
+            .map(|id| match duplicates.get(&id) {
+                Some(t) => Ok(piece_of(t)),
+                None => hf
+                    .id_to_token(id)
+                    .map(|t| piece_of(&t))
+                    .ok_or_else(|| Error::Tokenizer(format!("id {id} lost its piece"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Self::finish(hf, pieces, bos_id, eos_ids)
     }
 

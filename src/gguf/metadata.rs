@@ -372,6 +372,16 @@ impl Metadata {
             .ok_or_else(|| problem(key, "missing"))
     }
 
+    /// Moves a required string array out (leaving it empty), to avoid copying a large one.
+    pub fn take_str_array(&mut self, key: &str) -> Result<Vec<String>> {
+        self.str_array(key)?;
+        let i = self.index[key];
+        match &mut self.entries[i].1 {
+            Value::Array(Array::String(v)) => Ok(std::mem::take(v)),
+            _ => unreachable!("checked by str_array"),
+        }
+    }
+
     pub fn opt_str_array(&self, key: &str) -> Result<Option<&[String]>> {
         match self.opt_array(key)? {
             None => Ok(None),

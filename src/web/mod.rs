@@ -735,9 +735,9 @@ async fn load_model(
     cancel: Rc<Cell<bool>>,
 ) -> crate::Result<Loaded> {
     let mut src = JsSource::new(source, cancel)?;
-    let gguf = read_header(&mut src).await?;
+    let mut gguf = read_header(&mut src).await?;
     let architecture = gguf.architecture()?.to_string();
-    let tok = Tokenizer::from_gguf(&gguf.metadata)?;
+    let tok = Tokenizer::from_gguf_taking(&mut gguf.metadata)?;
     let template = ChatTemplate::from_gguf(&gguf.metadata, &tok)?;
     let opts = LoadOptions {
         rows: Some(src.rows()),
