@@ -242,10 +242,23 @@ impl Tokenizer {
     /// token list, such as the browser engine, where peak memory matters.
     pub fn from_gguf_taking(md: &mut Metadata) -> Result<Tokenizer> {
         let tokens = md.take_str_array("tokenizer.ggml.tokens")?;
-        Self::from_gguf_tokens(md, tokens)
+        let spec = Self::spec_from_gguf(md, tokens)?;
+        for key in [
+            "tokenizer.ggml.scores",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges",
+        ] {
+            md.release_array(key);
+        }
+        Self::from_spec(spec)
     }
 
     fn from_gguf_tokens(md: &Metadata, tokens: Vec<String>) -> Result<Tokenizer> {
+        Self::from_spec(Self::spec_from_gguf(md, tokens)?)
+    }
+
+    /// Everything the tokenizer needs from the metadata, given its token list.
+    fn spec_from_gguf(md: &Metadata, tokens: Vec<String>) -> Result<VocabSpec> {
         let model = md.str("tokenizer.ggml.model")?;
         let pre = md.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
         let gemma4 = model == "gemma4" || pre == "gemma4";
@@ -313,7 +326,7 @@ impl Tokenizer {
             eos_ids,
         };
         spec.normalize_pieces();
-        Self::from_spec(spec)
+        Ok(spec)
     }
 
     /// Builds the tokenizer from a [`VocabSpec`] (what `from_gguf` does after reading metadata).
@@ -383,6 +396,9 @@ impl Tokenizer {
             .unk_token(unk)
             .fuse_unk(true)
             .byte_fallback(true)
+            // Words are cached per call anyway; a shared cache of 10k words costs a browser
+            // tab a megabyte for little gain on chat-sized inputs.
+            .cache_capacity(0)
             .build()
             .map_err(tok_err)?;
         let mut hf = tokenizers::Tokenizer::new(bpe);

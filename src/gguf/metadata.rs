@@ -382,6 +382,22 @@ impl Metadata {
         }
     }
 
+    /// Empties an array value (keeping its type) to free its memory; no-op for other keys.
+    pub fn release_array(&mut self, key: &str) {
+        let Some(&i) = self.index.get(key) else {
+            return;
+        };
+        if let Value::Array(a) = &mut self.entries[i].1 {
+            match a {
+                Array::String(v) => *v = Vec::new(),
+                Array::F32(v) => *v = Vec::new(),
+                Array::I32(v) => *v = Vec::new(),
+                Array::U32(v) => *v = Vec::new(),
+                _ => {}
+            }
+        }
+    }
+
     pub fn opt_str_array(&self, key: &str) -> Result<Option<&[String]>> {
         match self.opt_array(key)? {
             None => Ok(None),
