@@ -9,10 +9,6 @@ pub use context::{
     map_read, Caps, GpuContext, GpuOptions, Kernel, KernelSpec, COMMON_WGSL, DEFAULT_MAX_BUFFER,
 };
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-
 /// Values that change every step, uploaded once per step into one small uniform buffer that
 /// every kernel needing them binds. Mirrors `struct Step` in `shaders/common.wgsl`.
 #[repr(C)]
@@ -55,7 +51,10 @@ pub fn grid(groups: u32, max_per_dim: u32) -> [u32; 3] {
 
 /// Polls a future once; `None` when it is not ready. wgpu-core's error scopes resolve at once,
 /// so shader errors are caught synchronously natively.
-pub(crate) fn poll_ready<F: Future>(fut: F) -> Option<F::Output> {
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn poll_ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
     let mut fut = pin!(fut);
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => Some(v),
