@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Browser tests: the npm package built from this tree, packed as npm would publish it, run in
+# headless Chromium on its software WebGPU (SwiftShader), compared against the native CLI. Also
+# the local server, a Vite build of an app using the package, the demo page, and every WGSL
+# kernel variant through Dawn's compiler.
+# Installs what is missing (Chromium from apt, web/node_modules with `npm ci`), builds pkg/,
+# makes sure target/debug/gemma-wgpu and the default model exist, then runs web/tests.
+#   pkg-scripts/test-web.sh [--no-build] [test files...]   (default: all of web/tests/*.test.mjs)
+# --no-build tests the pkg/ already built.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+say() { echo "test-web: $*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+start=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - start )) s"; }
+
+chromium="${CHROMIUM_PATH:-/usr/bin/chromium}"
+if [ ! -x "$chromium" ]; then
+    say "installing chromium"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium > /dev/null
+fi
+if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
+    say "installing nodejs and npm"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm > /dev/null
+fi
+
+# `npm ci` when web/node_modules is missing or older than the lock file.
+if [ ! -f web/node_modules/.package-lock.json ] ||
+    [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+    say "npm ci in web/"
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+build=1
+if [ "${1:-}" = --no-build ]; then
+    build=0
+    shift
+fi
+if [ $build = 1 ] || [ ! -f pkg/package.json ]; then
+    say "building the package ($(elapsed))"
+    pkg-scripts/build-web.sh
+fi
+
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+if [ ! -x target/debug/gemma-wgpu ]; then
+    say "building the native CLI for the reference tokens ($(elapsed))"
+    cargo build --locked
+fi
+pkg-scripts/fetch-model.sh > /dev/null
+
+rm -rf web/tests/artifacts
+mkdir -p web/tests/artifacts
+say "running the browser tests ($(elapsed))"
+if [ $# -gt 0 ]; then files=("$@"); else files=(web/tests/*.test.mjs); fi
+status=0
+node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || status=$?
+
+echo
+echo "Timings and measurements (web/tests/artifacts/timings.txt):"
+sed 's/^/  /' web/tests/artifacts/timings.txt 2> /dev/null || echo "  (none recorded)"
+echo "Screenshots: $(cd web/tests/artifacts && ls ./*.png 2> /dev/null | tr '\n' ' ')"
+say "done in $(elapsed)"
+exit $status

@@ -1,0 +1,275 @@
+// Type declarations for gemma-wgpu's public API (index.js).
+
+/** Why an operation failed; every rejection of this package is a {@link GemmaError}. */
+export type GemmaErrorCode =
+  /** The browser has no WebGPU, or no adapter/device could be created. */
+  | 'no-webgpu'
+  /** The model (at this context length) needs larger buffers or more memory than the adapter allows. */
+  | 'adapter-limits'
+  /** The download failed: network error, non-2xx status (the message has the URL and status), no storage. */
+  | 'download-failed'
+  /** The file is not a GGUF model this engine can run, or it is truncated. */
+  | 'bad-model'
+  /** The GPU or the wasm heap ran out of memory. */
+  | 'out-of-memory'
+  /** Stopped by an AbortSignal, or by `break` out of a stream. */
+  | 'aborted'
+  /** Another generation is running on this model. */
+  | 'busy'
+  /** A wrong argument, or a call on a model that was unloaded. */
+  | 'invalid-argument'
+  /** A bug or an engine crash; after a crash the model must be loaded again. */
+  | 'internal';
+
+export class GemmaError extends Error {
+  constructor(code: GemmaErrorCode, message: string, options?: ErrorOptions);
+  readonly name: 'GemmaError';
+  readonly code: GemmaErrorCode;
+}
+
+export interface LoadProgress {
+  /** 'download': bytes fetched; 'cache': read from the local cache; 'upload': bytes sent to the GPU. */
+  phase: 'download' | 'cache' | 'upload';
+  loaded: number;
+  /** Undefined while the server has not said how large the file is. */
+  total: number | undefined;
+}
+
+export interface LoadOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  /** Keep the downloaded file in the origin's private file system, keyed by URL (default true). */
+  cache?: boolean;
+  /** KV cache size in tokens; default min(the model's context, 4096). */
+  contextLength?: number;
+  /** Aborts the load; a partial download is kept and resumed next time. */
+  signal?: AbortSignal;
+  /** false: never use shader-f16 even where the adapter has it. */
+  f16?: boolean;
+  /** false: never use subgroup operations even where the adapter has them. */
+  subgroups?: boolean;
+}
+
+export interface SamplingOptions {
+  /** Most tokens to generate (default 256). */
+  maxTokens?: number;
+  /** 0 = greedy. Default 0 for `generate`, 1.0 for chat. */
+  temperature?: number;
+  /** Keep the K most likely tokens; 0 = no limit. Chat default 64. */
+  topK?: number;
+  /** Nucleus sampling, in (0, 1]. Chat default 0.95. */
+  topP?: number;
+  /** In [0, 1]; 0 = off. */
+  minP?: number;
+  /** Repetition penalty, > 0; 1 = off. */
+  repeatPenalty?: number;
+  /** Random seed: the same seed gives the same tokens. */
+  seed?: number;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Stops the generation within one token; the stream then throws GemmaError 'aborted'. */
+  signal?: AbortSignal;
+}
+
+export interface Piece {
+  /** Text this token adds; may be '' (part of a multi-byte character). */
+  text: string;
+  /** The token id. */
+  id: number;
+}
+
+/** A generation's tokens as they arrive. Leaving a for-await loop early stops the generation. */
+export interface PieceStream extends AsyncIterableIterator<Piece> {
+  next(): Promise<IteratorResult<Piece, undefined>>;
+  return(value?: undefined): Promise<IteratorResult<Piece, undefined>>;
+  [Symbol.asyncIterator](): PieceStream;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+export interface ChatOptions {
+  /** A system prompt, rendered by the model's chat template. */
+  system?: string;
+  /** Earlier turns to continue from (user and assistant only). */
+  messages?: ReadonlyArray<{ role: 'user' | 'assistant'; content: string }>;
+}
+
+export class Chat {
+  private constructor();
+  readonly system: string | undefined;
+  /** The turns so far (user and assistant), oldest first; a copy. */
+  readonly messages: Array<{ role: 'user' | 'assistant'; content: string }>;
+  /**
+   * Sends a user turn and streams the reply (the chat's history stays in the KV cache, so only
+   * the new turn is prefilled). The trimmed reply joins `messages` when it finishes or is aborted.
+   */
+  send(text: string, options?: GenerateOptions): PieceStream;
+  /** Forgets the history; the system prompt stays. */
+  reset(): void;
+}
+
+export interface GpuMemory {
+  weights: number;
+  kvCache: number;
+  activations: number;
+  total: number;
+  largestBuffer: number;
+  /** Bytes read from the file on demand instead of being uploaded (Gemma 4 per-layer embeddings). */
+  mapped: number;
+}
+
+export interface ModelInfo {
+  architecture: string;
+  layers: number;
+  vocab: number;
+  /** The KV cache size in use, in tokens. */
+  contextLength: number;
+  hasChatTemplate: boolean;
+  fileBytes: number;
+  weightsBytes: number;
+}
+
+export interface Stats {
+  /** Of the last generation (0 before the first). */
+  prefillTokensPerS: number;
+  decodeTokensPerS: number;
+  timeToFirstTokenS: number;
+  /** Tokens in the last prompt, of which `cachedTokens` were already in the KV cache. */
+  promptTokens: number;
+  cachedTokens: number;
+  generatedTokens: number;
+  gpuMemoryBytes: number;
+  wasmMemoryBytes: number;
+  /** The WebGPU adapter's name. */
+  adapter: string;
+  /** Whether the kernels in use need shader-f16 / subgroups. */
+  f16: boolean;
+  subgroups: boolean;
+  gpuMemory: GpuMemory;
+  model: ModelInfo;
+}
+
+export type ChatCompletionMessage =
+  | { role: 'system' | 'user' | 'assistant'; content: string | ReadonlyArray<{ type: 'text'; text: string }> };
+
+export interface ChatCompletionRequest {
+  messages: ReadonlyArray<ChatCompletionMessage>;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean } | null;
+  /** Default 256. */
+  max_tokens?: number | null;
+  max_completion_tokens?: number | null;
+  /** Default 1.0. */
+  temperature?: number | null;
+  /** Default 0.95. */
+  top_p?: number | null;
+  /** Not in OpenAI's API; default 64. */
+  top_k?: number | null;
+  min_p?: number | null;
+  repeat_penalty?: number | null;
+  seed?: number | null;
+  /** Echoed back; the loaded model is used whatever it says. */
+  model?: string | null;
+  /** Only 1. */
+  n?: 1 | null;
+  signal?: AbortSignal;
+}
+
+export interface ChatCompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  /** Unix time, seconds. */
+  created: number;
+  model: string;
+  choices: [
+    {
+      index: 0;
+      message: { role: 'assistant'; content: string };
+      logprobs: null;
+      finish_reason: 'stop' | 'length';
+    },
+  ];
+  usage: ChatCompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  /** Empty only in the usage chunk (`stream_options.include_usage`). */
+  choices:
+    | [
+        {
+          index: 0;
+          /** The first chunk has role 'assistant'; the last has an empty delta and a finish_reason. */
+          delta: { role?: 'assistant'; content?: string };
+          logprobs: null;
+          finish_reason: 'stop' | 'length' | null;
+        },
+      ]
+    | [];
+  usage?: ChatCompletionUsage;
+}
+
+export interface ChatCompletionStream extends AsyncIterableIterator<ChatCompletionChunk> {
+  next(): Promise<IteratorResult<ChatCompletionChunk, undefined>>;
+  return(value?: undefined): Promise<IteratorResult<ChatCompletionChunk, undefined>>;
+  [Symbol.asyncIterator](): ChatCompletionStream;
+}
+
+export class Gemma {
+  private constructor();
+
+  /**
+   * Loads a GGUF model from a URL (downloaded into the origin's private file system, or read from
+   * it when cached) or from a File/Blob (read in slices, not copied), in a new worker.
+   */
+  static load(source: string | URL | Blob, options?: LoadOptions): Promise<Gemma>;
+
+  /** Raw completion of `prompt` (BOS added, no chat template); greedy unless `temperature` is set. */
+  generate(prompt: string, options?: GenerateOptions): PieceStream;
+
+  /** A multi-turn conversation that reuses the KV cache between turns. */
+  chat(options?: ChatOptions): Chat;
+
+  /** OpenAI-style chat completion; the signal may be in the request or in `options`. */
+  createChatCompletion(request: ChatCompletionRequest & { stream: true }, options?: { signal?: AbortSignal }): Promise<ChatCompletionStream>;
+  createChatCompletion(request: ChatCompletionRequest & { stream?: false | null }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
+  createChatCompletion(request: ChatCompletionRequest, options?: { signal?: AbortSignal }): Promise<ChatCompletion | ChatCompletionStream>;
+
+  /** The latest numbers (a copy); updated after the load and after every generation. */
+  stats(): Stats;
+
+  /** Frees the GPU memory and ends the worker; the instance can't be used afterwards. */
+  unload(): Promise<void>;
+}
+
+export interface CachedModel {
+  url: string;
+  /** Undefined while unknown (the server sent no length). */
+  size: number | undefined;
+  downloaded: number;
+  complete: boolean;
+  etag: string | undefined;
+  lastModified: string | undefined;
+}
+
+/** The models kept in this origin's cache, downloads in progress included. */
+export function cachedModels(): Promise<CachedModel[]>;
+
+/**
+ * Deletes the cached file of `url`, or of every model. Files a loaded model is reading are kept
+ * and counted in `inUse`.
+ */
+export function clearCache(url?: string | URL): Promise<{ removed: number; inUse: number }>;

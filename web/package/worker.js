@@ -1,0 +1,235 @@
+// The module worker that owns the engine: one per loaded model. It runs requests from index.js
+// one at a time and streams their progress and tokens back.
+//
+// Page → worker: {type: 'load' | 'generate' | 'unload', id, ...} and {type: 'abort', id} (stops
+// request `id`). Worker → page: {type: 'progress' | 'started' | 'piece', id, ...} while a
+// request runs, then exactly one {type: 'result', id, value} or {type: 'error', id, code,
+// message, fatal}; {type: 'stats', stats} whenever the numbers change.
+
+import init, { Engine, HeaderProbe } from './wasm/gemma_wgpu.js';
+import { BlobSource, codedError, openUrl, preflightSource } from './cache.js';
+
+const CODES = new Set([
+  'no-webgpu',
+  'adapter-limits',
+  'download-failed',
+  'bad-model',
+  'out-of-memory',
+  'aborted',
+  'busy',
+  'invalid-argument',
+  'internal',
+]);
+
+const wasmReady = init({ module_or_path: new URL('./wasm/gemma_wgpu_bg.wasm', import.meta.url) });
+wasmReady.catch(() => {}); // reported by the load request
+
+// A Rust panic prints its message through console.error, then traps; the message is the useful
+// part of the error the page gets.
+let lastPanic = null;
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  const text = args.map(String).join(' ');
+  if (text.includes('panicked at')) lastPanic = text;
+  consoleError(...args);
+};
+
+let engine = null;
+let model = null; // { info, plan, adapter, release }
+let crashed = null; // why the engine was dropped after a panic
+const controllers = new Map();
+let queue = Promise.resolve();
+
+const post = (message) => self.postMessage(message);
+
+self.onmessage = ({ data }) => {
+  if (data.type === 'abort') {
+    controllers.get(data.id)?.abort();
+    return;
+  }
+  const controller = new AbortController();
+  controllers.set(data.id, controller);
+  queue = queue.then(() => run(data, controller.signal));
+};
+
+async function run(message, signal) {
+  try {
+    const handler = handlers[message.type];
+    if (!handler) throw codedError('internal', `unknown request '${message.type}'`);
+    const value = await handler(message, signal);
+    post({ type: 'result', id: message.id, value });
+  } catch (err) {
+    post({ type: 'error', id: message.id, ...describe(err, signal) });
+  } finally {
+    controllers.delete(message.id);
+  }
+}
+
+function describe(err, signal) {
+  if (err instanceof WebAssembly.RuntimeError) {
+    const why = lastPanic ?? String(err);
+    lastPanic = null;
+    dropEngine(`the engine stopped after an internal error (${why})`);
+    return { code: 'internal', message: crashed, fatal: true };
+  }
+  if (signal.aborted) return { code: 'aborted', message: err?.code === 'aborted' ? err.message : 'the request was aborted' };
+  const code = CODES.has(err?.code) ? err.code : 'internal';
+  const message = err?.message ? String(err.message) : String(err);
+  return { code, message, fatal: false };
+}
+
+function dropEngine(reason) {
+  crashed = reason;
+  try {
+    engine?.free();
+  } catch {
+    // its memory may be the reason we are here
+  }
+  engine = null;
+  model?.release().catch(() => {});
+  model = null;
+}
+
+function requireEngine() {
+  if (crashed) throw codedError('internal', crashed);
+  if (!engine || !model) throw codedError('internal', 'no model is loaded');
+  return engine;
+}
+
+function stats() {
+  const s = engine.stats() ?? {};
+  const { info, plan, adapter } = model;
+  const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+  return {
+    prefillTokensPerS: num(s.prefillTokensPerS),
+    decodeTokensPerS: num(s.decodeTokensPerS),
+    timeToFirstTokenS: num(s.timeToFirstTokenS),
+    promptTokens: num(s.promptTokens),
+    cachedTokens: num(s.cachedTokens),
+    generatedTokens: num(s.generatedTokens),
+    gpuMemoryBytes: num(info.gpuMemory?.total),
+    wasmMemoryBytes: num(engine.wasmMemoryBytes()),
+    adapter: adapter.name ?? '',
+    f16: adapter.f16 === true,
+    subgroups: adapter.subgroups === true,
+    gpuMemory: { ...info.gpuMemory },
+    model: {
+      architecture: info.architecture,
+      layers: info.layers,
+      vocab: info.vocab,
+      contextLength: info.contextLength,
+      hasChatTemplate: info.hasChatTemplate === true,
+      fileBytes: plan.fileBytes,
+      weightsBytes: plan.weightsBytes,
+    },
+  };
+}
+
+const postStats = () => post({ type: 'stats', stats: stats() });
+
+async function load({ id, source, options }, signal) {
+  try {
+    await wasmReady;
+  } catch (err) {
+    throw codedError('internal', `the engine's wasm module could not be started: ${err?.message ?? err}`);
+  }
+  engine = await Engine.create({ f16: options.f16 !== false, subgroups: options.subgroups !== false });
+  const adapter = engine.adapter();
+  const onProgress = ({ phase, loaded, total }) => post({ type: 'progress', id, phase, loaded, total });
+  const contextLength = options.contextLength;
+
+  let opened;
+  if (source.url !== undefined) {
+    opened = await openUrl({ url: source.url, cache: options.cache, engine, HeaderProbe, contextLength, signal, onProgress });
+  } else {
+    const blobSource = new BlobSource(source.blob);
+    opened = { source: blobSource, plan: preflightSource(engine, HeaderProbe, blobSource, contextLength), release: async () => {} };
+  }
+
+  // engine.cancel() stops an upload between chunks (the engine yields every few MB).
+  const cancelUpload = () => engine.cancel();
+  signal.addEventListener('abort', cancelUpload);
+  let info;
+  try {
+    if (signal.aborted) throw codedError('aborted', 'loading was aborted');
+    info = await engine.load(opened.source, { contextLength }, (loaded, total) => onProgress({ phase: 'upload', loaded, total }));
+    if (signal.aborted) throw codedError('aborted', 'loading was aborted');
+  } catch (err) {
+    await opened.release().catch(() => {});
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', cancelUpload);
+  }
+  model = { info, plan: opened.plan, adapter, release: opened.release };
+  postStats();
+  return { info, plan: opened.plan, adapter };
+}
+
+const handlers = {
+  async load(message, signal) {
+    try {
+      return await load(message, signal);
+    } catch (err) {
+      // The page ends this worker after a failed load; the GPU device goes first.
+      try {
+        engine?.free();
+      } catch {
+        // nothing more to release
+      }
+      engine = null;
+      throw err;
+    }
+  },
+
+  async generate({ id, input, options }, signal) {
+    requireEngine();
+    const ids = input.messages ? engine.renderChat(input.messages, true) : engine.encode(input.prompt, true);
+    const started = await engine.start(ids, options);
+    post({ type: 'started', id, promptTokens: started.promptTokens, cachedTokens: started.cachedTokens });
+    let generatedTokens = 0;
+    let finished = false;
+    try {
+      // The abort flag is checked before every token, so a stop lands within one token.
+      while (!signal.aborted) {
+        const piece = await engine.next();
+        if (piece === undefined) {
+          finished = true;
+          break;
+        }
+        generatedTokens += 1;
+        post({ type: 'piece', id, token: piece.id, text: piece.text });
+      }
+      if (!finished) engine.cancel();
+    } finally {
+      postStatsSafely();
+    }
+    if (!finished) throw codedError('aborted', 'the generation was aborted');
+    return {
+      finishReason: engine.finishReason() ?? 'stop',
+      promptTokens: started.promptTokens,
+      cachedTokens: started.cachedTokens,
+      generatedTokens,
+    };
+  },
+
+  async unload() {
+    const current = model;
+    model = null;
+    try {
+      engine?.unload();
+      engine?.free();
+    } finally {
+      engine = null;
+      await current?.release();
+    }
+    return null;
+  },
+};
+
+function postStatsSafely() {
+  try {
+    if (engine && model) postStats();
+  } catch {
+    // stats are best effort; the request's own outcome is what matters
+  }
+}

@@ -1,0 +1,117 @@
+// Gemma 4 tiny model in the browser: greedy tokens equal the native CLI's, aborting a stream,
+// and a second generation while one runs.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { TINY_MODEL_DIR } from './helpers/paths.mjs';
+import { TINY_PROMPTS } from './helpers/prompts.mjs';
+import {
+  packedPackage, testServer, launchBrowser, harnessPage, nativeGreedyAll, record, secs, PAGES_DIR,
+} from './helpers/setup.mjs';
+
+const MODEL = 'gemma4_tiny_a.gguf';
+const MAX_TOKENS = 16;
+const CONTEXT = 1024;
+const note = (line) => console.log(record(import.meta.filename, line));
+
+let srv;
+let browser;
+let page;
+let native;
+
+before(async () => {
+  const pkg = await packedPackage();
+  srv = await testServer({ '/': PAGES_DIR, '/gemma-wgpu': pkg.dir, '/models': TINY_MODEL_DIR });
+  const t0 = performance.now();
+  native = await nativeGreedyAll(
+    TINY_PROMPTS.map((prompt) => ({ model: path.join(TINY_MODEL_DIR, MODEL), prompt, maxTokens: MAX_TOKENS, contextLength: CONTEXT })),
+  );
+  note(`native CLI, ${TINY_PROMPTS.length} prompts x ${MAX_TOKENS} tokens: ${secs(performance.now() - t0)}`);
+  browser = await launchBrowser();
+  page = await harnessPage(browser, srv);
+});
+
+after(async () => {
+  await browser?.close();
+  await srv?.close();
+});
+
+test('greedy tokens equal the native CLI', { timeout: 180_000 }, async () => {
+  const loaded = await page.evaluate(
+    ([url, contextLength]) => harness.load('tiny', url, { contextLength }),
+    [`/models/${MODEL}`, CONTEXT],
+  );
+  assert.ok(loaded.ok, `load failed: ${JSON.stringify(loaded.error)}\n${browser.recentLogs()}`);
+  note(`load ${MODEL}: ${secs(loaded.ms)} (adapter: ${JSON.stringify(loaded.stats.adapter)})`);
+  assert.equal(loaded.stats.model.architecture, 'gemma4');
+  assert.equal(loaded.stats.model.contextLength, CONTEXT);
+  const phases = new Set(loaded.progress.map((p) => p.phase));
+  assert.ok(phases.has('download') && phases.has('upload'), `progress phases: ${[...phases]}`);
+
+  for (const [i, prompt] of TINY_PROMPTS.entries()) {
+    const got = await page.evaluate(([p, n]) => harness.generate('tiny', p, { maxTokens: n }), [prompt, MAX_TOKENS]);
+    assert.ok(got.ok, `generate failed: ${JSON.stringify(got.error)}\n${browser.recentLogs()}`);
+    assert.deepEqual(got.ids, native[i].ids, `prompt ${i}: browser ${got.ids} vs native ${native[i].ids}`);
+    assert.equal(got.text, native[i].text, `prompt ${i}: text`);
+    note(`prompt ${i}: ${got.ids.length} tokens in ${secs(got.ms)} (prefill ${got.stats.prefillTokensPerS?.toFixed(1)} tok/s, decode ${got.stats.decodeTokensPerS?.toFixed(1)} tok/s)`);
+  }
+});
+
+test('abort mid-stream throws aborted promptly and leaves the engine usable', { timeout: 120_000 }, async () => {
+  const prompt = TINY_PROMPTS[0];
+  const r = await page.evaluate(([p]) => harness.generateAndAbort('tiny', p, 2, { maxTokens: 200 }), [prompt]);
+  assert.equal(r.ok, false, 'the iterator must throw after an abort');
+  assert.equal(r.error.code, 'aborted', JSON.stringify(r.error));
+  assert.ok(r.error.isGemmaError, 'the error is a GemmaError');
+  // Aborting stops within one token: the two pieces asked for, plus at most one in flight.
+  assert.ok(r.ids.length >= 2 && r.ids.length <= 3, `pieces before the throw: ${r.ids.length}`);
+  assert.deepEqual(r.ids, native[0].ids.slice(0, r.ids.length));
+  const decode = await page.evaluate(() => harness.stats('tiny').decodeTokensPerS);
+  note(`abort: threw ${r.stopMs.toFixed(0)} ms after abort() (one token takes ~${(1000 / decode).toFixed(0)} ms)`);
+  assert.ok(r.stopMs < 5000, `stopping took ${r.stopMs} ms`);
+
+  const again = await page.evaluate(([p, n]) => harness.generate('tiny', p, { maxTokens: n }), [prompt, MAX_TOKENS]);
+  assert.ok(again.ok, JSON.stringify(again.error));
+  assert.deepEqual(again.ids, native[0].ids, 'a generation after the abort equals a fresh one');
+});
+
+test('a second generate while one runs is refused with busy; the first is intact', { timeout: 120_000 }, async () => {
+  const prompt = TINY_PROMPTS[1];
+  const r = await page.evaluate(([p, n]) => harness.concurrent('tiny', p, { maxTokens: n }), [prompt, MAX_TOKENS]);
+  assert.ok(r.first.ok, `first: ${JSON.stringify(r.first.error)}`);
+  assert.deepEqual(r.first.ids, native[1].ids, 'the first generation is intact');
+  if (r.second.ok) {
+    // Waiting for the first to finish is also allowed; then it must be a full, fresh run.
+    assert.deepEqual(r.second.ids, native[1].ids);
+  } else {
+    assert.equal(r.second.error.code, 'busy', JSON.stringify(r.second.error));
+    assert.ok(r.second.error.isGemmaError);
+    assert.deepEqual(r.second.ids, []);
+  }
+  const after = await page.evaluate(([p, n]) => harness.generate('tiny', p, { maxTokens: n }), [prompt, MAX_TOKENS]);
+  assert.deepEqual(after.ids, native[1].ids);
+});
+
+test('createChatCompletion: streamed chunks add up to the non-streamed answer', { timeout: 120_000 }, async () => {
+  const request = {
+    messages: [{ role: 'user', content: 'Say hello.' }],
+    max_tokens: 6,
+    temperature: 0,
+  };
+  const whole = await page.evaluate((req) => harness.chatCompletion('tiny', { ...req, stream: false }), request);
+  assert.ok(whole.ok, JSON.stringify(whole.error));
+  const c = whole.value;
+  assert.equal(c.object, 'chat.completion');
+  assert.equal(c.choices.length, 1);
+  assert.equal(c.choices[0].message.role, 'assistant');
+  assert.equal(typeof c.choices[0].message.content, 'string');
+  assert.ok(['stop', 'length'].includes(c.choices[0].finish_reason), c.choices[0].finish_reason);
+  assert.ok(c.usage.completion_tokens >= 1 && c.usage.completion_tokens <= 6, JSON.stringify(c.usage));
+
+  const streamed = await page.evaluate((req) => harness.chatCompletion('tiny', { ...req, stream: true }), request);
+  assert.ok(streamed.ok, JSON.stringify(streamed.error));
+  assert.ok(streamed.chunks.every((ch) => ch.object === 'chat.completion.chunk'));
+  const text = streamed.chunks.map((ch) => ch.choices[0]?.delta?.content ?? '').join('');
+  assert.equal(text, c.choices[0].message.content);
+  assert.equal(streamed.chunks.at(-1).choices[0].finish_reason, c.choices[0].finish_reason);
+});
