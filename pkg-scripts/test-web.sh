@@ -28,6 +28,10 @@ if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm > /dev/null
 fi
 
+# Vite 8 and the test runner's features need Node 20.19 or later.
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' ||
+    { say "Node.js 20.19 or later is needed, found $(node --version)"; exit 1; }
+
 # `npm ci` when web/node_modules is missing or older than the lock file.
 if [ ! -f web/node_modules/.package-lock.json ] ||
     [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
@@ -54,14 +58,7 @@ pkg-scripts/fetch-model.sh > /dev/null
 
 rm -rf web/tests/artifacts
 mkdir -p web/tests/artifacts
-say "running the browser tests ($(elapsed))"
+say "running the browser tests ($(elapsed)); timings go to web/tests/artifacts/timings.txt"
 if [ $# -gt 0 ]; then files=("$@"); else files=(web/tests/*.test.mjs); fi
-status=0
-node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || status=$?
-
-echo
-echo "Timings and measurements (web/tests/artifacts/timings.txt):"
-sed 's/^/  /' web/tests/artifacts/timings.txt 2> /dev/null || echo "  (none recorded)"
-echo "Screenshots: $(cd web/tests/artifacts && ls ./*.png 2> /dev/null | tr '\n' ' ')"
-say "done in $(elapsed)"
-exit $status
+# Node's summary stays the last thing printed.
+exec node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
