@@ -7,6 +7,7 @@ const DIR = 'gemma-wgpu';
 // How often a download is flushed and its record updated: what a killed page can lose.
 const FLUSH_EVERY = 8 * 1024 * 1024;
 const PROBE_CHUNK = 1024 * 1024;
+const READ_BUFFER = 1024 * 1024;
 const PROGRESS_EVERY_MS = 50;
 const MAX_RETRIES = 3;
 const TEMP_PREFIX = 'tmp-';
@@ -194,6 +195,27 @@ function sleep(ms, signal) {
     }
     signal.addEventListener('abort', stop, { once: true });
   });
+}
+
+/**
+ * Reads a response body into one reused buffer where the stream allows it (a BYOB reader): the
+ * download then allocates nothing per chunk, so no garbage piles up until the next GC.
+ */
+function bodyReader(body) {
+  let reader;
+  try {
+    reader = body.getReader({ mode: 'byob' });
+  } catch {
+    return body.getReader();
+  }
+  let buffer = new ArrayBuffer(READ_BUFFER);
+  return {
+    async read() {
+      const result = await reader.read(new Uint8Array(buffer));
+      if (result.value) buffer = result.value.buffer;
+      return result;
+    },
+  };
 }
 
 /**
@@ -437,7 +459,7 @@ async function download(ctx, entry, record) {
       const attemptStart = pos;
       let sinceFlush = 0;
       try {
-        const reader = response.body.getReader();
+        const reader = bodyReader(response.body);
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;

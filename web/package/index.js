@@ -76,6 +76,10 @@ class Connection {
       this.onStats?.(message.stats);
       return;
     }
+    if (message.type === 'fatal') {
+      this.#fail(message.message);
+      return;
+    }
     const pending = this.#pending.get(message.id);
     if (!pending) return;
     if (message.type === 'result') {

@@ -4,7 +4,8 @@
 // Page → worker: {type: 'load' | 'generate' | 'unload', id, ...} and {type: 'abort', id} (stops
 // request `id`). Worker → page: {type: 'progress' | 'started' | 'piece', id, ...} while a
 // request runs, then exactly one {type: 'result', id, value} or {type: 'error', id, code,
-// message, fatal}; {type: 'stats', stats} whenever the numbers change.
+// message, fatal}; {type: 'stats', stats} whenever the numbers change; {type: 'fatal', message}
+// when the engine crashed outside any request.
 
 import init, { Engine, HeaderProbe } from './wasm/gemma_wgpu.js';
 import { BlobSource, codedError, openUrl, preflightSource } from './cache.js';
@@ -33,6 +34,16 @@ console.error = (...args) => {
   if (text.includes('panicked at')) lastPanic = text;
   consoleError(...args);
 };
+
+// A panic inside an engine promise traps in a microtask outside the request, whose promise then
+// never settles: report it and give the page the reason (it ends this worker).
+self.addEventListener('error', (event) => {
+  event.preventDefault();
+  const why = lastPanic ?? event.message ?? 'unknown error';
+  lastPanic = null;
+  dropEngine(`the engine stopped after an internal error (${why})`);
+  post({ type: 'fatal', message: crashed });
+});
 
 let engine = null;
 let model = null; // { info, plan, adapter, release }
