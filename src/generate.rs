@@ -53,6 +53,9 @@ pub struct Generation {
     produced: Vec<u32>,
     /// How many of `produced` went through the model (are in the KV cache).
     fed: usize,
+    /// The last token returned, to be fed at the start of the next call: a piece streams out
+    /// as soon as it is sampled instead of one decode step later, and a stop costs no step.
+    to_feed: Option<u32>,
     finish: Option<Finish>,
     stats: Stats,
     started: Instant,
@@ -96,6 +99,7 @@ impl Generation {
             max_tokens,
             produced: Vec::new(),
             fed: 0,
+            to_feed: None,
             finish: None,
             stats: Stats {
                 prompt_tokens: prompt.len(),
@@ -112,6 +116,20 @@ impl Generation {
         if self.finish.is_some() || self.max_tokens == 0 {
             self.finish.get_or_insert(Finish::MaxTokens);
             return Ok(None);
+        }
+        if let Some(prev) = self.to_feed.take() {
+            let params = *self.sampler.params();
+            let recent = if params.repeat_penalty != 1.0 {
+                self.sampler.recent()
+            } else {
+                Vec::new()
+            };
+            self.next = Some(
+                model
+                    .forward(&[prev], &recent, params.repeat_penalty)
+                    .await?,
+            );
+            self.fed = self.produced.len();
         }
         let Some(candidates) = self.next.take() else {
             return Ok(None);
@@ -136,14 +154,7 @@ impl Generation {
         } else if model.position() >= model.context {
             self.finish = Some(Finish::ContextFull);
         } else {
-            let params = *self.sampler.params();
-            let recent = if params.repeat_penalty != 1.0 {
-                self.sampler.recent()
-            } else {
-                Vec::new()
-            };
-            self.next = Some(model.forward(&[id], &recent, params.repeat_penalty).await?);
-            self.fed = self.produced.len();
+            self.to_feed = Some(id);
         }
         let mut text = text;
         if self.finish.is_some() {
@@ -159,6 +170,7 @@ impl Generation {
         if self.finish.is_none() {
             self.finish = Some(Finish::Cancelled);
             self.next = None;
+            self.to_feed = None;
         }
     }
 
