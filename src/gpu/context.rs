@@ -89,6 +89,27 @@ impl Caps {
     }
 }
 
+impl Caps {
+    /// Checks that a storage buffer of `bytes` can be created and bound whole on a device with
+    /// these limits (also usable before any device exists, e.g. to plan a model).
+    pub fn check_storage_size(&self, what: &str, bytes: u64) -> Result<()> {
+        for (available, limit) in [
+            (self.max_binding, "max_storage_buffer_binding_size"),
+            (self.max_buffer, "max_buffer_size"),
+        ] {
+            if bytes > available {
+                return Err(Error::Limit {
+                    what: what.to_string(),
+                    needed: bytes,
+                    available,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A compiled compute pipeline plus the layout its bind groups use.
 #[derive(Debug)]
 pub struct Kernel {
@@ -383,23 +404,7 @@ impl GpuContext {
 
     /// Checks that a storage buffer of `bytes` can be created and bound whole.
     pub fn check_storage_size(&self, what: &str, bytes: u64) -> Result<()> {
-        if bytes > self.caps.max_binding {
-            return Err(Error::Limit {
-                what: what.to_string(),
-                needed: bytes,
-                available: self.caps.max_binding,
-                limit: "max_storage_buffer_binding_size",
-            });
-        }
-        if bytes > self.caps.max_buffer {
-            return Err(Error::Limit {
-                what: what.to_string(),
-                needed: bytes,
-                available: self.caps.max_buffer,
-                limit: "max_buffer_size",
-            });
-        }
-        Ok(())
+        self.caps.check_storage_size(what, bytes)
     }
 
     /// A zeroed storage buffer (also a copy source and destination).

@@ -507,7 +507,7 @@ pub fn preflight(gguf: &Gguf, caps: &crate::gpu::Caps, opts: &LoadOptions) -> Re
             }
             Some(Placement::Gpu) => {
                 let bytes = info.n_elements() * 4;
-                check_fits(&info.name, bytes, caps)?;
+                caps.check_storage_size(&info.name, bytes)?;
                 p.weights += bytes;
             }
             Some(Placement::Mapped) => p.mapped += info.n_bytes,
@@ -521,32 +521,11 @@ pub fn preflight(gguf: &Gguf, caps: &crate::gpu::Caps, opts: &LoadOptions) -> Re
         }
         let cap = attention_params(&cfg, l, context, chunk, opts.kv_f32).cap as u64;
         let bytes = cap * (lc.n_kv_heads * lc.head_dim) as u64 * elem;
-        check_fits(
-            &format!("the KV cache of layer {l} ({cap} tokens)"),
-            bytes,
-            caps,
-        )?;
+        caps.check_storage_size(&format!("the KV cache of layer {l} ({cap} tokens)"), bytes)?;
         p.kv_cache += 2 * bytes;
         p.largest_buffer = p.largest_buffer.max(bytes);
     }
     Ok(p)
-}
-
-fn check_fits(what: &str, bytes: u64, caps: &crate::gpu::Caps) -> Result<()> {
-    for (available, limit) in [
-        (caps.max_binding, "max_storage_buffer_binding_size"),
-        (caps.max_buffer, "max_buffer_size"),
-    ] {
-        if bytes > available {
-            return Err(Error::Limit {
-                what: what.to_string(),
-                needed: bytes,
-                available,
-                limit,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// GGUF bytes read per chunk while uploading a matrix: bounds the loader's memory (what a
@@ -562,18 +541,8 @@ async fn upload_matrix<S: TensorSource>(
 ) -> Result<QuantMatrix> {
     let (k, n) = (info.dims[0] as u32, info.dims[1] as u32);
     let mut up = crate::quant::MatrixUpload::new(ctx, &info.name, info.ty, k, n)?;
+    up.check_len(info.n_bytes)?;
     let rb = up.row_bytes();
-    if rb * n as u64 != info.n_bytes {
-        return Err(Error::Shape {
-            tensor: info.name.clone(),
-            expected: format!(
-                "{n} rows × {k} {} elements = {} bytes",
-                info.ty,
-                rb * n as u64
-            ),
-            found: format!("{} bytes", info.n_bytes),
-        });
-    }
     let step = up.chunk_rows(UPLOAD_CHUNK_BYTES);
     let mut buf = Vec::new();
     let mut row = 0u32;

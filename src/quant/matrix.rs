@@ -48,14 +48,7 @@ impl QuantMatrix {
         gguf_bytes: &[u8],
     ) -> Result<Self> {
         let mut up = MatrixUpload::new(ctx, name, ty, k, n)?;
-        let expected = up.layout.row_bytes() * n as u64;
-        if gguf_bytes.len() as u64 != expected {
-            return Err(Error::Shape {
-                tensor: name.to_string(),
-                expected: format!("{n} rows × {k} {ty} elements = {expected} bytes"),
-                found: format!("{} bytes", gguf_bytes.len()),
-            });
-        }
+        up.check_len(gguf_bytes.len() as u64)?;
         up.write_rows(ctx, 0, gguf_bytes)?;
         up.finish()
     }
@@ -104,23 +97,9 @@ impl MatrixUpload {
     /// Checks the geometry against the device's limits and creates the (zeroed) part buffers.
     pub fn new(ctx: &GpuContext, name: &str, ty: GgmlType, k: u32, n: u32) -> Result<Self> {
         let layout = GpuLayout::new(name, ty, k)?;
-        if n == 0 {
-            return Err(Error::Shape {
-                tensor: name.to_string(),
-                expected: "at least one row".into(),
-                found: "0 rows".into(),
-            });
-        }
-        let rows_per_part = part_rows(
-            &layout,
-            n,
-            name,
-            ctx.caps.max_binding.min(ctx.caps.max_buffer),
-        )?;
+        let limit = ctx.caps.max_binding.min(ctx.caps.max_buffer);
         let mut parts = Vec::new();
-        let mut row0 = 0u32;
-        while row0 < n {
-            let rows = rows_per_part.min(n - row0);
+        for (row0, rows) in part_ranges(&layout, n, name, limit)? {
             let label = if rows == n {
                 name.to_string()
             } else {
@@ -134,7 +113,6 @@ impl MatrixUpload {
                 sbase: layout.sbase(rows) as u32,
                 words,
             });
-            row0 += rows;
         }
         Ok(Self {
             name: name.to_string(),
@@ -151,6 +129,22 @@ impl MatrixUpload {
     pub fn chunk_rows(&self, bytes: u64) -> u32 {
         let rows = (bytes / self.layout.row_bytes().max(1)).max(2) as u32 & !1;
         rows.min(self.n)
+    }
+
+    /// Checks that `bytes` (the tensor's size in the file) is exactly its rows.
+    pub fn check_len(&self, bytes: u64) -> Result<()> {
+        let expected = self.layout.row_bytes() * self.n as u64;
+        if bytes != expected {
+            return Err(Error::Shape {
+                tensor: self.name.clone(),
+                expected: format!(
+                    "{} rows × {} {} elements = {expected} bytes",
+                    self.n, self.k, self.layout.ty
+                ),
+                found: format!("{bytes} bytes"),
+            });
+        }
+        Ok(())
     }
 
     /// GGUF bytes of one row.
@@ -231,15 +225,22 @@ impl MatrixUpload {
 /// per buffer (what [`MatrixUpload::new`] will create), or why it cannot be uploaded.
 pub fn part_sizes(name: &str, ty: GgmlType, k: u32, n: u32, limit: u64) -> Result<Vec<u64>> {
     let layout = GpuLayout::new(name, ty, k)?;
-    let per_part = part_rows(&layout, n, name, limit)?;
-    Ok((0..n)
-        .step_by(per_part as usize)
-        .map(|row0| (layout.words(per_part.min(n - row0)) * 4).max(4))
+    Ok(part_ranges(&layout, n, name, limit)?
+        .into_iter()
+        .map(|(_, rows)| (layout.words(rows) * 4).max(4))
         .collect())
 }
 
-/// Rows per part buffer: all of them when they fit one binding, else the most that fit.
-fn part_rows(layout: &GpuLayout, n: u32, name: &str, limit: u64) -> Result<u32> {
+/// `(first row, rows)` of each part buffer: all rows in one when they fit a binding, else the
+/// most that fit (an even count, so chunk boundaries inside a part stay even too).
+fn part_ranges(layout: &GpuLayout, n: u32, name: &str, limit: u64) -> Result<Vec<(u32, u32)>> {
+    if n == 0 {
+        return Err(Error::Shape {
+            tensor: name.to_string(),
+            expected: "at least one row".into(),
+            found: "0 rows".into(),
+        });
+    }
     let rows = rows_fitting(layout, n, limit);
     if rows == 0 {
         return Err(Error::Limit {
@@ -249,8 +250,11 @@ fn part_rows(layout: &GpuLayout, n: u32, name: &str, limit: u64) -> Result<u32> 
             limit: "max_storage_buffer_binding_size",
         });
     }
-    // Keep part boundaries even so chunk boundaries inside a part stay even too.
-    Ok(if rows < n { (rows & !1).max(1) } else { rows })
+    let per_part = if rows < n { (rows & !1).max(1) } else { rows };
+    Ok((0..n)
+        .step_by(per_part as usize)
+        .map(|row0| (row0, per_part.min(n - row0)))
+        .collect())
 }
 
 /// The most rows (≤ `n`) whose part fits in `limit` bytes.
