@@ -263,8 +263,21 @@ fn main(inv: Invocation, grp: Workgroup) {
         for (var k = 0u; k < RPT; k++) {
             o[k] *= alpha_sh[rg + k * TPP];
         }
+        // Four keys per iteration: four independent V loads in flight instead of one (at
+        // decode a workgroup is alone on its SM, so load latency is the whole cost).
         let n_keys = min(BK, hi - j0);
-        for (var c = 0u; c < n_keys; c++) {
+        var c = 0u;
+        for (; c + 4u <= n_keys; c += 4u) {
+            let v0 = load_v(j0 + c, g, cp);
+            let v1 = load_v(j0 + c + 1u, g, cp);
+            let v2 = load_v(j0 + c + 2u, g, cp);
+            let v3 = load_v(j0 + c + 3u, g, cp);
+            for (var k = 0u; k < RPT; k++) {
+                let s = (rg + k * TPP) * BK + c;
+                o[k] += ss[s] * v0 + ss[s + 1u] * v1 + ss[s + 2u] * v2 + ss[s + 3u] * v3;
+            }
+        }
+        for (; c < n_keys; c++) {
             let v = load_v(j0 + c, g, cp);
             for (var k = 0u; k < RPT; k++) {
                 o[k] += ss[(rg + k * TPP) * BK + c] * v;

@@ -110,3 +110,14 @@ fn workgroup_max(v: f32, inv: Invocation, n: u32) -> f32 {
     return best;
 #endif
 }
+
+// gelu_tanh(x) = 0.5·x·(1 + tanh(u)),  u = √(2/π)·(x + 0.044715·x³), evaluated as the
+// algebraically equal x · sigmoid(2u) = x / (1 + exp(−2u)): no tanh (some implementations return
+// NaN from tanh(x) = (e^2x − 1)/(e^2x + 1) once e^2x overflows) and no cancellation:
+// 1 + exp(−2u) ≥ 1, so the only error is exp's (≤ a few ulp relative). Limits: x → +∞ gives
+// x; x → −∞ gives −0 (the true value underflows f32 below x ≈ −10.5 anyway); x³ overflows only
+// for |x| > 7e12.
+fn gelu_tanh(x: f32) -> f32 {
+    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    return x / (1.0 + exp(-2.0 * u));
+}

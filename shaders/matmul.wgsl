@@ -20,8 +20,8 @@ struct Params {
     sbase: u32,  // word offset of the scales plane in wq
     row0: u32,   // first row of this part in the whole matrix
     n: u32,      // rows of the whole matrix (row stride of y)
-    _pad0: u32,
-    _pad1: u32,
+    z_stride: u32,  // GELU_MUL: elements between rows of z
+    z_offset: u32,  // GELU_MUL: elements before row 0's first value in z
 }
 
 const WG: u32 = 256u;

@@ -1,6 +1,10 @@
 // Quantized mat-vec for decode (a few tokens): y[t, row0 + r] (=|+=) Σ_c W[r, c] · x[t, c]
 // for t < min(n_tokens, NT), r < rows of this part of W.
 //
+// With GELU_MUL the output is the gated activation y = gelu_tanh(W·x) ⊙ z (the FFN's
+// gelu(W_gate·x) ⊙ up, or Gemma 4's per-layer gate against its input slice), saving the
+// separate activation pass and its dispatch.
+//
 // Dispatch: one workgroup of WG invocations per ROWS consecutive rows (linear index split over
 // x/y by gpu::grid; groups past the end return). Invocations stride the row in 8-element chunks
 // (chunk c = lid, lid + WG, …): consecutive invocations read consecutive payload words and
@@ -12,7 +16,8 @@
 //
 // Assumptions: k % QBLOCK == 0 (QuantMatrix checks); rows past the part are clamped for reading
 // and never written. The weight type comes from the QUANT define (shaders/quant/).
-// Specialisation: WG ∈ {64, 128} (power of two), ROWS ≥ 1, NT ∈ {1, 4}, flag ACC (y +=).
+// Specialisation: WG ∈ {64, 128} (power of two), ROWS ≥ 1 (8 for NT = 1, 4 for NT = 4), NT ∈ {1, 4},
+// flags ACC (y +=) and GELU_MUL (exclusive).
 // Precision: weights dequantized to f32, products and all sums in f32 (also in the F16 variant:
 // q·x of Gemma activations can overflow f16).
 
@@ -23,8 +28,8 @@ struct Params {
     sbase: u32,  // word offset of the scales plane in wq
     row0: u32,   // first row of this part in the whole matrix
     n: u32,      // rows of the whole matrix (row stride of y)
-    _pad0: u32,
-    _pad1: u32,
+    z_stride: u32,  // GELU_MUL: elements between rows of z
+    z_offset: u32,  // GELU_MUL: elements before row 0's first value in z
 }
 
 const WG: u32 = {{WG}}u;
@@ -33,10 +38,13 @@ const NT: u32 = {{NT}}u;
 const NV: u32 = ROWS * NT;  // partial sums per invocation
 
 @group(0) @binding(0) var<storage, read> wq: array<u32>;        // part of W, GPU layout: [rows, bpr, QPW] payload, then scales
-@group(0) @binding(1) var<storage, read> x: array<f32>;         // [n_tokens, k]
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [n_tokens, k / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, n]
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
+#if GELU_MUL
+@group(0) @binding(5) var<storage, read> z: array<f32>;         // [n_tokens, z_stride]
+#endif
 
 {{QUANT}}
 
@@ -66,9 +74,12 @@ fn main(inv: Invocation, grp: Workgroup) {
         var xo: array<vec4<f32>, NT>;
         for (var t = 0u; t < NT; t++) {
             if t < nt {
-                let xb = t * p.k + c * 8u;
-                xe[t] = vec4<f32>(x[xb], x[xb + 2u], x[xb + 4u], x[xb + 6u]);
-                xo[t] = vec4<f32>(x[xb + 1u], x[xb + 3u], x[xb + 5u], x[xb + 7u]);
+                // Two 16-byte loads per 8 activations (k % 8 == 0, so never across a row).
+                let xb = (t * p.k + c * 8u) / 4u;
+                let a = x[xb];
+                let b = x[xb + 1u];
+                xe[t] = vec4<f32>(a.x, a.z, b.x, b.z);
+                xo[t] = vec4<f32>(a.y, a.w, b.y, b.w);
             }
         }
         for (var r = 0u; r < ROWS; r++) {
@@ -113,10 +124,14 @@ fn main(inv: Invocation, grp: Workgroup) {
         let t = inv.lid % NT;
         if r < p.rows && t < nt {
             let o = t * p.n + p.row0 + r;
+#if GELU_MUL
+            y[o] = gelu_tanh(total) * z[t * p.z_stride + p.z_offset + p.row0 + r];
+#else
 #if ACC
             y[o] += total;
 #else
             y[o] = total;
+#endif
 #endif
         }
     }

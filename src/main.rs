@@ -40,6 +40,9 @@ enum Command {
     Score(ScoreArgs),
     /// Architecture, sizes, tensor types and the GPU memory plan.
     Info(InfoArgs),
+    /// Speed: prefill, decode, time to first token, bytes per token and per-kernel GPU times
+    /// on a model (or a synthetic one), or kernel microbenchmarks with `--kernels`.
+    Bench(BenchArgs),
     /// Write a full-size synthetic model: the real tensor names, shapes, types and metadata
     /// (and a working tokenizer) with seeded random weights, for benchmarks and memory tests.
     Synth(SynthArgs),
@@ -62,8 +65,8 @@ struct ModelArgs {
     /// Tokens the KV cache holds (default: the model's context, at most 8192).
     #[arg(long)]
     context: Option<u32>,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = 128)]
+    /// Prompt tokens per prefill step (more fill a big GPU better; activations grow with it).
+    #[arg(long, default_value_t = 512)]
     prefill_chunk: u32,
     /// Run under WebGPU's default limits (what a browser gives).
     #[arg(long)]
@@ -209,6 +212,51 @@ struct SynthArgs {
     context: Option<u32>,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Benchmark a full-size synthetic model with the real shapes (written to the cache
+    /// directory on first use) instead of --model.
+    #[arg(
+        long,
+        conflicts_with = "model",
+        value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthArch::NAMES)
+    )]
+    synthetic: Option<String>,
+    /// Quantization of the synthetic model.
+    #[arg(
+        long,
+        default_value = "q4_k_m",
+        value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthQuant::NAMES)
+    )]
+    quant: String,
+    /// Prompt tokens of the prefill.
+    #[arg(long, default_value_t = 512)]
+    prompt_len: u32,
+    /// Tokens decoded per run.
+    #[arg(long, default_value_t = 128)]
+    gen: u32,
+    /// Timed runs (medians are reported), after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Decode steps profiled with GPU timestamps for the per-kernel breakdown (0: none).
+    #[arg(long, default_value_t = 32)]
+    profile_tokens: u32,
+    /// Skip measuring the device's copy bandwidth.
+    #[arg(long)]
+    no_copy_bandwidth: bool,
+    /// Kernel microbenchmarks (mat-vec GB/s, mat-mat TFLOP/s at model shapes) instead of a model.
+    #[arg(long)]
+    kernels: bool,
+    /// Timed dispatch rounds per kernel shape (--kernels).
+    #[arg(long, default_value_t = 50)]
+    iterations: u32,
+    /// Print one JSON object (BENCHMARKS.md documents its fields).
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() {
     env_logger_init();
     let cli = Cli::parse();
@@ -218,6 +266,7 @@ fn main() {
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
         Command::Synth(a) => synth(a),
+        Command::Bench(a) => bench(a),
     };
     if let Err(e) = result {
         let mut msg = format!("{e}");
@@ -261,16 +310,11 @@ fn model_path(args: &ModelArgs) -> Result<PathBuf> {
 }
 
 fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
-    let path = model_path(args)?;
-    let (gguf, mut src): (Gguf, MmapSource) = gguf::open(&path)?;
-    // Everything that can be wrong with the file is found before the GPU is touched.
-    let cfg = gemma_wgpu::model::check(&gguf).with_context(|| format!("{}", path.display()))?;
-    let tok = match &args.tokenizer {
-        Some(t) => Tokenizer::from_json_file(t)?,
-        None => Tokenizer::from_gguf(&gguf.metadata)
-            .with_context(|| format!("building the tokenizer from {}", path.display()))?,
-    };
-    let opts = GpuOptions {
+    load_with(args, quiet, gpu_options(args))
+}
+
+fn gpu_options(args: &ModelArgs) -> GpuOptions {
+    GpuOptions {
         backends: args.backend.map(|b| match b {
             Backend::Vulkan => wgpu::Backends::VULKAN,
             Backend::Metal => wgpu::Backends::METAL,
@@ -283,6 +327,18 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
         webgpu_default_limits: args.webgpu_limits,
         allow_large_buffers: args.large_buffers,
         ..Default::default()
+    }
+}
+
+fn load_with(args: &ModelArgs, quiet: bool, opts: GpuOptions) -> Result<Loaded> {
+    let path = model_path(args)?;
+    let (gguf, mut src): (Gguf, MmapSource) = gguf::open(&path)?;
+    // Everything that can be wrong with the file is found before the GPU is touched.
+    let cfg = gemma_wgpu::model::check(&gguf).with_context(|| format!("{}", path.display()))?;
+    let tok = match &args.tokenizer {
+        Some(t) => Tokenizer::from_json_file(t)?,
+        None => Tokenizer::from_gguf(&gguf.metadata)
+            .with_context(|| format!("building the tokenizer from {}", path.display()))?,
     };
     let ctx = Arc::new(pollster::block_on(GpuContext::new(&opts))?);
     if !quiet {
@@ -629,17 +685,41 @@ fn info(a: InfoArgs) -> Result<()> {
 }
 
 fn synth(a: SynthArgs) -> Result<()> {
+    let start = std::time::Instant::now();
+    let written = write_synth(&a.arch, &a.quant, a.seed, a.context, &a.out)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "wrote {}: {} {} seed {}, {} bytes ({:.2} GiB) in {:.1} s ({:.0} MiB/s)",
+        a.out.display(),
+        a.arch,
+        a.quant,
+        a.seed,
+        written,
+        written as f64 / (1u64 << 30) as f64,
+        secs,
+        written as f64 / (1u64 << 20) as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Writes a synthetic model to `out` with a progress bar; returns the bytes written. A failed
+/// write removes the partial file.
+fn write_synth(
+    arch: &str,
+    quant: &str,
+    seed: u64,
+    context: Option<u32>,
+    out_path: &std::path::Path,
+) -> Result<u64> {
     use gemma_wgpu::synth::{self, SynthArch, SynthQuant};
-    let arch = SynthArch::parse(&a.arch).with_context(|| format!("unknown --arch {}", a.arch))?;
-    let quant =
-        SynthQuant::parse(&a.quant).with_context(|| format!("unknown --quant {}", a.quant))?;
-    let mut spec = arch.spec(quant, a.seed);
-    if let Some(c) = a.context {
+    let arch = SynthArch::parse(arch).with_context(|| format!("unknown --arch {arch}"))?;
+    let quant = SynthQuant::parse(quant).with_context(|| format!("unknown --quant {quant}"))?;
+    let mut spec = arch.spec(quant, seed);
+    if let Some(c) = context {
         spec.context_length = c;
     }
-    let start = std::time::Instant::now();
-    let file =
-        std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let file = std::fs::File::create(out_path)
+        .with_context(|| format!("creating {}", out_path.display()))?;
     let mut out = std::io::BufWriter::with_capacity(8 << 20, file);
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
@@ -658,25 +738,253 @@ fn synth(a: SynthArgs) -> Result<()> {
         Ok(n)
     });
     bar.finish_and_clear();
-    let written = match written {
-        Ok(n) => n,
+    match written {
+        Ok(n) => Ok(n),
         Err(e) => {
             // Never leave a truncated file that looks like a model.
-            let _ = std::fs::remove_file(&a.out);
-            return Err(e).with_context(|| format!("writing {}", a.out.display()));
+            let _ = std::fs::remove_file(out_path);
+            Err(e).with_context(|| format!("writing {}", out_path.display()))
         }
+    }
+}
+
+/// The synthetic model file of `arch`/`quant` in the cache directory, written on first use
+/// (seed 0: every machine benchmarks the same bytes).
+fn synthetic_model(arch: &str, quant: &str) -> Result<PathBuf> {
+    let dir = gguf::cache_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("synthetic-{arch}-{quant}.gguf"));
+    if !path.exists() {
+        let tmp = path.with_extension("gguf.partial");
+        eprintln!("writing {} (first use)", path.display());
+        write_synth(arch, quant, 0, None, &tmp)?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    }
+    Ok(path)
+}
+
+fn bench(mut a: BenchArgs) -> Result<()> {
+    use gemma_wgpu::bench::{kernels, model as model_bench};
+    let mut gpu = gpu_options(&a.model);
+    gpu.timestamps = true;
+    if a.kernels {
+        let ctx = pollster::block_on(GpuContext::new(&gpu))?;
+        eprintln!("adapter: {}", ctx.describe());
+        let opts = kernels::KernelBenchOptions {
+            iterations: a.iterations,
+            ..Default::default()
+        };
+        let report = pollster::block_on(kernels::run(&ctx, &opts))?;
+        let json = serde_json::json!({
+            "schema": model_bench::SCHEMA,
+            "kind": "kernels",
+            "version": env!("CARGO_PKG_VERSION"),
+            "commit": env!("GEMMA_WGPU_COMMIT"),
+            "adapter": adapter_json(&ctx),
+            "kernels": report,
+        });
+        if a.json {
+            println!("{json}");
+        } else {
+            print_kernel_report(&json);
+        }
+        return Ok(());
+    }
+    let synthetic = a.synthetic.clone();
+    if let Some(arch) = &synthetic {
+        a.model.model = Some(synthetic_model(arch, &a.quant)?);
+    }
+    // The KV cache must hold the prompt and every decoded token.
+    let needed = a.prompt_len + a.gen + 1;
+    a.model.context = Some(a.model.context.unwrap_or(0).max(needed));
+    let t0 = std::time::Instant::now();
+    let mut l = load_with(&a.model, a.json, gpu)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let ctx = l.model.gpu().clone();
+    let (pipelines, compile_s) = ctx.compile_stats();
+    let opts = model_bench::ModelBenchOptions {
+        prompt_len: a.prompt_len,
+        gen: a.gen,
+        repeat: a.repeat,
+        profile_tokens: a.profile_tokens,
+        kv_elem_bytes: if a.model.kv_f32 { 4 } else { 2 },
+        copy_bandwidth: !a.no_copy_bandwidth,
     };
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "wrote {}: {} {} seed {}, {} bytes ({:.2} GiB) in {:.1} s ({:.0} MiB/s)",
-        a.out.display(),
-        arch.name(),
-        quant.name(),
-        a.seed,
-        written,
-        written as f64 / (1u64 << 30) as f64,
-        secs,
-        written as f64 / (1u64 << 20) as f64 / secs.max(1e-9)
-    );
+    let result = pollster::block_on(model_bench::run(&mut l.model, &l.tok, &opts))?;
+    let mut types: std::collections::BTreeMap<&str, u32> = Default::default();
+    for t in &l.gguf.tensors {
+        *types.entry(t.ty.name()).or_default() += 1;
+    }
+    let cfg = &l.model.cfg;
+    let json = serde_json::json!({
+        "schema": model_bench::SCHEMA,
+        "kind": "model",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("GEMMA_WGPU_COMMIT"),
+        "model": {
+            "path": l.path.display().to_string(),
+            "synthetic": synthetic.map(|s| format!("{s} {}", a.quant)),
+            "name": l.gguf.metadata.str("general.name").unwrap_or(""),
+            "arch": cfg.arch.name(),
+            "layers": cfg.n_layers,
+            "hidden": cfg.hidden,
+            "vocab": cfg.vocab,
+            "file_bytes": l.gguf.file_size,
+            "tensor_types": types,
+        },
+        "adapter": adapter_json(&ctx),
+        "options": {
+            "prompt_len": a.prompt_len,
+            "gen": a.gen,
+            "repeat": a.repeat,
+            "context": l.model.context,
+            "prefill_chunk": a.model.prefill_chunk,
+            "kv_f32": a.model.kv_f32,
+            "webgpu_limits": a.model.webgpu_limits,
+        },
+        "load_s": load_s,
+        "pipelines_compiled": pipelines,
+        "pipeline_compile_s": compile_s,
+        "gpu_memory_bytes": l.model.memory(),
+        "results": result,
+    });
+    // With --json the summary goes to stderr, so one run gives both.
+    print_model_report(&json, a.json);
+    if a.json {
+        println!("{json}");
+    }
     Ok(())
+}
+
+fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
+    serde_json::json!({
+        "name": ctx.info.name,
+        "backend": format!("{:?}", ctx.info.backend),
+        "device_type": format!("{:?}", ctx.info.device_type),
+        "driver": ctx.info.driver,
+        "driver_info": ctx.info.driver_info,
+        "f16": ctx.caps.f16,
+        "subgroups": ctx.caps.subgroups,
+        "timestamps": ctx.caps.timestamps,
+        "max_binding_bytes": ctx.caps.max_binding,
+        "max_buffer_bytes": ctx.caps.max_buffer,
+    })
+}
+
+/// The human-readable summary of a model benchmark (the JSON holds everything).
+fn print_model_report(j: &serde_json::Value, to_stderr: bool) {
+    let mut out: Box<dyn Write> = if to_stderr {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
+    let _ = write_model_report(&mut out, j);
+}
+
+fn write_model_report(out: &mut dyn Write, j: &serde_json::Value) -> std::io::Result<()> {
+    let r = &j["results"];
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    writeln!(
+        out,
+        "model    {} ({})",
+        j["model"]["name"].as_str().unwrap_or(""),
+        j["model"]["path"].as_str().unwrap_or("")
+    )?;
+    writeln!(
+        out,
+        "adapter  {} ({}, f16 {}, subgroups {})",
+        j["adapter"]["name"].as_str().unwrap_or(""),
+        j["adapter"]["backend"].as_str().unwrap_or(""),
+        j["adapter"]["f16"],
+        j["adapter"]["subgroups"]
+    )?;
+    writeln!(out, "commit   {}", j["commit"].as_str().unwrap_or(""))?;
+    writeln!(
+        out,
+        "load     {:.2} s ({} pipelines compiled in {:.2} s)",
+        f(&j["load_s"]),
+        j["pipelines_compiled"],
+        f(&j["pipeline_compile_s"])
+    )?;
+    writeln!(
+        out,
+        "prefill  {:.1} tok/s ({} tokens)",
+        f(&r["prefill"]["tokens_per_s"]),
+        r["prompt_tokens"]
+    )?;
+    writeln!(
+        out,
+        "decode   {:.1} tok/s ({} tokens)",
+        f(&r["decode"]["tokens_per_s"]),
+        r["generated_tokens"]
+    )?;
+    writeln!(
+        out,
+        "TTFT     {:.4} s warm, {:.4} s first request",
+        f(&r["time_to_first_token_s"]),
+        f(&r["time_to_first_token_cold_s"])
+    )?;
+    writeln!(
+        out,
+        "dispatches  {:.0} per decode token, {:.0} per prefill",
+        f(&r["dispatches_per_decode_token"]),
+        f(&r["dispatches_per_prefill"])
+    )?;
+    let bytes = f(&r["bytes_per_decode_token"]["total"]);
+    write!(
+        out,
+        "bytes/token {:.1} MiB -> {:.1} GB/s",
+        bytes / (1u64 << 20) as f64,
+        f(&r["achieved_gb_per_s"])
+    )?;
+    match r["bandwidth_fraction"].as_f64() {
+        Some(fr) => writeln!(
+            out,
+            " = {:.1}% of the copy bandwidth ({:.0} GB/s)",
+            fr * 100.0,
+            f(&r["copy_bandwidth"]["gb_per_s"])
+        ),
+        None => writeln!(out),
+    }?;
+    if let Some(b) = r["breakdown"].as_object() {
+        writeln!(
+            out,
+            "decode GPU time {:.1} us/token of {:.1} us wall",
+            f(&b["decode_gpu_us_per_token"]),
+            f(&b["decode_wall_us_per_token"])
+        )?;
+        for o in b["decode"].as_array().into_iter().flatten().take(12) {
+            writeln!(
+                out,
+                "  {:<18} {:>6.1} calls {:>8.1} us {:>5.1}%",
+                o["op"].as_str().unwrap_or(""),
+                f(&o["calls"]),
+                f(&o["us"]),
+                f(&o["share"]) * 100.0
+            )?;
+        }
+        writeln!(out, "prefill GPU time {:.2} ms", f(&b["prefill_gpu_ms"]))?;
+        for o in b["prefill"].as_array().into_iter().flatten().take(8) {
+            writeln!(
+                out,
+                "  {:<18} {:>6.1} calls {:>8.1} us {:>5.1}%",
+                o["op"].as_str().unwrap_or(""),
+                f(&o["calls"]),
+                f(&o["us"]),
+                f(&o["share"]) * 100.0
+            )?;
+        }
+    } else if let Some(note) = r["breakdown_note"].as_str() {
+        writeln!(out, "no per-kernel breakdown: {note}")?;
+    }
+    Ok(())
+}
+
+/// The human-readable summary of the kernel microbenchmarks.
+fn print_kernel_report(j: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&j["kernels"]).unwrap_or_default()
+    );
 }

@@ -15,7 +15,9 @@ mod common;
 use common::{block, variants, Rng};
 use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::gpu::{GpuContext, GpuOptions, Op, StepParams};
-use gemma_wgpu::kernels::matmul::{Matmul, MatmulIo, MatmulOut, TYPES};
+use gemma_wgpu::kernels::matmul::{
+    Matmul, MatmulIo, MatmulOut, MatvecGeluMul, MatvecGeluMulIo, TYPES,
+};
 use gemma_wgpu::quant::{dequantize, GpuLayout, QuantMatrix};
 use gemma_wgpu::reference::quant::{matmul as ref_matmul, synthetic_blocks};
 
@@ -193,6 +195,81 @@ fn accumulate_into_y() {
     ] {
         let k = if block_k(ty) == 256 { 512 } else { 640 };
         run(ty, k, 37, &[1, 3, 17], MatmulOut::Accumulate);
+    }
+}
+
+fn gelu_tanh(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// The decode mat-vec with the gated-activation epilogue, `y = gelu_tanh(W·x) ⊙ z`, reading z
+/// through a row stride and offset (Gemma 4's per-layer slice). Tolerance: gelu's slope is at
+/// most 1.13, so the product's bound (above) times 1.2·|z|, plus exp's few-ulp relative error.
+#[test]
+fn gelu_mul_epilogue() {
+    for v in variants() {
+        let ctx = &v.ctx;
+        for (ty, k, n) in [
+            (GgmlType::Q4_0, 640, 37),
+            (GgmlType::Q4K, 1536, 70),
+            (GgmlType::Q8_0, 256, 9),
+            (GgmlType::F16, 64, 5),
+        ] {
+            let (z_stride, z_offset) = (3 * n + 5, n + 2);
+            let bytes = weights(ty, k, n, 11 + k as u64);
+            let w = QuantMatrix::upload(ctx, "w", ty, k, n, &bytes).unwrap();
+            let (ku, nu) = (k as usize, n as usize);
+            let tmax = 4;
+            let mut rng = Rng::new(5 + k as u64);
+            let x = rng.vec(tmax * ku, 1.0);
+            let z = rng.vec(tmax * z_stride as usize, 2.0);
+            let deq = dequantize(ty, &bytes, ku * nu).unwrap();
+            let (prod, scale) = ref_matmul(&deq, ku, nu, &x, tmax);
+            let xb = ctx.storage_init("x", &x).unwrap();
+            let zb = ctx.storage_init("z", &z).unwrap();
+            let yb = ctx.storage_init("y", &vec![0f32; tmax * nu]).unwrap();
+            let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+            let op = MatvecGeluMul::new(
+                ctx,
+                &w,
+                MatvecGeluMulIo {
+                    x: xb.as_entire_binding(),
+                    z: zb.as_entire_binding(),
+                    y: yb.as_entire_binding(),
+                    step: sb.as_entire_binding(),
+                },
+                z_stride,
+                z_offset,
+            )
+            .unwrap();
+            for t in [1u32, 3, 4] {
+                assert!(MatvecGeluMul::covers(t));
+                let step = StepParams::new(t, 0);
+                ctx.queue.write_buffer(&sb, 0, bytemuck::bytes_of(&step));
+                block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
+                let got: Vec<f32> = block(ctx.read(&yb, 0, t as usize * nu)).unwrap();
+                let mut want = Vec::new();
+                let mut bound = Vec::new();
+                for tt in 0..t as usize {
+                    for r in 0..nu {
+                        let zv = z[tt * z_stride as usize + z_offset as usize + r] as f64;
+                        let g = gelu_tanh(prod[tt * nu + r]);
+                        want.push(g * zv);
+                        // check() allows REL·s + ABS: express the epilogue's bound that way.
+                        let allowed = 1.2 * zv.abs() * (REL * scale[tt * nu + r] + ABS)
+                            + 1e-6 * (g * zv).abs();
+                        bound.push(((allowed - ABS) / REL).max(0.0));
+                    }
+                }
+                check(
+                    &format!("{ty} k {k} n {n} gelu_mul n_tokens {t} [{}]", v.name),
+                    &got,
+                    &want,
+                    &bound,
+                );
+            }
+        }
+        assert!(!MatvecGeluMul::covers(5));
     }
 }
 

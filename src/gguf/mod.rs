@@ -246,14 +246,20 @@ pub fn open(path: impl AsRef<std::path::Path>) -> Result<(Gguf, MmapSource)> {
 /// `~/.cache`. The file may not exist; callers check.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn default_model_path() -> std::path::PathBuf {
-    use std::path::PathBuf;
     if let Some(p) = std::env::var_os("GEMMA_WGPU_MODEL").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
+        return std::path::PathBuf::from(p);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    cache_dir().join("gemma-3-270m-q4_k_m.gguf")
+}
+
+/// `$XDG_CACHE_HOME/gemma-wgpu`, else `~/.cache/gemma-wgpu`: downloaded and synthetic models.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("XDG_CACHE_HOME")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("gemma-wgpu").join("gemma-3-270m-q4_k_m.gguf")
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("gemma-wgpu")
 }

@@ -33,6 +33,8 @@ pub struct GpuOptions {
     /// default: phones and browsers refuse or kill large allocations, so the engine splits
     /// big tensors instead.
     pub allow_large_buffers: bool,
+    /// Enable GPU timestamp queries when the adapter offers them (benchmarks: per-kernel times).
+    pub timestamps: bool,
 }
 
 /// Largest buffer (and binding) the engine creates unless asked otherwise.
@@ -65,6 +67,8 @@ pub struct Caps {
     pub max_storage_buffers: u32,
     /// Running in a browser through WebGPU (Tint wants `enable subgroups;`, naga rejects it).
     pub browser: bool,
+    /// Timestamp queries may be written inside compute passes (per-kernel GPU times).
+    pub timestamps: bool,
 }
 
 impl Caps {
@@ -85,6 +89,7 @@ impl Caps {
             uniform_offset_align: l.min_uniform_buffer_offset_alignment,
             max_storage_buffers: l.max_storage_buffers_per_shader_stage,
             browser: false,
+            timestamps: false,
         }
     }
 }
@@ -183,6 +188,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     kernels: Mutex<HashMap<KernelSpec, Arc<Kernel>>>,
+    /// Pipelines compiled so far and the seconds spent compiling them (benchmarks report it).
+    compiled: Mutex<(u32, f64)>,
     /// The first GPU error nobody caught (wgpu's default would panic; a browser would only log
     /// it): reported by the next wait or readback, so a failed dispatch never reads as zeros.
     uncaptured: Arc<Mutex<Option<GpuFault>>>,
@@ -222,6 +229,12 @@ impl GpuContext {
         }
         if !opts.disable_subgroups && offered.contains(wgpu::Features::SUBGROUP) {
             features |= wgpu::Features::SUBGROUP;
+        }
+        let timestamps = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if opts.timestamps && offered.contains(timestamps) {
+            features |= timestamps;
         }
 
         let mut limits = if opts.webgpu_default_limits {
@@ -282,6 +295,7 @@ impl GpuContext {
             uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
             max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
             browser: info.backend == wgpu::Backend::BrowserWebGpu,
+            timestamps: features.contains(timestamps),
         };
         Ok(Self {
             device,
@@ -289,6 +303,7 @@ impl GpuContext {
             info,
             caps,
             kernels: Mutex::new(HashMap::new()),
+            compiled: Mutex::new((0, 0.0)),
             uncaptured,
         })
     }
@@ -316,6 +331,11 @@ impl GpuContext {
         }
     }
 
+    /// Pipelines compiled by this context and the wall-clock seconds their creation took.
+    pub fn compile_stats(&self) -> (u32, f64) {
+        *self.compiled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// One line naming the adapter, backend and the variant in use.
     pub fn describe(&self) -> String {
         format!(
@@ -340,6 +360,7 @@ impl GpuContext {
         {
             return Ok(k.clone());
         }
+        let started = web_time::Instant::now();
         let text = spec.expand(&self.caps)?;
         // Natively the scope resolves at once. In a browser it resolves later, so there errors
         // go to the uncaptured-error sink instead and surface at the first wait or readback.
@@ -369,6 +390,11 @@ impl GpuContext {
             });
         }
         let layout = pipeline.get_bind_group_layout(0);
+        {
+            let mut c = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+            c.0 += 1;
+            c.1 += started.elapsed().as_secs_f64();
+        }
         let kernel = Arc::new(Kernel {
             name: spec.name.clone(),
             pipeline,

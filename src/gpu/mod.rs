@@ -3,11 +3,13 @@
 //! and then only *encoded* into the step's compute pass).
 
 mod context;
+pub mod profile;
 pub mod shader;
 
 pub use context::{
     map_read, Caps, GpuContext, GpuOptions, Kernel, KernelSpec, COMMON_WGSL, DEFAULT_MAX_BUFFER,
 };
+pub use profile::{OpTime, Profile, Profiler, Recorder};
 
 /// Values that change every step, uploaded once per step into one small uniform buffer that
 /// every kernel needing them binds. Mirrors `struct Step` in `shaders/common.wgsl`.
@@ -36,6 +38,20 @@ impl StepParams {
 pub trait Op {
     /// Records this op's dispatches for a step of `step.n_tokens` rows.
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams);
+}
+
+/// Dispatches recorded by this process (benchmarks report dispatches per token).
+static DISPATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records one dispatch; every kernel dispatches through here so the count stays true.
+pub fn dispatch(pass: &mut wgpu::ComputePass<'_>, [x, y, z]: [u32; 3]) {
+    DISPATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pass.dispatch_workgroups(x, y, z);
+}
+
+/// Dispatches recorded so far by this process.
+pub fn dispatch_count() -> u64 {
+    DISPATCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Splits `groups` workgroups over x and y so neither exceeds `max_per_dim`; shaders recover

@@ -318,7 +318,7 @@ impl Attention {
 
     /// Key splits for a step with `tiles` row tiles per KV head: enough workgroups to fill the
     /// GPU, at least `split_keys` keys each, within the scratch.
-    fn n_splits(&self, step: &StepParams, tiles: u32) -> u32 {
+    fn n_splits(&self, step: &StepParams, tiles: u32, tile: Tile) -> u32 {
         let p = &self.params;
         let first = if p.window > 0 {
             (step.pos0 + 1).saturating_sub(p.window)
@@ -326,10 +326,13 @@ impl Attention {
             0
         };
         let span = step.pos0 + step.n_tokens - first;
-        let split_keys = if p.split_keys == 0 {
-            DEFAULT_SPLIT_KEYS
-        } else {
-            p.split_keys
+        // Decode-sized steps have one row tile per KV head: a handful of workgroups, each
+        // alone on its SM and bound by load latency. There a split is one key tile, so the
+        // keys spread over as many workgroups as the scratch allows.
+        let split_keys = match p.split_keys {
+            0 if tile == self.small.0 && tiles == 1 => tile.bk,
+            0 => DEFAULT_SPLIT_KEYS,
+            n => n,
         };
         let by_keys = span.div_ceil(split_keys);
         let by_occupancy = TARGET_WORKGROUPS.div_ceil(tiles * p.n_kv_heads);
@@ -361,16 +364,16 @@ impl Op for Attention {
             &self.large
         };
         let tiles = rows.div_ceil(tile.bq);
-        let splits = self.n_splits(step, tiles);
+        let splits = self.n_splits(step, tiles, *tile);
         let [x, y, _] = grid(tiles * p.n_kv_heads, self.max_per_dim);
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(x, y, splits);
+        crate::gpu::dispatch(pass, [x, y, splits]);
         if splits > 1 {
             let [x, y, z] = grid(step.n_tokens * p.n_q_heads, self.max_per_dim);
             pass.set_pipeline(&self.merge.0.pipeline);
             pass.set_bind_group(0, &self.merge.1, &[]);
-            pass.dispatch_workgroups(x, y, z);
+            crate::gpu::dispatch(pass, [x, y, z]);
         }
     }
 }
@@ -457,7 +460,7 @@ impl Op for KvStore {
         let [x, y, z] = grid(groups, self.max_per_dim);
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(x, y, z);
+        crate::gpu::dispatch(pass, [x, y, z]);
     }
 }
 

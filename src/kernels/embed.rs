@@ -108,7 +108,7 @@ impl Op for Embed {
         pass.set_pipeline(&self.kernel.pipeline);
         for (bg, _) in &self.parts {
             pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(x, y, z);
+            crate::gpu::dispatch(pass, [x, y, z]);
         }
     }
 }

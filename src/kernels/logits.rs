@@ -371,7 +371,7 @@ impl Op for Logits {
             let [x, y, z] = grid(rows * n_out, self.max_per_dim);
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &self.bind_groups[l], &[]);
-            pass.dispatch_workgroups(x, y, z);
+            crate::gpu::dispatch(pass, [x, y, z]);
         }
     }
 }

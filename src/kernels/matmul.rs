@@ -22,8 +22,15 @@ const QUANT_PRELUDE: &str = include_str!("../../shaders/quant/prelude.wgsl");
 
 /// Up to this many tokens use the mat-vec kernel (ggml-webgpu switches at `ne[1] <= 4` too).
 pub const MATVEC_MAX_TOKENS: u32 = 4;
-/// Output rows per mat-vec workgroup: each activation load serves this many rows.
-pub const MATVEC_ROWS: u32 = 4;
+/// Output rows per mat-vec workgroup for `nt` tokens: each activation load serves this many
+/// rows. One token keeps 8 partial sums per invocation, four tokens 4 rows × 4 tokens = 16.
+pub const fn matvec_rows(nt: u32) -> u32 {
+    if nt == 1 {
+        8
+    } else {
+        4
+    }
+}
 /// Output tile of the mat-mat kernel (rows × tokens), mirrored from `shaders/matmul.wgsl`.
 pub const MATMUL_TILE: (u32, u32) = (64, 32);
 
@@ -72,7 +79,9 @@ struct Params {
     sbase: u32,
     row0: u32,
     n: u32,
-    _pad: [u32; 2],
+    /// [`MatvecGeluMul`]: elements between rows of `z`, and before row 0's first value.
+    z_stride: u32,
+    z_offset: u32,
 }
 
 /// How the product is written.
@@ -99,21 +108,31 @@ fn lower(ty: GgmlType) -> String {
     ty.name().to_lowercase()
 }
 
-fn matvec_spec(ty: GgmlType, nt: u32, wg: u32, out: MatmulOut) -> KernelSpec {
-    let acc = out == MatmulOut::Accumulate;
+/// The mat-vec's write: plain, accumulate, or the gated activation of [`MatvecGeluMul`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MatvecOut {
+    Plain(MatmulOut),
+    GeluMul,
+}
+
+fn matvec_spec(ty: GgmlType, nt: u32, wg: u32, out: MatvecOut) -> KernelSpec {
+    let acc = out == MatvecOut::Plain(MatmulOut::Accumulate);
+    let gelu = out == MatvecOut::GeluMul;
+    let suffix = match out {
+        MatvecOut::Plain(MatmulOut::Store) => "",
+        MatvecOut::Plain(MatmulOut::Accumulate) => "_acc",
+        MatvecOut::GeluMul => "_gelu_mul",
+    };
     KernelSpec::new(
-        format!(
-            "matvec_{}_nt{nt}_wg{wg}{}",
-            lower(ty),
-            if acc { "_acc" } else { "" }
-        ),
+        format!("matvec_{}_nt{nt}_wg{wg}{suffix}", lower(ty)),
         MATVEC,
     )
     .define("WG", wg)
-    .define("ROWS", MATVEC_ROWS)
+    .define("ROWS", matvec_rows(nt))
     .define("NT", nt)
     .define("QUANT", quant_wgsl(ty))
     .flag("ACC", acc)
+    .flag("GELU_MUL", gelu)
 }
 
 fn matmul_spec(ty: GgmlType, out: MatmulOut) -> KernelSpec {
@@ -131,12 +150,18 @@ pub fn specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for ty in TYPES {
         for out in [MatmulOut::Store, MatmulOut::Accumulate] {
+            v.push(matmul_spec(ty, out));
+        }
+        for out in [
+            MatvecOut::Plain(MatmulOut::Store),
+            MatvecOut::Plain(MatmulOut::Accumulate),
+            MatvecOut::GeluMul,
+        ] {
             for nt in [1, MATVEC_MAX_TOKENS] {
                 for wg in [64, 128] {
                     v.push(matvec_spec(ty, nt, wg, out));
                 }
             }
-            v.push(matmul_spec(ty, out));
         }
     }
     v
@@ -179,8 +204,13 @@ impl Matmul {
     ) -> Result<Self> {
         let ty = w.ty();
         let wg = matvec_wg(w.k);
-        let mv1 = ctx.kernel(&matvec_spec(ty, 1, wg, out))?;
-        let mv4 = ctx.kernel(&matvec_spec(ty, MATVEC_MAX_TOKENS, wg, out))?;
+        let mv1 = ctx.kernel(&matvec_spec(ty, 1, wg, MatvecOut::Plain(out)))?;
+        let mv4 = ctx.kernel(&matvec_spec(
+            ty,
+            MATVEC_MAX_TOKENS,
+            wg,
+            MatvecOut::Plain(out),
+        ))?;
         let mm = ctx.kernel(&matmul_spec(ty, out))?;
         let parts = w
             .parts
@@ -195,7 +225,8 @@ impl Matmul {
                         sbase: part.sbase,
                         row0: part.row0,
                         n: w.n,
-                        _pad: [0; 2],
+                        z_stride: 0,
+                        z_offset: 0,
                     },
                 );
                 let bind = |kernel: &Kernel| {
@@ -245,13 +276,119 @@ impl Op for Matmul {
         pass.set_pipeline(&kernel.pipeline);
         for part in &self.parts {
             let groups = if t <= MATVEC_MAX_TOKENS {
-                part.rows.div_ceil(MATVEC_ROWS)
+                part.rows
+                    .div_ceil(matvec_rows(if t == 1 { 1 } else { MATVEC_MAX_TOKENS }))
             } else {
                 part.rows.div_ceil(MATMUL_TILE.0) * t.div_ceil(MATMUL_TILE.1)
             };
             let [x, y, z] = grid(groups, self.max_per_dim);
             pass.set_bind_group(0, pick(part), &[]);
-            pass.dispatch_workgroups(x, y, z);
+            crate::gpu::dispatch(pass, [x, y, z]);
+        }
+    }
+}
+
+/// Buffers a [`MatvecGeluMul`] reads and writes.
+pub struct MatvecGeluMulIo<'a> {
+    /// `[n_tokens, k]` f32 activations
+    pub x: wgpu::BindingResource<'a>,
+    /// `[n_tokens, z_stride]` f32: row `t`'s factors start at element `t·z_stride + z_offset`
+    pub z: wgpu::BindingResource<'a>,
+    /// `[n_tokens, n]` f32 output (aliases neither input)
+    pub y: wgpu::BindingResource<'a>,
+    /// the step uniform (`gpu::StepParams`)
+    pub step: wgpu::BindingResource<'a>,
+}
+
+/// Decode-sized steps only (`n_tokens ≤ MATVEC_MAX_TOKENS`, see [`MatvecGeluMul::covers`]):
+/// `y[t, r] = gelu_tanh(Σ_c W[r, c]·x[t, c]) · z[t·z_stride + z_offset + r]`, the mat-vec and
+/// the gated activation in one dispatch (the FFN's `gelu(W_gate·x) ⊙ up` with `up` computed
+/// first, or Gemma 4's per-layer gate against its input slice). Longer steps use [`Matmul`]
+/// and `GeluMul`, whose mat-mat has no epilogue.
+pub struct MatvecGeluMul {
+    mv1: Arc<Kernel>,
+    mv4: Arc<Kernel>,
+    /// Per part: rows, and the bind groups of the 1-token and ≤4-token kernels.
+    parts: Vec<(u32, wgpu::BindGroup, wgpu::BindGroup, wgpu::Buffer)>,
+    max_per_dim: u32,
+}
+
+impl MatvecGeluMul {
+    pub fn new(
+        ctx: &GpuContext,
+        w: &QuantMatrix,
+        io: MatvecGeluMulIo<'_>,
+        z_stride: u32,
+        z_offset: u32,
+    ) -> Result<Self> {
+        let ty = w.ty();
+        let wg = matvec_wg(w.k);
+        let mv1 = ctx.kernel(&matvec_spec(ty, 1, wg, MatvecOut::GeluMul))?;
+        let mv4 = ctx.kernel(&matvec_spec(ty, MATVEC_MAX_TOKENS, wg, MatvecOut::GeluMul))?;
+        let parts = w
+            .parts
+            .iter()
+            .map(|part| {
+                let params = ctx.uniform_init(
+                    "matvec_gelu_mul.params",
+                    &Params {
+                        k: w.k,
+                        rows: part.rows,
+                        bpr: w.layout.blocks_per_row(),
+                        sbase: part.sbase,
+                        row0: part.row0,
+                        n: w.n,
+                        z_stride,
+                        z_offset,
+                    },
+                );
+                let bind = |kernel: &Kernel| {
+                    ctx.bind(
+                        kernel,
+                        &[
+                            part.buffer.as_entire_binding(),
+                            io.x.clone(),
+                            io.y.clone(),
+                            params.as_entire_binding(),
+                            io.step.clone(),
+                            io.z.clone(),
+                        ],
+                    )
+                };
+                (part.rows, bind(&mv1), bind(&mv4), params)
+            })
+            .collect();
+        Ok(Self {
+            mv1,
+            mv4,
+            parts,
+            max_per_dim: ctx.caps.max_workgroups_per_dim,
+        })
+    }
+
+    /// Whether a step of `n_tokens` rows can use this op.
+    pub fn covers(n_tokens: u32) -> bool {
+        n_tokens <= MATVEC_MAX_TOKENS
+    }
+}
+
+impl Op for MatvecGeluMul {
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
+        let t = step.n_tokens;
+        debug_assert!(Self::covers(t), "MatvecGeluMul runs steps of ≤ 4 tokens");
+        if t == 0 || !Self::covers(t) {
+            return;
+        }
+        let (kernel, nt) = if t == 1 {
+            (&self.mv1, 1)
+        } else {
+            (&self.mv4, MATVEC_MAX_TOKENS)
+        };
+        pass.set_pipeline(&kernel.pipeline);
+        for (rows, bg1, bg4, _) in &self.parts {
+            let [x, y, z] = grid(rows.div_ceil(matvec_rows(nt)), self.max_per_dim);
+            pass.set_bind_group(0, if t == 1 { bg1 } else { bg4 }, &[]);
+            crate::gpu::dispatch(pass, [x, y, z]);
         }
     }
 }

@@ -124,6 +124,6 @@ impl Op for RmsNorm {
         let [x, y, z] = grid(rows, self.max_per_dim);
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(x, y, z);
+        crate::gpu::dispatch(pass, [x, y, z]);
     }
 }

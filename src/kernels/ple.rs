@@ -136,7 +136,7 @@ impl Op for PleCombine {
         let [x, y, z] = grid(step.n_tokens * self.layers, self.max_per_dim);
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(x, y, z);
+        crate::gpu::dispatch(pass, [x, y, z]);
     }
 }
 
@@ -183,6 +183,6 @@ impl Op for LastRowToFront {
         let [x, y, z] = grid(self.len.div_ceil(super::ROW_WG), self.max_per_dim);
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(x, y, z);
+        crate::gpu::dispatch(pass, [x, y, z]);
     }
 }

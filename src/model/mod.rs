@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::gguf::{read_tensor_data, Gguf, RowSource, TensorInfo, TensorSource};
-use crate::gpu::{GpuContext, Op, StepParams};
+use crate::gpu::{GpuContext, Profile, Profiler, Recorder, StepParams};
 use crate::kernels::attention::{
     kv_bytes_per_elem, Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo,
 };
@@ -30,7 +30,7 @@ use crate::kernels::embed::{Embed, EmbedIo};
 use crate::kernels::gelu::{GeluMul, GeluMulIo};
 use crate::kernels::head_prep::{HeadNorm, HeadOut, HeadPrep, HeadPrepConfig, HeadPrepIo};
 use crate::kernels::logits::{LogitRows, Logits, LogitsConfig, LogitsIo, Sampling, MAX_K};
-use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut};
+use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MatvecGeluMul, MatvecGeluMulIo};
 use crate::kernels::norm::{NormOut, RmsNorm, RmsNormIo};
 use crate::kernels::ple::{LastRowToFront, PleCombine, PleCombineIo, PleConfig};
 use crate::quant::QuantMatrix;
@@ -217,6 +217,8 @@ struct KvOps {
 struct PleOps {
     gate: Matmul,
     gelu: GeluMul,
+    /// `gate` and `gelu` in one dispatch, for decode-sized steps.
+    gate_gelu: MatvecGeluMul,
     proj: Matmul,
     post_norm: RmsNorm,
 }
@@ -234,6 +236,8 @@ struct LayerOps {
     gate: Matmul,
     up: Matmul,
     gelu: GeluMul,
+    /// `gate` and `gelu` in one dispatch (after `up`), for decode-sized steps.
+    gate_gelu: MatvecGeluMul,
     down: Matmul,
     post_ffw: RmsNorm,
     ple: Option<PleOps>,
@@ -242,37 +246,45 @@ struct LayerOps {
 impl LayerOps {
     /// Records the layer's dispatches in order; runs every step for every layer, so it
     /// allocates nothing.
-    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
-        let mut run = |op: &dyn Op| op.encode(pass, step);
-        run(&self.attn_norm);
-        run(&self.q);
+    fn encode(&self, rec: &mut Recorder<'_, '_>, step: &StepParams) {
+        rec.op("attn_norm", &self.attn_norm, step);
+        rec.op("attn_q", &self.q, step);
         if let Some(kv) = &self.kv {
-            run(&kv.k);
-            run(&kv.v);
+            rec.op("attn_k", &kv.k, step);
+            rec.op("attn_v", &kv.v, step);
         }
-        run(&self.q_prep);
+        rec.op("q_norm_rope", &self.q_prep, step);
         if let Some(kv) = &self.kv {
-            run(&kv.k_prep);
-            run(&kv.v_prep);
+            rec.op("k_norm_rope", &kv.k_prep, step);
+            rec.op("v_norm", &kv.v_prep, step);
         }
-        run(&self.attention);
+        rec.op("attention", &self.attention, step);
         if let Some(kv) = &self.kv {
-            run(&kv.store);
+            rec.op("kv_store", &kv.store, step);
         }
-        let mlp: [&dyn Op; 8] = [
-            &self.o,
-            &self.post_attn,
-            &self.ffn_norm,
-            &self.gate,
-            &self.up,
-            &self.gelu,
-            &self.down,
-            &self.post_ffw,
-        ];
-        mlp.into_iter().for_each(&mut run);
+        rec.op("attn_output", &self.o, step);
+        rec.op("post_attn_norm", &self.post_attn, step);
+        rec.op("ffn_norm", &self.ffn_norm, step);
+        let fused = MatvecGeluMul::covers(step.n_tokens);
+        if fused {
+            rec.op("ffn_up", &self.up, step);
+            rec.op("ffn_gate_gelu_mul", &self.gate_gelu, step);
+        } else {
+            rec.op("ffn_gate", &self.gate, step);
+            rec.op("ffn_up", &self.up, step);
+            rec.op("gelu_mul", &self.gelu, step);
+        }
+        rec.op("ffn_down", &self.down, step);
+        rec.op("post_ffw_norm", &self.post_ffw, step);
         if let Some(p) = &self.ple {
-            let ple: [&dyn Op; 4] = [&p.gate, &p.gelu, &p.proj, &p.post_norm];
-            ple.into_iter().for_each(&mut run);
+            if fused {
+                rec.op("ple_gate_gelu_mul", &p.gate_gelu, step);
+            } else {
+                rec.op("ple_gate", &p.gate, step);
+                rec.op("ple_gelu_mul", &p.gelu, step);
+            }
+            rec.op("ple_proj", &p.proj, step);
+            rec.op("ple_post_norm", &p.post_norm, step);
         }
     }
 }
@@ -345,6 +357,8 @@ pub struct Model {
     rope_scratch: Vec<f32>,
     /// Where each step's top-k rows are copied for the CPU (reused: no per-token allocation).
     readback: wgpu::Buffer,
+    /// Per-op GPU timestamps of every step while profiling (benchmarks).
+    profiler: Option<Profiler>,
 }
 
 /// Checks a model file without touching the GPU: architecture, hyper-parameters, and that
@@ -1003,6 +1017,18 @@ impl Model {
                 None => None,
                 Some(pb) => Some(PleOps {
                     gate: mm("inp_gate", &a.h, &a.gate)?,
+                    gate_gelu: MatvecGeluMul::new(
+                        &ctx,
+                        matrix(&t("inp_gate"))?,
+                        MatvecGeluMulIo {
+                            x: a.h.as_entire_binding(),
+                            z: pb.out.as_entire_binding(),
+                            y: a.act.as_entire_binding(),
+                            step: step(),
+                        },
+                        ple_width as u32,
+                        l as u32 * cfg.ple_dim,
+                    )?,
                     gelu: GeluMul::with_up_rows(
                         &ctx,
                         GeluMulIo {
@@ -1036,6 +1062,18 @@ impl Model {
                 ffn_norm: norm(&a.h, "ffn_norm", &a.xn, NormOut::Store)?,
                 gate: mm("ffn_gate", &a.xn, &a.gate)?,
                 up: mm("ffn_up", &a.xn, &a.up)?,
+                gate_gelu: MatvecGeluMul::new(
+                    &ctx,
+                    matrix(&t("ffn_gate"))?,
+                    MatvecGeluMulIo {
+                        x: a.xn.as_entire_binding(),
+                        z: a.up.as_entire_binding(),
+                        y: a.act.as_entire_binding(),
+                        step: step(),
+                    },
+                    lc.ff_len,
+                    0,
+                )?,
                 gelu: GeluMul::new(
                     &ctx,
                     GeluMulIo {
@@ -1103,6 +1141,7 @@ impl Model {
             to_front,
             head,
             score_head: None,
+            profiler: None,
             readback,
             ropes,
             uploads,
@@ -1417,17 +1456,30 @@ impl Model {
                 label: Some("step"),
                 timestamp_writes: None,
             });
-            self.encode_layers(&mut pass, &step, tail.as_ref());
+            let mut rec = Recorder::new(&mut pass, self.profiler.as_mut());
+            Self::encode_layers(
+                &self.embed,
+                self.ple.as_ref(),
+                &self.layers,
+                &self.to_front,
+                self.cfg.first_shared as usize,
+                &mut rec,
+                &step,
+                tail.as_ref(),
+            );
             if let (Some(h), Some(ts)) = (head_op, tail) {
                 let rows = if h.last_row_only {
                     StepParams::new(1, 0)
                 } else {
                     ts
                 };
-                h.norm.encode(&mut pass, &ts);
-                h.lm_head.encode(&mut pass, &rows);
-                h.logits.encode(&mut pass, &rows);
+                rec.op("final_norm", &h.norm, &ts);
+                rec.op("lm_head", &h.lm_head, &rows);
+                rec.op("logits_topk", &h.logits, &rows);
             }
+        }
+        if let Some(p) = &self.profiler {
+            p.resolve(&mut encoder);
         }
         let readback = head_op.map(|h| {
             let rows = if h.last_row_only { 1 } else { n };
@@ -1437,6 +1489,9 @@ impl Model {
         });
         q.submit([encoder.finish()]);
         self.pos += n;
+        if let Some(p) = &mut self.profiler {
+            p.collect(&ctx).await?;
+        }
 
         let Some((bytes, rows)) = readback else {
             return Ok(Vec::new());
@@ -1461,30 +1516,51 @@ impl Model {
     /// Records the embedding, the per-layer inputs and every layer. `tail`: the step of the
     /// KV-shared layers (`None`: skip them); when it is shorter than `step`, the last row is
     /// moved to the front first.
+    #[allow(clippy::too_many_arguments)]
     fn encode_layers(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        embed: &Embed,
+        ple: Option<&PleInput>,
+        layers: &[LayerOps],
+        to_front: &[LastRowToFront],
+        first_shared: usize,
+        rec: &mut Recorder<'_, '_>,
         step: &StepParams,
         tail: Option<&StepParams>,
     ) {
-        self.embed.encode(pass, step);
-        if let Some(p) = &self.ple {
-            p.proj.encode(pass, step);
-            p.combine.encode(pass, step);
+        rec.op("embed", embed, step);
+        if let Some(p) = ple {
+            rec.op("ple_model_proj", &p.proj, step);
+            rec.op("ple_combine", &p.combine, step);
         }
-        let first_shared = self.cfg.first_shared as usize;
-        for l in &self.layers[..first_shared] {
-            l.encode(pass, step);
+        for l in &layers[..first_shared] {
+            l.encode(rec, step);
         }
         let Some(ts) = tail else { return };
         if ts.n_tokens < step.n_tokens {
-            for op in &self.to_front {
-                op.encode(pass, step);
+            for op in to_front {
+                rec.op("last_row_to_front", op, step);
             }
         }
-        for l in &self.layers[first_shared..] {
-            l.encode(pass, ts);
+        for l in &layers[first_shared..] {
+            l.encode(rec, ts);
         }
+    }
+
+    /// Starts (or, with `false`, stops) recording per-op GPU times of every step. Fails when
+    /// the device has no timestamp queries inside passes.
+    pub fn set_profiling(&mut self, on: bool) -> Result<()> {
+        self.profiler = if on {
+            // Ops per step: about 25 per layer plus the embedding and the head.
+            Some(Profiler::new(&self.ctx, 32 * self.cfg.n_layers + 64)?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// Per-op GPU times collected since profiling started or was last taken.
+    pub fn take_profile(&mut self) -> Option<Profile> {
+        self.profiler.as_mut().map(Profiler::take)
     }
 }
 

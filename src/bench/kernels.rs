@@ -1,0 +1,800 @@
+//! Kernel microbenchmarks: the quantized mat-vec (decode) and mat-mat (prefill) kernels of
+//! `kernels::matmul` at the real projection shapes of Gemma 3 (270M, 1B) and Gemma 4 (E2B, E4B),
+//! for every weight type those models use, set against the device's copy bandwidth.
+//!
+//! Why these numbers: decoding one token reads every weight once, so a mat-vec can go no faster
+//! than memory bandwidth, and its GB/s divided by the copy bandwidth says how much of the
+//! hardware a kernel leaves unused. Prefill is compute bound, so the mat-mat reports TFLOP/s.
+//!
+//! Method, and why:
+//! * the weights are random but valid blocks (`reference::quant::synthetic_blocks`: random
+//!   quant bits, finite f16 scales, |w| ≲ 1; kernel speed does not depend on the values),
+//!   uploaded through [`QuantMatrix`] exactly as a model's are, so the repacked GPU layout and
+//!   the splitting into parts under the binding limits are what a model runs;
+//! * a small matrix read over and over would stay in the GPU's L2 cache (50 MB on an H100) and
+//!   measure the cache, not DRAM: the mat-vec cycles through enough copies of the matrix that
+//!   they total at least [`KernelBenchOptions::rotate_bytes`] (256 MiB; at most
+//!   [`MAX_COPIES`]), as a model cycles through its layers. The copies are GPU-side copies of
+//!   one upload, and only one shape's copies are alive at a time;
+//! * with GPU timestamps (`GpuOptions { timestamps: true, .. }`) every round is one compute
+//!   pass with begin/end timestamps and the result is the median round; otherwise all rounds
+//!   go in one submit timed by the wall clock, and the result is their mean. Pipelines are
+//!   compiled and one untimed warm-up round runs before either.
+
+use serde::Serialize;
+
+use crate::gguf::GgmlType;
+use crate::gpu::{GpuContext, Op, StepParams};
+use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MATMUL_TILE, MATVEC_MAX_TOKENS};
+use crate::quant::{part_sizes, GpuLayout, MatrixUpload, QuantMatrix, QuantPart};
+use crate::reference::quant::synthetic_blocks;
+use crate::synth::{SynthArch, SynthQuant};
+use crate::{Error, Result};
+
+/// The weight types benchmarked by default: every format the real and synthetic Gemma files
+/// use (Q4_K_M mixes Q4_K, Q6_K, Q5_0 and Q8_0; `synth` also writes Q4_0, Q8_0 and F16).
+pub const DEFAULT_TYPES: [GgmlType; 6] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4K,
+    GgmlType::Q5_0,
+    GgmlType::Q6K,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+];
+
+/// Default total size of the rotated copies of a mat-vec matrix: five times an H100's 50 MB L2
+/// cache, so each dispatch reads its weights from DRAM.
+pub const DEFAULT_ROTATE_BYTES: u64 = 256 << 20;
+
+/// Most copies of one matrix (small matrices would otherwise need thousands of dispatches per
+/// round).
+pub const MAX_COPIES: u32 = 64;
+
+/// Size of the buffers [`copy_bandwidth`] copies between: far above any L2 cache.
+const COPY_BYTES: u64 = 256 << 20;
+
+/// GGUF bytes generated per upload chunk (host memory stays one chunk per matrix).
+const CHUNK_BYTES: u64 = 4 << 20;
+
+/// Uploaded bytes after which the queue is flushed, so staging memory does not pile up while
+/// a 1.3 GB F16 LM head is written.
+const FLUSH_BYTES: u64 = 64 << 20;
+
+/// What to benchmark.
+#[derive(Clone, Debug)]
+pub struct KernelBenchOptions {
+    /// Timed dispatch rounds per (shape, type) and kernel (default 50; at most 2048, the
+    /// query-set size allows 4096 timestamps).
+    pub iterations: u32,
+    /// Tokens of the mat-mat (prefill) benchmark (default 512, the prefill chunk); 0 skips the
+    /// mat-mat. Must exceed `MATVEC_MAX_TOKENS` (4), below which the mat-vec kernel runs. Lowered
+    /// (to a multiple of 32) for a shape whose `[tokens, rows]` output exceeds one binding.
+    pub prefill_tokens: u32,
+    /// Weight types (empty: [`DEFAULT_TYPES`]).
+    pub types: Vec<GgmlType>,
+    /// Only shapes whose name (e.g. `gemma4-e2b ffn_gate`, see [`shapes`]) contains one of
+    /// these strings, case-insensitively (empty: every shape).
+    pub shapes: Vec<String>,
+    /// The mat-vec cycles through copies of the matrix totalling at least this many bytes
+    /// (default [`DEFAULT_ROTATE_BYTES`]; copies capped at [`MAX_COPIES`]).
+    pub rotate_bytes: u64,
+    /// A copy bandwidth measured already (by [`copy_bandwidth`] on the same context) to report
+    /// against; `None` measures it (half a second plus two 256 MiB buffers).
+    pub copy: Option<CopyBandwidth>,
+}
+
+impl Default for KernelBenchOptions {
+    fn default() -> Self {
+        Self {
+            iterations: 50,
+            prefill_tokens: 512,
+            types: Vec::new(),
+            shapes: Vec::new(),
+            rotate_bytes: DEFAULT_ROTATE_BYTES,
+            copy: None,
+        }
+    }
+}
+
+impl KernelBenchOptions {
+    /// One small shape (Gemma 3 270M `attn_q`, 1024 × 640), Q4_0, 2 rounds, 64 prefill tokens
+    /// and 8 MiB of copies: finishes in seconds on a software GPU (tests, smoke runs).
+    pub fn quick() -> Self {
+        Self {
+            iterations: 2,
+            prefill_tokens: 64,
+            types: vec![GgmlType::Q4_0],
+            shapes: vec!["gemma3-270m attn_q".into()],
+            rotate_bytes: 8 << 20,
+            copy: None,
+        }
+    }
+}
+
+/// Device copy bandwidth: the ceiling a bandwidth-bound kernel is measured against.
+#[derive(Clone, Debug, Serialize)]
+pub struct CopyBandwidth {
+    /// Bytes per copy (size of each of the two buffers).
+    pub buffer_bytes: u64,
+    /// Copies in the timed submit.
+    pub copies: u32,
+    /// (bytes read + bytes written) per second / 1e9, the STREAM "copy" convention.
+    pub gb_per_s: f64,
+    /// Wall-clock seconds of the timed submit.
+    pub seconds: f64,
+}
+
+/// One mat-vec (1 token: decode) measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatvecResult {
+    /// Model and projection, e.g. `gemma4-e2b ffn_gate`.
+    pub shape: String,
+    /// Output rows `n` of the `[n, k]` weight matrix.
+    pub rows: u32,
+    /// Row length (input features).
+    pub k: u32,
+    /// GGUF type name of the weights (`Q4_K`).
+    pub weight_type: &'static str,
+    /// GPU bytes of one copy of the matrix (repacked layout, all parts).
+    pub weight_bytes: u64,
+    /// Buffers the matrix is split into (binding-size limits): one dispatch each.
+    pub parts: u32,
+    /// Distinct copies cycled through (cache busting).
+    pub copies: u32,
+    /// Microseconds per mat-vec: the median round over the copies in it (`gpu-timestamps`),
+    /// or the mean over all rounds (`wall-clock`).
+    pub us_per_call: f64,
+    /// `weight_bytes` per second / 1e9 (activations are negligible).
+    pub gb_per_s: f64,
+    /// `gb_per_s / copy.gb_per_s`: the share of the device's copy bandwidth reached (a copy
+    /// both reads and writes, so this is a conservative figure).
+    pub copy_fraction: f64,
+    /// `gpu-timestamps` or `wall-clock`.
+    pub timing: &'static str,
+}
+
+/// One mat-mat (prefill) measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatmulResult {
+    /// Model and projection, e.g. `gemma4-e2b ffn_gate`.
+    pub shape: String,
+    /// Output rows `n` of the `[n, k]` weight matrix.
+    pub rows: u32,
+    /// Row length (input features).
+    pub k: u32,
+    /// GGUF type name of the weights.
+    pub weight_type: &'static str,
+    /// GPU bytes of one copy of the matrix.
+    pub weight_bytes: u64,
+    /// Buffers the matrix is split into.
+    pub parts: u32,
+    /// Distinct copies cycled through (one per round).
+    pub copies: u32,
+    /// Tokens (activation rows) per call.
+    pub tokens: u32,
+    /// Microseconds per call (median round with `gpu-timestamps`, mean with `wall-clock`).
+    pub us_per_call: f64,
+    /// `2 · rows · k · tokens` per second / 1e12.
+    pub tflop_per_s: f64,
+    /// `gpu-timestamps` or `wall-clock`.
+    pub timing: &'static str,
+}
+
+/// A (shape, type, kernel) that was not measured, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkippedCase {
+    pub shape: String,
+    pub rows: u32,
+    pub k: u32,
+    pub weight_type: &'static str,
+    /// `matvec`, `matmul` or `both`.
+    pub kernel: &'static str,
+    pub reason: String,
+}
+
+/// Everything [`run`] measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelReport {
+    /// Adapter, backend and kernel variant (`GpuContext::describe`).
+    pub adapter: String,
+    /// `gpu-timestamps` when every result used GPU timestamps, `wall-clock` when none did,
+    /// `mixed` otherwise (a driver returned unusable timestamps for some).
+    pub timing: &'static str,
+    /// Timed rounds per measurement.
+    pub iterations: u32,
+    /// Requested mat-mat tokens (a result's `tokens` may be lower, see its shape).
+    pub prefill_tokens: u32,
+    /// The device's copy bandwidth, the reference for `copy_fraction`.
+    pub copy: CopyBandwidth,
+    pub matvec: Vec<MatvecResult>,
+    pub matmul: Vec<MatmulResult>,
+    pub skipped: Vec<SkippedCase>,
+}
+
+/// One benchmarked matrix shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchShape {
+    /// `<model> <projection>`, e.g. `gemma3-1b attn_output`.
+    pub name: String,
+    /// Output rows `n`.
+    pub rows: u32,
+    /// Row length `k`.
+    pub k: u32,
+}
+
+const GPU_TIMESTAMPS: &str = "gpu-timestamps";
+const WALL_CLOCK: &str = "wall-clock";
+
+/// The projection shapes of each model (smallest model first), from its `SynthSpec`:
+/// `attn_q` (heads·head_dim × hidden), `attn_kv` (attn_k and attn_v: kv_heads·head_dim ×
+/// hidden), `attn_output` (hidden × heads·head_dim), `ffn_gate` (also ffn_up: ff × hidden),
+/// `ffn_down` (hidden × ff) and `lm_head` (vocab × hidden; E4B's is over 256 MiB even in Q4_0
+/// and is split into parts). Gemma 4 uses its sliding-layer head size and first-layer MLP width.
+pub fn shapes() -> Vec<BenchShape> {
+    let archs = [
+        SynthArch::Gemma3_270m,
+        SynthArch::Gemma3_1b,
+        SynthArch::Gemma4E2b,
+        SynthArch::Gemma4E4b,
+    ];
+    let mut v = Vec::new();
+    for arch in archs {
+        let s = arch.spec(SynthQuant::Q4_0, 0);
+        let q = s.n_heads * s.head_dim;
+        let kv = s.n_kv_heads * s.head_dim;
+        let ff = s.ff.first().copied().unwrap_or(s.hidden);
+        for (proj, rows, k) in [
+            ("attn_q", q, s.hidden),
+            ("attn_kv", kv, s.hidden),
+            ("attn_output", s.hidden, q),
+            ("ffn_gate", ff, s.hidden),
+            ("ffn_down", s.hidden, ff),
+            ("lm_head", s.vocab, s.hidden),
+        ] {
+            v.push(BenchShape {
+                name: format!("{} {proj}", arch.name()),
+                rows,
+                k,
+            });
+        }
+    }
+    v
+}
+
+/// Measures the device's buffer-to-buffer copy bandwidth: two buffers of min(256 MiB,
+/// `max_buffer`) bytes, one warm-up copy (buffers are zero-filled lazily on first use), one
+/// timed copy to calibrate, then as many copies as take about 0.2 s (at most 200) in one
+/// submit, timed by the wall clock.
+pub async fn copy_bandwidth(ctx: &GpuContext) -> Result<CopyBandwidth> {
+    let bytes = COPY_BYTES.min(ctx.caps.max_buffer) & !(wgpu::COPY_BUFFER_ALIGNMENT - 1);
+    if bytes == 0 {
+        return Err(Error::InvalidArgument(
+            "copy bandwidth: the device allows no buffer to copy".into(),
+        ));
+    }
+    let make = |label| {
+        // [bytes] u8, contents irrelevant
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (make("bench.copy.src"), make("bench.copy.dst"));
+    let timed = |copies: u32| {
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("bench.copy"),
+            });
+        for _ in 0..copies {
+            encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+        }
+        let commands = encoder.finish();
+        async move {
+            let started = web_time::Instant::now();
+            ctx.queue.submit([commands]);
+            ctx.wait().await?;
+            Ok::<f64, Error>(started.elapsed().as_secs_f64())
+        }
+    };
+    timed(1).await?;
+    let once = timed(1).await?.max(1e-6);
+    let copies = ((0.2 / once).ceil() as u32).clamp(1, 200);
+    let seconds = timed(copies).await?.max(1e-9);
+    Ok(CopyBandwidth {
+        buffer_bytes: bytes,
+        copies,
+        gb_per_s: 2.0 * bytes as f64 * copies as f64 / seconds / 1e9,
+        seconds,
+    })
+}
+
+/// Runs the copy-bandwidth measurement and every selected (shape, type) case.
+pub async fn run(ctx: &GpuContext, opts: &KernelBenchOptions) -> Result<KernelReport> {
+    run_with_progress(ctx, opts, |_| {}).await
+}
+
+/// [`run`], calling `progress` with one line per finished case (a full run takes minutes).
+pub async fn run_with_progress(
+    ctx: &GpuContext,
+    opts: &KernelBenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<KernelReport> {
+    if opts.iterations == 0 || opts.iterations > 2048 {
+        return Err(Error::InvalidArgument(format!(
+            "kernel benchmark: iterations must be 1..=2048, not {}",
+            opts.iterations
+        )));
+    }
+    if opts.prefill_tokens != 0 && opts.prefill_tokens <= MATVEC_MAX_TOKENS {
+        return Err(Error::InvalidArgument(format!(
+            "kernel benchmark: prefill tokens must exceed {MATVEC_MAX_TOKENS} (the mat-vec runs \
+             up to there) or be 0, not {}",
+            opts.prefill_tokens
+        )));
+    }
+    let types: Vec<GgmlType> = if opts.types.is_empty() {
+        DEFAULT_TYPES.to_vec()
+    } else {
+        opts.types.clone()
+    };
+    if let Some(ty) = types.iter().find(|t| !t.is_supported()) {
+        return Err(Error::InvalidArgument(format!(
+            "kernel benchmark: no kernels for type {ty}"
+        )));
+    }
+    let filters: Vec<String> = opts.shapes.iter().map(|s| s.to_lowercase()).collect();
+    let selected: Vec<BenchShape> = shapes()
+        .into_iter()
+        .filter(|s| {
+            let name = s.name.to_lowercase();
+            filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "kernel benchmark: no shape matches {:?} (shapes: {})",
+            opts.shapes,
+            shapes()
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+
+    let copy = match &opts.copy {
+        Some(copy) => copy.clone(),
+        None => copy_bandwidth(ctx).await?,
+    };
+    progress(&format!(
+        "copy bandwidth: {:.1} GB/s ({} MiB buffers)",
+        copy.gb_per_s,
+        copy.buffer_bytes >> 20
+    ));
+    let mut report = KernelReport {
+        adapter: ctx.describe(),
+        timing: WALL_CLOCK,
+        iterations: opts.iterations,
+        prefill_tokens: opts.prefill_tokens,
+        copy,
+        matvec: Vec::new(),
+        matmul: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut seed = 0x6765_6d6d_6100_0001u64;
+    for shape in &selected {
+        for &ty in &types {
+            seed = seed.wrapping_add(1);
+            bench_case(ctx, opts, shape, ty, seed, &mut report, &mut progress).await?;
+            // This case's buffers were dropped: let wgpu free them before the next upload.
+            ctx.wait().await?;
+        }
+    }
+    let timings = report
+        .matvec
+        .iter()
+        .map(|r| r.timing)
+        .chain(report.matmul.iter().map(|r| r.timing));
+    let (mut ts, mut wall) = (false, false);
+    for t in timings {
+        ts |= t == GPU_TIMESTAMPS;
+        wall |= t == WALL_CLOCK;
+    }
+    report.timing = match (ts, wall) {
+        (true, true) => "mixed",
+        (true, false) => GPU_TIMESTAMPS,
+        _ => WALL_CLOCK,
+    };
+    Ok(report)
+}
+
+/// Uploads one shape in one type (plus its copies), measures the mat-vec and the mat-mat, and
+/// appends the results (or why a kernel was skipped) to `report`.
+async fn bench_case(
+    ctx: &GpuContext,
+    opts: &KernelBenchOptions,
+    shape: &BenchShape,
+    ty: GgmlType,
+    seed: u64,
+    report: &mut KernelReport,
+    progress: &mut impl FnMut(&str),
+) -> Result<()> {
+    let (n, k) = (shape.rows, shape.k);
+    let skip = |kernel: &'static str, reason: String| SkippedCase {
+        shape: shape.name.clone(),
+        rows: n,
+        k,
+        weight_type: ty.name(),
+        kernel,
+        reason,
+    };
+    // A row length that is not a whole number of blocks cannot hold this type (Q4_K at 640).
+    if let Err(e) = GpuLayout::new(&shape.name, ty, k) {
+        progress(&format!("{} {ty}: skipped ({e})", shape.name));
+        report.skipped.push(skip("both", e.to_string()));
+        return Ok(());
+    }
+    let limit = ctx.caps.max_binding.min(ctx.caps.max_buffer);
+    let one_copy: u64 = part_sizes(&shape.name, ty, k, n, limit)?.iter().sum();
+    let copies = opts
+        .rotate_bytes
+        .div_ceil(one_copy.max(1))
+        .clamp(1, MAX_COPIES as u64) as u32;
+
+    let (tokens, matmul_skip) = match matmul_tokens(opts.prefill_tokens, n, k, limit) {
+        Ok(t) => (t, None),
+        Err(reason) => (1, Some(reason)),
+    };
+
+    let first = upload_random(ctx, &shape.name, ty, k, n, seed).await?;
+    let matrices = replicate(ctx, first, copies).await?;
+    let weight_bytes = matrices[0].gpu_bytes();
+    let parts = matrices[0].parts.len() as u32;
+
+    let mut rng = SplitMix64(seed ^ 0x5851_f42d_4c95_7f2d);
+    let x_data: Vec<f32> = (0..tokens as usize * k as usize)
+        .map(|_| rng.unit())
+        .collect();
+    let x = ctx.storage_init("bench.x", &x_data)?; // [tokens, k] f32
+    drop(x_data);
+    let y = ctx.storage("bench.y", tokens as u64 * n as u64 * 4)?; // [tokens, n] f32
+    let step1 = StepParams::new(1, 0);
+    let step1_buf = ctx.uniform_init("bench.step1", &step1); // StepParams, 1 token
+    let build = |step: &wgpu::Buffer| {
+        matrices
+            .iter()
+            .map(|m| {
+                Matmul::new(
+                    ctx,
+                    m,
+                    MatmulIo {
+                        x: x.as_entire_binding(),
+                        y: y.as_entire_binding(),
+                        step: step.as_entire_binding(),
+                    },
+                    MatmulOut::Store,
+                )
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+
+    // Mat-vec: a round is one call on every copy, so each reads its weights from DRAM.
+    let mv = build(&step1_buf)?;
+    let (secs, timing) = measure(ctx, opts.iterations, copies, |pass, _| {
+        for op in &mv {
+            op.encode(pass, &step1);
+        }
+    })
+    .await?;
+    drop(mv);
+    let gb_per_s = weight_bytes as f64 / secs / 1e9;
+    let copy_gb = report.copy.gb_per_s;
+    report.matvec.push(MatvecResult {
+        shape: shape.name.clone(),
+        rows: n,
+        k,
+        weight_type: ty.name(),
+        weight_bytes,
+        parts,
+        copies,
+        us_per_call: secs * 1e6,
+        gb_per_s,
+        copy_fraction: if copy_gb > 0.0 {
+            gb_per_s / copy_gb
+        } else {
+            0.0
+        },
+        timing,
+    });
+    let mut line = format!(
+        "{} {ty}: mat-vec {:.1} µs, {gb_per_s:.1} GB/s",
+        shape.name,
+        secs * 1e6
+    );
+
+    // Mat-mat: compute bound; a round is one call, on the next copy.
+    match matmul_skip {
+        Some(reason) => {
+            if !reason.is_empty() {
+                line.push_str(&format!("; mat-mat skipped ({reason})"));
+                report.skipped.push(skip("matmul", reason));
+            }
+        }
+        None => {
+            let step = StepParams::new(tokens, 0);
+            let step_buf = ctx.uniform_init("bench.step", &step); // StepParams, `tokens` tokens
+            let mm = build(&step_buf)?;
+            let (secs, timing) = measure(ctx, opts.iterations, 1, |pass, round| {
+                mm[round as usize % mm.len()].encode(pass, &step);
+            })
+            .await?;
+            let tflop_per_s = 2.0 * n as f64 * k as f64 * tokens as f64 / secs / 1e12;
+            line.push_str(&format!(
+                "; mat-mat ({tokens} tokens) {:.1} µs, {tflop_per_s:.2} TFLOP/s",
+                secs * 1e6
+            ));
+            report.matmul.push(MatmulResult {
+                shape: shape.name.clone(),
+                rows: n,
+                k,
+                weight_type: ty.name(),
+                weight_bytes,
+                parts,
+                copies,
+                tokens,
+                us_per_call: secs * 1e6,
+                tflop_per_s,
+                timing,
+            });
+        }
+    }
+    progress(&line);
+    Ok(())
+}
+
+/// Tokens of the mat-mat for an `[n, k]` matrix: `requested`, lowered until the `[tokens, k]`
+/// and `[tokens, n]` f32 activations fit one binding of `limit` bytes (the 262144-row LM head
+/// at 512 tokens would need 512 MiB of output), to a multiple of the 32-token tile when it was
+/// lowered. `Err` says why there is no mat-mat (empty when `requested` is 0: not asked for).
+fn matmul_tokens(requested: u32, n: u32, k: u32, limit: u64) -> std::result::Result<u32, String> {
+    if requested == 0 {
+        return Err(String::new());
+    }
+    let fit = limit / (4 * n.max(k).max(1) as u64);
+    let mut tokens = (requested as u64).min(fit) as u32;
+    if tokens < requested && tokens >= MATMUL_TILE.1 {
+        tokens -= tokens % MATMUL_TILE.1;
+    }
+    if tokens <= MATVEC_MAX_TOKENS {
+        return Err(format!(
+            "a [tokens, {}] f32 activation of more than {MATVEC_MAX_TOKENS} tokens exceeds the \
+             {limit}-byte binding limit",
+            n.max(k)
+        ));
+    }
+    Ok(tokens)
+}
+
+/// Seconds per call of `encode`, which records one round of `per_round` calls (its argument is
+/// the round index), and how it was timed. One untimed warm-up round runs first.
+async fn measure(
+    ctx: &GpuContext,
+    rounds: u32,
+    per_round: u32,
+    encode: impl Fn(&mut wgpu::ComputePass<'_>, u32),
+) -> Result<(f64, &'static str)> {
+    ctx.run(|pass| encode(pass, 0)).await?;
+    let per_round = per_round.max(1) as f64;
+    if ctx.caps.timestamps {
+        let round_secs = timestamped_rounds(ctx, rounds, &encode).await?;
+        let secs = median(round_secs) / per_round;
+        if secs.is_finite() && secs > 0.0 {
+            return Ok((secs, GPU_TIMESTAMPS));
+        }
+        // Some drivers offer the feature but write zeros: fall back to the wall clock.
+    }
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bench.rounds"),
+        });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("bench.rounds"),
+            timestamp_writes: None,
+        });
+        for r in 0..rounds {
+            encode(&mut pass, r);
+        }
+    }
+    let commands = encoder.finish();
+    let started = web_time::Instant::now();
+    ctx.queue.submit([commands]);
+    ctx.wait().await?;
+    let secs = started.elapsed().as_secs_f64() / (rounds as f64 * per_round);
+    Ok((secs.max(1e-12), WALL_CLOCK))
+}
+
+/// GPU seconds of each round, each recorded as its own compute pass with begin/end timestamps.
+async fn timestamped_rounds(
+    ctx: &GpuContext,
+    rounds: u32,
+    encode: &impl Fn(&mut wgpu::ComputePass<'_>, u32),
+) -> Result<Vec<f64>> {
+    let count = rounds * 2;
+    let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("bench.timestamps"),
+        ty: wgpu::QueryType::Timestamp,
+        count,
+    });
+    // [rounds, 2] u64 ticks (begin, end)
+    let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bench.timestamps.resolve"),
+        size: count as u64 * 8,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bench.rounds"),
+        });
+    for r in 0..rounds {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("bench.round"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &set,
+                beginning_of_pass_write_index: Some(2 * r),
+                end_of_pass_write_index: Some(2 * r + 1),
+            }),
+        });
+        encode(&mut pass, r);
+    }
+    encoder.resolve_query_set(&set, 0..count, &resolve, 0);
+    ctx.queue.submit([encoder.finish()]);
+    ctx.wait().await?;
+    let ticks: Vec<u64> = ctx.read(&resolve, 0, count as usize).await?;
+    let period_ns = ctx.queue.get_timestamp_period() as f64;
+    Ok(ticks
+        .chunks_exact(2)
+        .map(|t| t[1].saturating_sub(t[0]) as f64 * period_ns * 1e-9)
+        .collect())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Uploads an `[n, k]` matrix of `ty` filled with random valid blocks, generated and written a
+/// chunk at a time (the largest, E4B's F16 LM head, is 1.3 GB).
+async fn upload_random(
+    ctx: &GpuContext,
+    name: &str,
+    ty: GgmlType,
+    k: u32,
+    n: u32,
+    seed: u64,
+) -> Result<QuantMatrix> {
+    let mut up = MatrixUpload::new(ctx, name, ty, k, n)?;
+    let rows_per_chunk = up.chunk_rows(CHUNK_BYTES).max(1);
+    let blocks_per_row = (k as u64 / ty.block_elems()) as usize;
+    let (mut row, mut unflushed) = (0u32, 0u64);
+    while row < n {
+        let rows = rows_per_chunk.min(n - row);
+        let bytes = synthetic_blocks(ty, rows as usize * blocks_per_row, seed ^ row as u64);
+        up.write_rows(ctx, row, &bytes)?;
+        row += rows;
+        unflushed += bytes.len() as u64;
+        if unflushed >= FLUSH_BYTES {
+            ctx.queue.submit([]);
+            ctx.wait().await?;
+            unflushed = 0;
+        }
+    }
+    let m = up.finish()?;
+    ctx.queue.submit([]);
+    ctx.wait().await?;
+    Ok(m)
+}
+
+/// `first` and `copies - 1` GPU-side copies of it (same bytes, distinct memory).
+async fn replicate(ctx: &GpuContext, first: QuantMatrix, copies: u32) -> Result<Vec<QuantMatrix>> {
+    let mut out = Vec::with_capacity(copies as usize);
+    for c in 1..copies {
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("bench.replicate"),
+            });
+        let mut parts = Vec::with_capacity(first.parts.len());
+        for p in &first.parts {
+            let size = p.buffer.size();
+            // [words] u32, the same planes as the original part
+            let buffer = ctx.storage(&format!("{}#{c}", first.name), size)?;
+            encoder.copy_buffer_to_buffer(&p.buffer, 0, &buffer, 0, size);
+            parts.push(QuantPart {
+                buffer,
+                row0: p.row0,
+                rows: p.rows,
+                sbase: p.sbase,
+                words: p.words,
+            });
+        }
+        ctx.queue.submit([encoder.finish()]);
+        out.push(QuantMatrix {
+            name: format!("{}#{c}", first.name),
+            layout: first.layout,
+            k: first.k,
+            n: first.n,
+            parts,
+        });
+    }
+    ctx.wait().await?;
+    out.insert(0, first);
+    Ok(out)
+}
+
+/// SplitMix64: seedable random activations.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_cover_every_model() {
+        let s = shapes();
+        assert_eq!(s.len(), 24);
+        let head = s.iter().find(|s| s.name == "gemma4-e4b lm_head").unwrap();
+        assert_eq!((head.rows, head.k), (262_144, 2560));
+        let e2b = s.iter().find(|s| s.name == "gemma4-e2b ffn_gate").unwrap();
+        assert_eq!((e2b.rows, e2b.k), (6144, 1536));
+    }
+
+    #[test]
+    fn matmul_tokens_fit_one_binding() {
+        let mib = 1u64 << 20;
+        assert_eq!(matmul_tokens(512, 1024, 640, 128 * mib), Ok(512));
+        // E4B's LM head: 1 MiB of output per token.
+        assert_eq!(matmul_tokens(512, 262_144, 2560, 256 * mib), Ok(256));
+        assert_eq!(matmul_tokens(512, 262_144, 2560, 128 * mib), Ok(128));
+        assert_eq!(matmul_tokens(512, 262_144, 2560, 100 * mib), Ok(96));
+        assert_eq!(matmul_tokens(100, 1024, 640, 128 * mib), Ok(100));
+        assert!(matmul_tokens(512, 262_144, 2560, 4 * mib).is_err());
+        assert_eq!(matmul_tokens(0, 1024, 640, 128 * mib), Err(String::new()));
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+}

@@ -1,0 +1,359 @@
+//! Whole-model benchmark: prefill and decode speed (medians over repeats), time to first token
+//! through the generation API, dispatches and bytes per token, the bandwidth that implies, and
+//! a per-op GPU time breakdown from timestamp queries. Tokens are fed greedily and end tokens
+//! are ignored, like `llama-bench`, so every run decodes exactly `gen` tokens.
+
+use web_time::Instant;
+
+use super::kernels::{copy_bandwidth, CopyBandwidth};
+use crate::generate::Generation;
+use crate::gpu::{dispatch_count, OpTime, Profile};
+use crate::model::Model;
+use crate::sampler::SamplingParams;
+use crate::tokenizer::Tokenizer;
+use crate::Result;
+
+/// Version of the JSON layout (BENCHMARKS.md documents it); bumped on any incompatible change.
+pub const SCHEMA: u32 = 1;
+
+/// Phone memory bandwidths the decode figure is extrapolated to (GB/s): iPhone-class GPUs.
+pub const PHONE_BANDWIDTHS_GB_S: [f64; 2] = [60.0, 76.0];
+
+#[derive(Clone, Debug)]
+pub struct ModelBenchOptions {
+    /// Prompt tokens of the prefill.
+    pub prompt_len: u32,
+    /// Tokens decoded per run.
+    pub gen: u32,
+    /// Timed runs (after one untimed warm-up run).
+    pub repeat: u32,
+    /// Decode steps run with per-op timestamps (0: no breakdown).
+    pub profile_tokens: u32,
+    /// Bytes per element of the KV cache (2: f16, 4: f32), for the bytes-per-token estimate.
+    pub kv_elem_bytes: u32,
+    /// Measure the device's copy bandwidth as the yardstick.
+    pub copy_bandwidth: bool,
+}
+
+impl Default for ModelBenchOptions {
+    fn default() -> Self {
+        Self {
+            prompt_len: 512,
+            gen: 128,
+            repeat: 3,
+            profile_tokens: 32,
+            kv_elem_bytes: 2,
+            copy_bandwidth: true,
+        }
+    }
+}
+
+/// A rate measured over several runs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rate {
+    /// Median over the timed runs.
+    pub tokens_per_s: f64,
+    /// Seconds of each timed run.
+    pub runs_s: Vec<f64>,
+}
+
+/// Bytes one decode step reads from memory.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BytesPerToken {
+    /// Every weight on the GPU (all are read once per token; the tied LM head included).
+    pub weights: u64,
+    /// Gemma 4's per-layer-embedding row, read from the file on the CPU.
+    pub per_layer_row: u64,
+    /// K and V read by attention, at the mean position of the decode runs.
+    pub kv_cache: u64,
+    pub total: u64,
+}
+
+/// One op's share of a step, per token (decode) or per prompt (prefill).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpShare {
+    pub op: &'static str,
+    /// Calls per token (decode) or per prompt (prefill).
+    pub calls: f64,
+    /// GPU microseconds per token (decode) or per prompt (prefill).
+    pub us: f64,
+    /// Fraction of the profiled GPU time.
+    pub share: f64,
+}
+
+/// Where the GPU time goes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Breakdown {
+    /// Decode: per token, largest first.
+    pub decode: Vec<OpShare>,
+    /// GPU microseconds per decode token (first to last timestamp of a step).
+    pub decode_gpu_us_per_token: f64,
+    /// Wall-clock microseconds per decode token in the timed runs; the gap to the GPU time is
+    /// encoding, submission and the readback round trip.
+    pub decode_wall_us_per_token: f64,
+    /// Prefill of one prompt, largest first.
+    pub prefill: Vec<OpShare>,
+    pub prefill_gpu_ms: f64,
+}
+
+/// The decode speed a memory bandwidth allows at this many bytes per token.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PhoneBound {
+    pub gb_per_s: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Everything `bench` measures on a loaded model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelBench {
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    pub repeat: u32,
+    pub prefill: Rate,
+    pub decode: Rate,
+    /// Median, warm: a request through the generation API (prefill, first sample, first piece).
+    pub time_to_first_token_s: f64,
+    /// The first request after loading (includes any first-use cost).
+    pub time_to_first_token_cold_s: f64,
+    pub dispatches_per_decode_token: f64,
+    pub dispatches_per_prefill: f64,
+    pub bytes_per_decode_token: BytesPerToken,
+    /// `bytes_per_decode_token.total` × decode tokens/s.
+    pub achieved_gb_per_s: f64,
+    pub copy_bandwidth: Option<CopyBandwidth>,
+    /// `achieved_gb_per_s` ÷ the measured copy bandwidth.
+    pub bandwidth_fraction: Option<f64>,
+    /// Decode tok/s if bound only by `bytes_per_decode_token` at phone bandwidths.
+    pub phone_bound: Vec<PhoneBound>,
+    /// `None` when the adapter has no timestamp queries inside passes (see `breakdown_note`).
+    pub breakdown: Option<Breakdown>,
+    pub breakdown_note: Option<String>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// A deterministic prompt of `n` ids: BOS, then ids spread over the vocabulary (a bench needs
+/// no meaning, only real embedding rows and attention over `n` positions).
+pub fn bench_prompt(n: u32, vocab: u32) -> Vec<u32> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|i| {
+            if i == 0 {
+                return 2.min(vocab - 1);
+            }
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let lo = 256.min(vocab / 2);
+            lo + ((x >> 33) as u32) % (vocab - lo)
+        })
+        .collect()
+}
+
+/// Prefill + greedy decode of `gen` tokens from position 0. Returns (prefill s, decode s).
+async fn run_once(model: &mut Model, prompt: &[u32], gen: u32) -> Result<(f64, f64)> {
+    model.reset();
+    let t0 = Instant::now();
+    let mut c = model.forward(prompt, &[], 1.0).await?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..gen {
+        let next = c.ids.first().copied().unwrap_or(0);
+        c = model.forward(&[next], &[], 1.0).await?;
+    }
+    Ok((prefill, t1.elapsed().as_secs_f64()))
+}
+
+/// Seconds from a request to its first piece through the generation API.
+async fn first_token(model: &mut Model, tok: &Tokenizer, prompt: &[u32]) -> Result<f64> {
+    model.reset();
+    let t0 = Instant::now();
+    let mut g = Generation::start(model, tok, prompt, SamplingParams::greedy(), 1).await?;
+    g.next(model, tok).await?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Ops largest first, scaled to one token (`per` = tokens or prompts profiled).
+fn shares(ops: &[OpTime], per: f64, total_us: f64) -> Vec<OpShare> {
+    let mut v: Vec<OpShare> = ops
+        .iter()
+        .map(|o| OpShare {
+            op: o.op,
+            calls: o.calls as f64 / per,
+            us: o.total_us / per,
+            share: if total_us > 0.0 {
+                o.total_us / total_us
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    v.sort_by(|a, b| b.us.total_cmp(&a.us));
+    v
+}
+
+/// K and V bytes attention reads for one token at position `pos`.
+fn kv_bytes_at(model: &Model, pos: u32, elem: u32) -> u64 {
+    let cfg = &model.cfg;
+    cfg.layers
+        .iter()
+        .map(|l| {
+            let seen = if l.sliding {
+                (pos + 1).min(cfg.sliding_window)
+            } else {
+                pos + 1
+            };
+            seen as u64 * l.n_kv_heads as u64 * l.head_dim as u64 * 2 * elem as u64
+        })
+        .sum()
+}
+
+/// Runs the benchmark on a loaded model (its KV cache must hold `prompt_len + gen + 1`).
+pub async fn run(
+    model: &mut Model,
+    tok: &Tokenizer,
+    opts: &ModelBenchOptions,
+) -> Result<ModelBench> {
+    let prompt = bench_prompt(opts.prompt_len.max(1), model.cfg.vocab);
+    let repeat = opts.repeat.max(1);
+
+    let ttft_cold = first_token(model, tok, &prompt).await?;
+    run_once(model, &prompt, opts.gen.min(8)).await?; // warm-up
+
+    let mut prefill_s = Vec::new();
+    let mut decode_s = Vec::new();
+    let mut ttft = Vec::new();
+    for _ in 0..repeat {
+        let (p, d) = run_once(model, &prompt, opts.gen).await?;
+        prefill_s.push(p);
+        decode_s.push(d);
+        ttft.push(first_token(model, tok, &prompt).await?);
+    }
+    let n_prompt = prompt.len() as f64;
+    let prefill = Rate {
+        tokens_per_s: n_prompt / median(&prefill_s).max(1e-12),
+        runs_s: prefill_s,
+    };
+    let decode = Rate {
+        tokens_per_s: opts.gen as f64 / median(&decode_s).max(1e-12),
+        runs_s: decode_s,
+    };
+
+    // Dispatch counts: one prefill, then single-token steps.
+    model.reset();
+    let d0 = dispatch_count();
+    let c = model.forward(&prompt, &[], 1.0).await?;
+    let d1 = dispatch_count();
+    let steps = opts.gen.clamp(1, 8);
+    let mut next = c.ids.first().copied().unwrap_or(0);
+    for _ in 0..steps {
+        next = model
+            .forward(&[next], &[], 1.0)
+            .await?
+            .ids
+            .first()
+            .copied()
+            .unwrap_or(0);
+    }
+    let d2 = dispatch_count();
+
+    let mem = model.memory().clone();
+    let per_layer_row = mem
+        .groups
+        .iter()
+        .find(|g| g.mapped_bytes > 0)
+        .map_or(0, |g| g.mapped_bytes / model.cfg.vocab as u64);
+    let mid = opts.prompt_len + opts.gen / 2;
+    let kv_cache = kv_bytes_at(model, mid, opts.kv_elem_bytes);
+    let bytes = BytesPerToken {
+        weights: mem.weights,
+        per_layer_row,
+        kv_cache,
+        total: mem.weights + per_layer_row + kv_cache,
+    };
+    let achieved = bytes.total as f64 * decode.tokens_per_s / 1e9;
+    let copy = if opts.copy_bandwidth {
+        Some(copy_bandwidth(model.gpu()).await?)
+    } else {
+        None
+    };
+    let fraction = copy.as_ref().map(|c| achieved / c.gb_per_s);
+
+    let (breakdown, breakdown_note) = if opts.profile_tokens == 0 {
+        (None, Some("not requested".to_string()))
+    } else {
+        match model.set_profiling(true) {
+            Err(e) => (None, Some(e.to_string())),
+            Ok(()) => {
+                let b = profile(model, &prompt, opts.profile_tokens, &decode).await;
+                model.set_profiling(false)?;
+                (Some(b?), None)
+            }
+        }
+    };
+
+    Ok(ModelBench {
+        prompt_tokens: prompt.len() as u32,
+        generated_tokens: opts.gen,
+        repeat,
+        time_to_first_token_s: median(&ttft),
+        time_to_first_token_cold_s: ttft_cold,
+        dispatches_per_decode_token: (d2 - d1) as f64 / steps as f64,
+        dispatches_per_prefill: (d1 - d0) as f64,
+        achieved_gb_per_s: achieved,
+        bandwidth_fraction: fraction,
+        phone_bound: PHONE_BANDWIDTHS_GB_S
+            .iter()
+            .map(|&gb_per_s| PhoneBound {
+                gb_per_s,
+                tokens_per_s: gb_per_s * 1e9 / bytes.total.max(1) as f64,
+            })
+            .collect(),
+        bytes_per_decode_token: bytes,
+        copy_bandwidth: copy,
+        prefill,
+        decode,
+        breakdown,
+        breakdown_note,
+    })
+}
+
+/// One profiled prefill and `tokens` profiled decode steps.
+async fn profile(
+    model: &mut Model,
+    prompt: &[u32],
+    tokens: u32,
+    decode: &Rate,
+) -> Result<Breakdown> {
+    model.reset();
+    model.take_profile();
+    let c = model.forward(prompt, &[], 1.0).await?;
+    let pre: Profile = model.take_profile().unwrap_or_default();
+    let mut next = c.ids.first().copied().unwrap_or(0);
+    for _ in 0..tokens {
+        next = model
+            .forward(&[next], &[], 1.0)
+            .await?
+            .ids
+            .first()
+            .copied()
+            .unwrap_or(0);
+    }
+    let dec: Profile = model.take_profile().unwrap_or_default();
+    let per = tokens.max(1) as f64;
+    Ok(Breakdown {
+        decode: shares(&dec.ops, per, dec.total_us),
+        decode_gpu_us_per_token: dec.total_us / per,
+        decode_wall_us_per_token: 1e6 / decode.tokens_per_s.max(1e-12),
+        prefill: shares(&pre.ops, 1.0, pre.total_us),
+        prefill_gpu_ms: pre.total_us / 1000.0,
+    })
+}
