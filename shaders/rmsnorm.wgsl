@@ -2,6 +2,9 @@
 // With ADD: h[r] = (h[r] + rmsnorm(x[r]) * w) * out_scale   (Gemma's post-norms feed the
 // residual stream this way; out_scale is Gemma 4's layer_output_scale on a layer's last add,
 // 1.0 everywhere else, where the multiply is exact)
+// With ADD and THEN_NORM: also y2[r] = rmsnorm(h[r]) * w2 on the updated row, the next block's
+// input norm, in the same dispatch (each invocation re-reads only elements it wrote itself, so
+// the second pass needs no barrier beyond the reduction's).
 // With LAST_ROW: only the step's last row of x, written to row 0 of y (the final norm before
 // the LM head when only the next token's logits are needed).
 //
@@ -27,6 +30,10 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;    // [n_tokens * rows_per_token, len]
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
+#if THEN_NORM
+@group(0) @binding(5) var<storage, read> w2: array<f32>;         // [len] weight of the next norm
+@group(0) @binding(6) var<storage, read_write> y2: array<f32>;   // [n_tokens, len] its output
+#endif
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {
@@ -50,15 +57,26 @@ fn main(inv: Invocation, grp: Workgroup) {
     }
     let total = workgroup_sum(ss, inv, WG);
     let scale = inverseSqrt(total / f32(p.len) + p.eps);
+    var ss2 = 0.0;
     for (var i = inv.lid; i < p.len; i += WG) {
         var v = x[in_base + i] * scale;
         if p.has_weight != 0u {
             v *= w[i];
         }
 #if ADD
-        y[base + i] = (y[base + i] + v) * p.out_scale;
+        let sum = (y[base + i] + v) * p.out_scale;
+        y[base + i] = sum;
+#if THEN_NORM
+        ss2 += sum * sum;
+#endif
 #else
         y[base + i] = v;
 #endif
     }
+#if THEN_NORM
+    let scale2 = inverseSqrt(workgroup_sum(ss2, inv, WG) / f32(p.len) + p.eps);
+    for (var i = inv.lid; i < p.len; i += WG) {
+        y2[base + i] = y[base + i] * scale2 * w2[i];
+    }
+#endif
 }

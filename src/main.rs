@@ -252,6 +252,12 @@ struct BenchArgs {
     /// Timed dispatch rounds per kernel shape (--kernels).
     #[arg(long, default_value_t = 50)]
     iterations: u32,
+    /// Only shapes whose name contains one of these (--kernels; e.g. `gemma4-e2b,lm_head`).
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Only these weight types (--kernels; e.g. `q4_0,q4_k`; default: every type the models use).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
     /// Print one JSON object (BENCHMARKS.md documents its fields).
     #[arg(long)]
     json: bool,
@@ -771,8 +777,20 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     if a.kernels {
         let ctx = pollster::block_on(GpuContext::new(&gpu))?;
         eprintln!("adapter: {}", ctx.describe());
+        let types = a
+            .types
+            .iter()
+            .map(|t| {
+                gemma_wgpu::kernels::matmul::TYPES
+                    .into_iter()
+                    .find(|ty| ty.name().eq_ignore_ascii_case(t))
+                    .with_context(|| format!("unsupported weight type `{t}` in --types"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let opts = kernels::KernelBenchOptions {
             iterations: a.iterations,
+            shapes: a.shapes.clone(),
+            types,
             ..Default::default()
         };
         let report = pollster::block_on(kernels::run(&ctx, &opts))?;

@@ -10,7 +10,8 @@ use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFl
 
 #[test]
 fn every_variant_validates_and_translates_to_msl() {
-    let specs = all_specs();
+    let mut specs = all_specs();
+    specs.push(gemma_wgpu::bench::kernels::copy_spec());
     assert!(!specs.is_empty());
     let mut checked = 0;
     let mut failures = Vec::new();

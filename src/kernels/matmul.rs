@@ -23,13 +23,11 @@ const QUANT_PRELUDE: &str = include_str!("../../shaders/quant/prelude.wgsl");
 /// Up to this many tokens use the mat-vec kernel (ggml-webgpu switches at `ne[1] <= 4` too).
 pub const MATVEC_MAX_TOKENS: u32 = 4;
 /// Output rows per mat-vec workgroup for `nt` tokens: each activation load serves this many
-/// rows. One token keeps 8 partial sums per invocation, four tokens 4 rows × 4 tokens = 16.
+/// rows. More rows per workgroup means fewer workgroups, each with a longer chain of loads: 8
+/// rows at one token was 1.3–1.7× slower than 4 on the H100 (BENCHMARKS.md).
 pub const fn matvec_rows(nt: u32) -> u32 {
-    if nt == 1 {
-        8
-    } else {
-        4
-    }
+    let _ = nt;
+    4
 }
 /// Output tile of the mat-mat kernel (rows × tokens), mirrored from `shaders/matmul.wgsl`.
 pub const MATMUL_TILE: (u32, u32) = (64, 32);

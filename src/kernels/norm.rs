@@ -36,22 +36,35 @@ pub enum NormOut {
 
 /// Kernel specs this module can build (for shader validation).
 pub fn specs() -> Vec<KernelSpec> {
-    [NormOut::Store, NormOut::Add, NormOut::LastRow]
+    let mut v: Vec<KernelSpec> = [NormOut::Store, NormOut::Add, NormOut::LastRow]
         .into_iter()
-        .map(spec)
-        .collect()
+        .map(|o| spec(o, false))
+        .collect();
+    v.push(spec(NormOut::Add, true));
+    v
 }
 
-fn spec(out: NormOut) -> KernelSpec {
+fn spec(out: NormOut, then_norm: bool) -> KernelSpec {
     let name = match out {
         NormOut::Store => "rmsnorm",
+        NormOut::Add | NormOut::AddScaled(_) if then_norm => "rmsnorm_add_norm",
         NormOut::Add | NormOut::AddScaled(_) => "rmsnorm_add",
         NormOut::LastRow => "rmsnorm_last_row",
     };
     KernelSpec::new(name, SOURCE)
         .define("WG", super::ROW_WG)
         .flag("ADD", matches!(out, NormOut::Add | NormOut::AddScaled(_)))
+        .flag("THEN_NORM", then_norm)
         .flag("LAST_ROW", out == NormOut::LastRow)
+}
+
+/// The next block's input norm, computed by a post-norm's dispatch on the row it just updated
+/// ([`RmsNorm::with_next_norm`]): saves a dispatch (and a pass over the row) per block.
+pub struct NextNorm<'a> {
+    /// `[len]` f32
+    pub weight: wgpu::BindingResource<'a>,
+    /// `[n_tokens, len]` f32: `rms(h)·weight` of the updated residual row
+    pub y: wgpu::BindingResource<'a>,
 }
 
 /// `rows_per_token` rows of `len` elements per token.
@@ -84,7 +97,37 @@ impl RmsNorm {
         eps: f32,
         out: NormOut,
     ) -> Result<Self> {
-        let kernel = ctx.kernel(&spec(out))?;
+        Self::build(ctx, io, None, len, rows_per_token, eps, out)
+    }
+
+    /// `h = (h + rms(x)·w)·s` (`out`: `Add` or `AddScaled`), then `next.y = rms(h)·next.weight`
+    /// in the same dispatch. One row per token (the residual stream).
+    pub fn with_next_norm(
+        ctx: &GpuContext,
+        io: RmsNormIo<'_>,
+        next: NextNorm<'_>,
+        len: u32,
+        eps: f32,
+        out: NormOut,
+    ) -> Result<Self> {
+        if !matches!(out, NormOut::Add | NormOut::AddScaled(_)) || io.weight.is_none() {
+            return Err(crate::Error::InvalidArgument(
+                "rmsnorm: a fused next norm follows a weighted residual add".into(),
+            ));
+        }
+        Self::build(ctx, io, Some(next), len, 1, eps, out)
+    }
+
+    fn build(
+        ctx: &GpuContext,
+        io: RmsNormIo<'_>,
+        next: Option<NextNorm<'_>>,
+        len: u32,
+        rows_per_token: u32,
+        eps: f32,
+        out: NormOut,
+    ) -> Result<Self> {
+        let kernel = ctx.kernel(&spec(out, next.is_some()))?;
         let params = ctx.uniform_init(
             "rmsnorm.params",
             &Params {
@@ -100,10 +143,11 @@ impl RmsNorm {
             },
         );
         let weight = io.weight.unwrap_or_else(|| io.x.clone());
-        let bind_group = ctx.bind(
-            &kernel,
-            &[io.x, weight, io.y, params.as_entire_binding(), io.step],
-        );
+        let mut resources = vec![io.x, weight, io.y, params.as_entire_binding(), io.step];
+        if let Some(n) = next {
+            resources.extend([n.weight, n.y]);
+        }
+        let bind_group = ctx.bind(&kernel, &resources);
         Ok(Self {
             kernel,
             bind_group,

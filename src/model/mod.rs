@@ -31,7 +31,7 @@ use crate::kernels::gelu::{GeluMul, GeluMulIo};
 use crate::kernels::head_prep::{HeadNorm, HeadOut, HeadPrep, HeadPrepConfig, HeadPrepIo};
 use crate::kernels::logits::{LogitRows, Logits, LogitsConfig, LogitsIo, Sampling, MAX_K};
 use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MatvecGeluMul, MatvecGeluMulIo};
-use crate::kernels::norm::{NormOut, RmsNorm, RmsNormIo};
+use crate::kernels::norm::{NextNorm, NormOut, RmsNorm, RmsNormIo};
 use crate::kernels::ple::{LastRowToFront, PleCombine, PleCombineIo, PleConfig};
 use crate::quant::QuantMatrix;
 use crate::rope::RopeTable;
@@ -224,15 +224,16 @@ struct PleOps {
 }
 
 struct LayerOps {
-    attn_norm: RmsNorm,
+    /// `None` when the previous layer's last post-norm computes this norm too.
+    attn_norm: Option<RmsNorm>,
     q: Matmul,
     q_prep: HeadPrep,
     /// `None` on KV-shared layers.
     kv: Option<KvOps>,
     attention: Attention,
     o: Matmul,
+    /// The post-attention norm and residual add, fused with the FFN's input norm.
     post_attn: RmsNorm,
-    ffn_norm: RmsNorm,
     gate: Matmul,
     up: Matmul,
     gelu: GeluMul,
@@ -247,7 +248,9 @@ impl LayerOps {
     /// Records the layer's dispatches in order; runs every step for every layer, so it
     /// allocates nothing.
     fn encode(&self, rec: &mut Recorder<'_, '_>, step: &StepParams) {
-        rec.op("attn_norm", &self.attn_norm, step);
+        if let Some(n) = &self.attn_norm {
+            rec.op("attn_norm", n, step);
+        }
         rec.op("attn_q", &self.q, step);
         if let Some(kv) = &self.kv {
             rec.op("attn_k", &kv.k, step);
@@ -263,8 +266,7 @@ impl LayerOps {
             rec.op("kv_store", &kv.store, step);
         }
         rec.op("attn_output", &self.o, step);
-        rec.op("post_attn_norm", &self.post_attn, step);
-        rec.op("ffn_norm", &self.ffn_norm, step);
+        rec.op("post_attn_norm+ffn_norm", &self.post_attn, step);
         let fused = MatvecGeluMul::covers(step.n_tokens);
         if fused {
             rec.op("ffn_up", &self.up, step);
@@ -902,6 +904,39 @@ impl Model {
                         out,
                     )
                 };
+            // A post-norm that also computes the next block's input norm into `xn`: the
+            // tensor `next` (a full GGUF name) weights it.
+            let norm_then = |x: &wgpu::Buffer, w: &str, out: NormOut, next: &str| {
+                RmsNorm::with_next_norm(
+                    &ctx,
+                    RmsNormIo {
+                        x: x.as_entire_binding(),
+                        weight: Some(vector(&t(w))?),
+                        y: a.h.as_entire_binding(),
+                        step: step(),
+                    },
+                    NextNorm {
+                        weight: vector(next)?,
+                        y: a.xn.as_entire_binding(),
+                    },
+                    cfg.hidden,
+                    eps,
+                    out,
+                )
+            };
+            // The layer's last post-norm computes the next layer's input norm, except before
+            // the first KV-shared layer: that one runs on a different step (the prompt's last
+            // row, moved to the front in between), so it norms its own input.
+            let fused_into = |l: usize| {
+                l + 1 < cfg.layers.len() && !(sharing && l + 1 == cfg.first_shared as usize)
+            };
+            let last_norm = |x: &wgpu::Buffer, w: &str, out: NormOut| -> Result<RmsNorm> {
+                if fused_into(l) {
+                    norm_then(x, w, out, &layer_tensor(l + 1, "attn_norm"))
+                } else {
+                    norm(x, w, &a.h, out)
+                }
+            };
             let mm = |w: &str, x: &wgpu::Buffer, y: &wgpu::Buffer| -> Result<Matmul> {
                 Matmul::new(
                     &ctx,
@@ -1043,11 +1078,15 @@ impl Model {
                         l as u32 * cfg.ple_dim,
                     )?,
                     proj: mm("proj", &a.act, &a.o)?,
-                    post_norm: norm(&a.o, "post_norm", &a.h, last_add)?,
+                    post_norm: last_norm(&a.o, "post_norm", last_add)?,
                 }),
             };
             layers.push(LayerOps {
-                attn_norm: norm(&a.h, "attn_norm", &a.xn, NormOut::Store)?,
+                attn_norm: if l > 0 && fused_into(l - 1) {
+                    None
+                } else {
+                    Some(norm(&a.h, "attn_norm", &a.xn, NormOut::Store)?)
+                },
                 q: mm("attn_q", &a.xn, &a.q)?,
                 q_prep: prep(
                     &a.q,
@@ -1058,8 +1097,7 @@ impl Model {
                 kv,
                 attention,
                 o: mm("attn_output", &a.attn, &a.o)?,
-                post_attn: norm(&a.o, "post_attention_norm", &a.h, NormOut::Add)?,
-                ffn_norm: norm(&a.h, "ffn_norm", &a.xn, NormOut::Store)?,
+                post_attn: norm_then(&a.o, "post_attention_norm", NormOut::Add, &t("ffn_norm"))?,
                 gate: mm("ffn_gate", &a.xn, &a.gate)?,
                 up: mm("ffn_up", &a.xn, &a.up)?,
                 gate_gelu: MatvecGeluMul::new(
@@ -1086,16 +1124,11 @@ impl Model {
                     None,
                 )?,
                 down: mm("ffn_down", &a.act, &a.o)?,
-                post_ffw: norm(
-                    &a.o,
-                    "post_ffw_norm",
-                    &a.h,
-                    if ple_ops.is_some() {
-                        NormOut::Add
-                    } else {
-                        last_add
-                    },
-                )?,
+                post_ffw: if ple_ops.is_some() {
+                    norm(&a.o, "post_ffw_norm", &a.h, NormOut::Add)?
+                } else {
+                    last_norm(&a.o, "post_ffw_norm", last_add)?
+                },
                 ple: ple_ops,
             });
         }
