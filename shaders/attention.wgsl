@@ -21,7 +21,7 @@
 // With nwg.z = 1 the normalised output goes straight to `out`; otherwise each split writes
 // (o unnormalised, m, l) to `part` and attention_merge.wgsl combines the splits.
 //
-// Specialisation: HEAD_DIM ∈ {64, 128, 256, 512}; BQ ∈ {8, 16}; BK·BQ = 512; DC | HEAD_DIM,
+// Specialisation: HEAD_DIM ∈ {64, 128, 256, 512}; BQ ∈ {8, 16}; BK·BQ ∈ {256, 512}; DC | HEAD_DIM,
 // 4 | DC. Workgroup memory: (BQ + BK)·DC + BQ·BK + 3·BQ + 256 floats = 15.2 KiB at most
 // (WebGPU's default is 16 KiB).
 // Assumptions: nq % nkv == 0; positions < 2³²; cap ≥ the keys a step needs (see AttentionParams).
