@@ -775,8 +775,6 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     let mut gpu = gpu_options(&a.model);
     gpu.timestamps = true;
     if a.kernels {
-        let ctx = pollster::block_on(GpuContext::new(&gpu))?;
-        eprintln!("adapter: {}", ctx.describe());
         let types = a
             .types
             .iter()
@@ -787,6 +785,8 @@ fn bench(mut a: BenchArgs) -> Result<()> {
                     .with_context(|| format!("unsupported weight type `{t}` in --types"))
             })
             .collect::<Result<Vec<_>>>()?;
+        let ctx = pollster::block_on(GpuContext::new(&gpu))?;
+        eprintln!("adapter: {}", ctx.describe());
         let opts = kernels::KernelBenchOptions {
             iterations: a.iterations,
             shapes: a.shapes.clone(),
