@@ -83,6 +83,9 @@ struct ModelArgs {
     /// Keep the KV cache in f32 instead of f16 (twice the memory, no rounding of K and V).
     #[arg(long)]
     kv_f32: bool,
+    /// Do not read or write the compiled-pipeline cache in the cache directory (Vulkan).
+    #[arg(long)]
+    no_pipeline_cache: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -332,6 +335,7 @@ fn gpu_options(args: &ModelArgs) -> GpuOptions {
         disable_subgroups: args.no_subgroups,
         webgpu_default_limits: args.webgpu_limits,
         allow_large_buffers: args.large_buffers,
+        pipeline_cache_dir: (!args.no_pipeline_cache).then(gguf::cache_dir),
         ..Default::default()
     }
 }
@@ -391,6 +395,9 @@ fn load_with(args: &ModelArgs, quiet: bool, opts: GpuOptions) -> Result<Loaded> 
     ))
     .with_context(|| format!("loading {}", path.display()))?;
     bar.finish_and_clear();
+    if let Err(e) = model.gpu().save_pipeline_cache() {
+        log::warn!("pipeline cache not saved: {e}");
+    }
     Ok(Loaded {
         gguf,
         model,

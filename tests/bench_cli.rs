@@ -127,7 +127,9 @@ fn check_model_report(j: &Value, prompt: u64, gen: u64, repeat: usize) {
     assert_eq!(at(j, "/results/generated_tokens"), gen);
     for rate in ["prefill", "decode"] {
         positive(j, &format!("/results/{rate}/tokens_per_s"));
-        let runs = at(j, &format!("/results/{rate}/runs_s")).as_array().unwrap();
+        let runs = at(j, &format!("/results/{rate}/runs_s"))
+            .as_array()
+            .unwrap();
         assert_eq!(runs.len(), repeat, "{rate} runs");
     }
     for f in [
@@ -176,12 +178,18 @@ fn check_breakdown(j: &Value, layers: f64) {
     assert!((share - 1.0).abs() < 1e-6, "decode shares sum to {share}");
     positive(j, "/results/breakdown/decode_gpu_us_per_token");
     positive(j, "/results/breakdown/prefill_gpu_ms");
-    assert!(!at(j, "/results/breakdown/prefill").as_array().unwrap().is_empty());
+    assert!(!at(j, "/results/breakdown/prefill")
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
 fn bench_json_on_a_tiny_gemma4_model() {
-    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gemma4/gemma4_tiny_a.gguf");
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/gemma4/gemma4_tiny_a.gguf"
+    );
     let cache = cache_dir("tiny");
     let j = bench(
         &[
@@ -233,7 +241,10 @@ fn bench_writes_and_reuses_a_synthetic_model() {
     // A second run reuses the file (same bytes, no rewrite).
     let before = std::fs::metadata(&file).unwrap().modified().unwrap();
     bench(&[&args[..], &["--profile-tokens", "0"]].concat(), &cache);
-    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().modified().unwrap(),
+        before
+    );
     let _ = std::fs::remove_dir_all(cache);
 }
 
@@ -281,7 +292,11 @@ fn bench_kernels_json() {
                 positive(r, &format!("/{f}"));
             }
             assert!(r["timing"].is_string());
-            let rate = if kind == "matvec" { "gb_per_s" } else { "tflop_per_s" };
+            let rate = if kind == "matvec" {
+                "gb_per_s"
+            } else {
+                "tflop_per_s"
+            };
             positive(r, &format!("/{rate}"));
         }
     }
@@ -298,7 +313,9 @@ fn bench_bad_arguments_fail_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.trim_end().ends_with("error: unsupported weight type `q9_9` in --types"),
+        stderr
+            .trim_end()
+            .ends_with("error: unsupported weight type `q9_9` in --types"),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());

@@ -35,6 +35,9 @@ pub struct GpuOptions {
     pub allow_large_buffers: bool,
     /// Enable GPU timestamp queries when the adapter offers them (benchmarks: per-kernel times).
     pub timestamps: bool,
+    /// Keep compiled pipelines in a file in this directory, where the backend supports a
+    /// pipeline cache (Vulkan): later loads skip most of the driver's compilation. Native only.
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Largest buffer (and binding) the engine creates unless asked otherwise.
@@ -188,6 +191,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     kernels: Mutex<HashMap<KernelSpec, Arc<Kernel>>>,
+    /// The driver's pipeline cache and the file it is kept in (`GpuOptions::pipeline_cache_dir`).
+    pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
     /// Pipelines compiled so far and the seconds spent compiling them (benchmarks report it).
     compiled: Mutex<(u32, f64)>,
     /// The first GPU error nobody caught (wgpu's default would panic; a browser would only log
@@ -235,6 +240,15 @@ impl GpuContext {
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         if opts.timestamps && offered.contains(timestamps) {
             features |= timestamps;
+        }
+        let cache_file = opts.pipeline_cache_dir.as_ref().and_then(|dir| {
+            let key = wgpu::util::pipeline_cache_key(&info)?;
+            offered
+                .contains(wgpu::Features::PIPELINE_CACHE)
+                .then(|| dir.join(key))
+        });
+        if cache_file.is_some() {
+            features |= wgpu::Features::PIPELINE_CACHE;
         }
 
         let mut limits = if opts.webgpu_default_limits {
@@ -297,11 +311,26 @@ impl GpuContext {
             browser: info.backend == wgpu::Backend::BrowserWebGpu,
             timestamps: features.contains(timestamps),
         };
+        let pipeline_cache = cache_file.map(|file| {
+            let data = std::fs::read(&file).ok();
+            // SAFETY: the data was written by `save_pipeline_cache` for an adapter with the
+            // same vendor and device id (the file's name); with `fallback` wgpu and the driver
+            // validate it and start an empty cache when it does not match (e.g. a new driver).
+            let cache = unsafe {
+                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("gemma-wgpu pipelines"),
+                    data: data.as_deref(),
+                    fallback: true,
+                })
+            };
+            (cache, file)
+        });
         Ok(Self {
             device,
             queue,
             info,
             caps,
+            pipeline_cache,
             kernels: Mutex::new(HashMap::new()),
             compiled: Mutex::new((0, 0.0)),
             uncaptured,
@@ -329,6 +358,24 @@ impl GpuContext {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Writes the pipeline cache to its file (atomically), when the context keeps one. Call
+    /// after the model's pipelines are built; failing to save only costs the next load time.
+    pub fn save_pipeline_cache(&self) -> Result<()> {
+        let Some((cache, file)) = &self.pipeline_cache else {
+            return Ok(());
+        };
+        let Some(data) = cache.get_data() else {
+            return Ok(());
+        };
+        let io = |e: std::io::Error| Error::InvalidArgument(format!("{}: {e}", file.display()));
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = file.with_extension("partial");
+        std::fs::write(&tmp, &data).map_err(io)?;
+        std::fs::rename(&tmp, file).map_err(io)
     }
 
     /// Pipelines compiled by this context and the wall-clock seconds their creation took.
@@ -380,7 +427,7 @@ impl GpuContext {
                 module: &module,
                 entry_point: Some(spec.entry),
                 compilation_options: Default::default(),
-                cache: None,
+                cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
             });
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(error) = super::poll_ready(scope.pop()).flatten() {
