@@ -189,6 +189,18 @@ struct InfoArgs {
     json: bool,
 }
 
+/// The quantization mix of a synthetic model (`synth`, `bench --synthetic`).
+#[derive(Args, Clone)]
+struct SynthQuantArg {
+    /// Quantization mix (q4_k_m follows llama.cpp's choices per tensor).
+    #[arg(
+        long,
+        default_value = "q4_k_m",
+        value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthQuant::NAMES)
+    )]
+    quant: String,
+}
+
 #[derive(Args)]
 struct SynthArgs {
     /// Model to imitate.
@@ -197,13 +209,8 @@ struct SynthArgs {
         value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthArch::NAMES)
     )]
     arch: String,
-    /// Quantization mix (q4_k_m follows llama.cpp's choices per tensor).
-    #[arg(
-        long,
-        default_value = "q4_k_m",
-        value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthQuant::NAMES)
-    )]
-    quant: String,
+    #[command(flatten)]
+    quant: SynthQuantArg,
     /// Seed of the random weights (equal seeds give identical files).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -227,13 +234,8 @@ struct BenchArgs {
         value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthArch::NAMES)
     )]
     synthetic: Option<String>,
-    /// Quantization of the synthetic model.
-    #[arg(
-        long,
-        default_value = "q4_k_m",
-        value_parser = clap::builder::PossibleValuesParser::new(gemma_wgpu::synth::SynthQuant::NAMES)
-    )]
-    quant: String,
+    #[command(flatten)]
+    quant: SynthQuantArg,
     /// Prompt tokens of the prefill.
     #[arg(long, default_value_t = 512)]
     prompt_len: u32,
@@ -699,13 +701,13 @@ fn info(a: InfoArgs) -> Result<()> {
 
 fn synth(a: SynthArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    let written = write_synth(&a.arch, &a.quant, a.seed, a.context, &a.out)?;
+    let written = write_synth(&a.arch, &a.quant.quant, a.seed, a.context, &a.out)?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "wrote {}: {} {} seed {}, {} bytes ({:.2} GiB) in {:.1} s ({:.0} MiB/s)",
         a.out.display(),
         a.arch,
-        a.quant,
+        a.quant.quant,
         a.seed,
         written,
         written as f64 / (1u64 << 30) as f64,
@@ -818,7 +820,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     }
     let synthetic = a.synthetic.clone();
     if let Some(arch) = &synthetic {
-        a.model.model = Some(synthetic_model(arch, &a.quant)?);
+        a.model.model = Some(synthetic_model(arch, &a.quant.quant)?);
     }
     // The KV cache must hold the prompt and every decoded token.
     let needed = a.prompt_len + a.gen + 1;
@@ -849,7 +851,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         "commit": env!("GEMMA_WGPU_COMMIT"),
         "model": {
             "path": l.path.display().to_string(),
-            "synthetic": synthetic.map(|s| format!("{s} {}", a.quant)),
+            "synthetic": synthetic.map(|s| format!("{s} {}", a.quant.quant)),
             "name": l.gguf.metadata.str("general.name").unwrap_or(""),
             "arch": cfg.arch.name(),
             "layers": cfg.n_layers,
@@ -979,29 +981,27 @@ fn write_model_report(out: &mut dyn Write, j: &serde_json::Value) -> std::io::Re
             f(&b["decode_gpu_us_per_token"]),
             f(&b["decode_wall_us_per_token"])
         )?;
-        for o in b["decode"].as_array().into_iter().flatten().take(12) {
-            writeln!(
-                out,
-                "  {:<18} {:>6.1} calls {:>8.1} us {:>5.1}%",
-                o["op"].as_str().unwrap_or(""),
-                f(&o["calls"]),
-                f(&o["us"]),
-                f(&o["share"]) * 100.0
-            )?;
-        }
+        write_ops(out, &b["decode"], 12)?;
         writeln!(out, "prefill GPU time {:.2} ms", f(&b["prefill_gpu_ms"]))?;
-        for o in b["prefill"].as_array().into_iter().flatten().take(8) {
-            writeln!(
-                out,
-                "  {:<18} {:>6.1} calls {:>8.1} us {:>5.1}%",
-                o["op"].as_str().unwrap_or(""),
-                f(&o["calls"]),
-                f(&o["us"]),
-                f(&o["share"]) * 100.0
-            )?;
-        }
+        write_ops(out, &b["prefill"], 8)?;
     } else if let Some(note) = r["breakdown_note"].as_str() {
         writeln!(out, "no per-kernel breakdown: {note}")?;
+    }
+    Ok(())
+}
+
+/// The `most` largest rows of a breakdown list.
+fn write_ops(out: &mut dyn Write, ops: &serde_json::Value, most: usize) -> std::io::Result<()> {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    for o in ops.as_array().into_iter().flatten().take(most) {
+        writeln!(
+            out,
+            "  {:<24} {:>6.1} calls {:>8.1} us {:>5.1}%",
+            o["op"].as_str().unwrap_or(""),
+            f(&o["calls"]),
+            f(&o["us"]),
+            f(&o["share"]) * 100.0
+        )?;
     }
     Ok(())
 }

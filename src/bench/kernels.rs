@@ -494,7 +494,7 @@ async fn bench_case(
     let weight_bytes = matrices[0].gpu_bytes();
     let parts = matrices[0].parts.len() as u32;
 
-    let mut rng = SplitMix64(seed ^ 0x5851_f42d_4c95_7f2d);
+    let mut rng = crate::reference::quant::Rng(seed ^ 0x5851_f42d_4c95_7f2d);
     let x_data: Vec<f32> = (0..tokens as usize * k as usize)
         .map(|_| rng.unit())
         .collect();
@@ -784,24 +784,6 @@ async fn replicate(ctx: &GpuContext, first: QuantMatrix, copies: u32) -> Result<
     ctx.wait().await?;
     out.insert(0, first);
     Ok(out)
-}
-
-/// SplitMix64: seedable random activations.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use web_time::Instant;
 use super::kernels::{copy_bandwidth, CopyBandwidth};
 use crate::generate::Generation;
 use crate::gpu::{dispatch_count, OpTime, Profile};
-use crate::model::Model;
+use crate::model::{Candidates, Model};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::Result;
@@ -158,17 +158,23 @@ pub fn bench_prompt(n: u32, vocab: u32) -> Vec<u32> {
         .collect()
 }
 
+/// `steps` single-token steps, each feeding the previous step's most likely token.
+async fn decode_greedy(model: &mut Model, mut c: Candidates, steps: u32) -> Result<()> {
+    for _ in 0..steps {
+        let next = c.ids.first().copied().unwrap_or(0);
+        c = model.forward(&[next], &[], 1.0).await?;
+    }
+    Ok(())
+}
+
 /// Prefill + greedy decode of `gen` tokens from position 0. Returns (prefill s, decode s).
 async fn run_once(model: &mut Model, prompt: &[u32], gen: u32) -> Result<(f64, f64)> {
     model.reset();
     let t0 = Instant::now();
-    let mut c = model.forward(prompt, &[], 1.0).await?;
+    let c = model.forward(prompt, &[], 1.0).await?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    for _ in 0..gen {
-        let next = c.ids.first().copied().unwrap_or(0);
-        c = model.forward(&[next], &[], 1.0).await?;
-    }
+    decode_greedy(model, c, gen).await?;
     Ok((prefill, t1.elapsed().as_secs_f64()))
 }
 
@@ -253,16 +259,7 @@ pub async fn run(
     let c = model.forward(&prompt, &[], 1.0).await?;
     let d1 = dispatch_count();
     let steps = opts.gen.clamp(1, 8);
-    let mut next = c.ids.first().copied().unwrap_or(0);
-    for _ in 0..steps {
-        next = model
-            .forward(&[next], &[], 1.0)
-            .await?
-            .ids
-            .first()
-            .copied()
-            .unwrap_or(0);
-    }
+    decode_greedy(model, c, steps).await?;
     let d2 = dispatch_count();
 
     let mem = model.memory().clone();
@@ -337,16 +334,7 @@ async fn profile(
     model.take_profile();
     let c = model.forward(prompt, &[], 1.0).await?;
     let pre: Profile = model.take_profile().unwrap_or_default();
-    let mut next = c.ids.first().copied().unwrap_or(0);
-    for _ in 0..tokens {
-        next = model
-            .forward(&[next], &[], 1.0)
-            .await?
-            .ids
-            .first()
-            .copied()
-            .unwrap_or(0);
-    }
+    decode_greedy(model, c, tokens).await?;
     let dec: Profile = model.take_profile().unwrap_or_default();
     let per = tokens.max(1) as f64;
     Ok(Breakdown {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::gguf::GgmlType;
 use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
-use crate::quant::QuantMatrix;
+use crate::quant::{QuantMatrix, QuantPart};
 use crate::Result;
 
 const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
@@ -80,6 +80,21 @@ struct Params {
     /// [`MatvecGeluMul`]: elements between rows of `z`, and before row 0's first value.
     z_stride: u32,
     z_offset: u32,
+}
+
+impl Params {
+    fn new(w: &QuantMatrix, part: &QuantPart, z_stride: u32, z_offset: u32) -> Self {
+        Params {
+            k: w.k,
+            rows: part.rows,
+            bpr: w.layout.blocks_per_row(),
+            sbase: part.sbase,
+            row0: part.row0,
+            n: w.n,
+            z_stride,
+            z_offset,
+        }
+    }
 }
 
 /// How the product is written.
@@ -214,19 +229,7 @@ impl Matmul {
             .parts
             .iter()
             .map(|part| {
-                let params = ctx.uniform_init(
-                    "matmul.params",
-                    &Params {
-                        k: w.k,
-                        rows: part.rows,
-                        bpr: w.layout.blocks_per_row(),
-                        sbase: part.sbase,
-                        row0: part.row0,
-                        n: w.n,
-                        z_stride: 0,
-                        z_offset: 0,
-                    },
-                );
+                let params = ctx.uniform_init("matmul.params", &Params::new(w, part, 0, 0));
                 let bind = |kernel: &Kernel| {
                     ctx.bind(
                         kernel,
@@ -329,16 +332,7 @@ impl MatvecGeluMul {
             .map(|part| {
                 let params = ctx.uniform_init(
                     "matvec_gelu_mul.params",
-                    &Params {
-                        k: w.k,
-                        rows: part.rows,
-                        bpr: w.layout.blocks_per_row(),
-                        sbase: part.sbase,
-                        row0: part.row0,
-                        n: w.n,
-                        z_stride,
-                        z_offset,
-                    },
+                    &Params::new(w, part, z_stride, z_offset),
                 );
                 let bind = |kernel: &Kernel| {
                     ctx.bind(

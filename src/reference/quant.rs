@@ -6,11 +6,11 @@ use half::{bf16, f16};
 
 use crate::gguf::GgmlType;
 
-/// Seeded SplitMix64 (the same generator as the test harness).
-struct Rng(u64);
+/// Seeded SplitMix64 (the same generator as the test harness; benchmarks use it too).
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -18,13 +18,13 @@ impl Rng {
         z ^ (z >> 31)
     }
     /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
     /// A finite f16 of random sign and magnitude in [2^lo, 2^hi).
     fn scale(&mut self, lo: f32, hi: f32) -> [u8; 2] {
         let e = lo + (self.unit() * 0.5 + 0.5) * (hi - lo);
-        let sign = if self.next() & 1 == 0 { 1.0 } else { -1.0 };
+        let sign = if self.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
         f16::from_f32(sign * e.exp2()).to_le_bytes()
     }
 }
@@ -43,7 +43,7 @@ pub fn synthetic_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
             GgmlType::F16 => out.extend(f16::from_f32(rng.unit()).to_le_bytes()),
             GgmlType::BF16 => out.extend(bf16::from_f32(rng.unit()).to_le_bytes()),
             _ => {
-                out.extend((0..bb).map(|_| rng.next() as u8));
+                out.extend((0..bb).map(|_| rng.next_u64() as u8));
                 let b = &mut out[start..];
                 // (offset, log2 range) of each f16 field; ranges keep |w| ≲ 1.
                 let fields: &[(usize, f32, f32)] = match ty {
