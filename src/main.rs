@@ -65,9 +65,10 @@ struct ModelArgs {
     /// Tokens the KV cache holds (default: the model's context, at most 8192).
     #[arg(long)]
     context: Option<u32>,
-    /// Prompt tokens per prefill step (more fill a big GPU better; activations grow with it).
-    #[arg(long, default_value_t = 512)]
-    prefill_chunk: u32,
+    /// Prompt tokens per prefill step (default 128, `bench` 512: more fill a big GPU better,
+    /// but activations grow with it; 128 keeps Gemma 4 E2B within a phone's budget).
+    #[arg(long)]
+    prefill_chunk: Option<u32>,
     /// Run under WebGPU's default limits (what a browser gives).
     #[arg(long)]
     webgpu_limits: bool,
@@ -87,6 +88,11 @@ struct ModelArgs {
     #[arg(long)]
     no_pipeline_cache: bool,
 }
+
+/// Prompt tokens per prefill step unless `--prefill-chunk` says otherwise.
+const DEFAULT_PREFILL_CHUNK: u32 = 128;
+/// The same for `bench`.
+const BENCH_PREFILL_CHUNK: u32 = 512;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
@@ -380,7 +386,7 @@ fn load_with(args: &ModelArgs, quiet: bool, opts: GpuOptions) -> Result<Loaded> 
     };
     let load_opts = LoadOptions {
         context: args.context,
-        prefill_chunk: args.prefill_chunk,
+        prefill_chunk: args.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK),
         rows,
         kv_f32: args.kv_f32,
         ..Default::default()
@@ -822,6 +828,8 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     if let Some(arch) = &synthetic {
         a.model.model = Some(synthetic_model(arch, &a.quant.quant)?);
     }
+    // Like llama-bench's 512-token batches (a big GPU wants them; phones want the default).
+    a.model.prefill_chunk.get_or_insert(BENCH_PREFILL_CHUNK);
     // The KV cache must hold the prompt and every decoded token.
     let needed = a.prompt_len + a.gen + 1;
     a.model.context = Some(a.model.context.unwrap_or(0).max(needed));
