@@ -16,7 +16,7 @@
 //
 // Assumptions: k % QBLOCK == 0 (QuantMatrix checks); rows past the part are clamped for reading
 // and never written. The weight type comes from the QUANT define (shaders/quant/).
-// Specialisation: WG ∈ {64, 128} (power of two), ROWS ≥ 1 (8 for NT = 1, 4 for NT = 4), NT ∈ {1, 4},
+// Specialisation: WG ∈ {64, 128} (power of two), ROWS ≥ 1 (MATVEC_ROWS = 4), NT ∈ {1, 4},
 // flags ACC (y +=) and GELU_MUL (exclusive).
 // Precision: weights dequantized to f32, products and all sums in f32 (also in the F16 variant:
 // q·x of Gemma activations can overflow f16).

@@ -22,13 +22,10 @@ const QUANT_PRELUDE: &str = include_str!("../../shaders/quant/prelude.wgsl");
 
 /// Up to this many tokens use the mat-vec kernel (ggml-webgpu switches at `ne[1] <= 4` too).
 pub const MATVEC_MAX_TOKENS: u32 = 4;
-/// Output rows per mat-vec workgroup for `nt` tokens: each activation load serves this many
-/// rows. More rows per workgroup means fewer workgroups, each with a longer chain of loads: 8
-/// rows at one token was 1.3–1.7× slower than 4 on the H100 (BENCHMARKS.md).
-pub const fn matvec_rows(nt: u32) -> u32 {
-    let _ = nt;
-    4
-}
+/// Output rows per mat-vec workgroup: each activation load serves this many rows. More rows
+/// per workgroup means fewer workgroups, each with a longer chain of loads: 8 rows at one token
+/// was 1.3–1.7× slower than 4 on the H100 (BENCHMARKS.md).
+pub const MATVEC_ROWS: u32 = 4;
 /// Output tile of the mat-mat kernel (rows × tokens), mirrored from `shaders/matmul.wgsl`.
 pub const MATMUL_TILE: (u32, u32) = (64, 32);
 
@@ -141,7 +138,7 @@ fn matvec_spec(ty: GgmlType, nt: u32, wg: u32, out: MatvecOut) -> KernelSpec {
         MATVEC,
     )
     .define("WG", wg)
-    .define("ROWS", matvec_rows(nt))
+    .define("ROWS", MATVEC_ROWS)
     .define("NT", nt)
     .define("QUANT", quant_wgsl(ty))
     .flag("ACC", acc)
@@ -277,8 +274,7 @@ impl Op for Matmul {
         pass.set_pipeline(&kernel.pipeline);
         for part in &self.parts {
             let groups = if t <= MATVEC_MAX_TOKENS {
-                part.rows
-                    .div_ceil(matvec_rows(if t == 1 { 1 } else { MATVEC_MAX_TOKENS }))
+                part.rows.div_ceil(MATVEC_ROWS)
             } else {
                 part.rows.div_ceil(MATMUL_TILE.0) * t.div_ceil(MATMUL_TILE.1)
             };
@@ -371,14 +367,10 @@ impl Op for MatvecGeluMul {
         if t == 0 || !Self::covers(t) {
             return;
         }
-        let (kernel, nt) = if t == 1 {
-            (&self.mv1, 1)
-        } else {
-            (&self.mv4, MATVEC_MAX_TOKENS)
-        };
+        let kernel = if t == 1 { &self.mv1 } else { &self.mv4 };
         pass.set_pipeline(&kernel.pipeline);
         for (rows, bg1, bg4, _) in &self.parts {
-            let [x, y, z] = grid(rows.div_ceil(matvec_rows(nt)), self.max_per_dim);
+            let [x, y, z] = grid(rows.div_ceil(MATVEC_ROWS), self.max_per_dim);
             pass.set_bind_group(0, if t == 1 { bg1 } else { bg4 }, &[]);
             crate::gpu::dispatch(pass, [x, y, z]);
         }
