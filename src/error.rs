@@ -22,8 +22,8 @@ pub enum Error {
     #[error("GGUF: {0}")]
     Gguf(String),
 
-    /// The file ends before the data the header describes.
-    #[error("GGUF file is truncated: {0}")]
+    /// The file ends before the data the header describes (most often an unfinished download).
+    #[error("GGUF file is truncated (incomplete download?): {0}")]
     Truncated(String),
 
     /// A metadata key is missing or has the wrong type.
@@ -45,6 +45,16 @@ pub enum Error {
         expected: String,
         found: String,
     },
+
+    /// A tensor's values are unusable (NaN or infinity in a norm weight or scale): refused at
+    /// load, since they would turn every logit into NaN.
+    #[error("tensor `{tensor}`: {problem}")]
+    BadTensorData { tensor: String, problem: String },
+
+    /// The forward pass produced NaN: some weight matrix holds NaN or infinity (matrices are
+    /// not scanned at load; the logits are checked at every readback instead).
+    #[error("the model produced NaN logits at position {position}: its weights hold NaN or infinite values (the file is corrupt)")]
+    NonFiniteLogits { position: u32 },
 
     /// A buffer or binding would exceed what the adapter allows.
     #[error("{what} needs {needed} bytes but the GPU allows {available} ({limit})")]

@@ -82,6 +82,11 @@ impl Generation {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
+        if max_tokens == 0 {
+            return Err(Error::InvalidArgument(
+                "the most tokens to generate (--max-tokens, maxTokens) must be at least 1".into(),
+            ));
+        }
         let room = (model.context - model.position()) as usize;
         if prompt.len() > room {
             return Err(Error::ContextOverflow {

@@ -358,6 +358,8 @@ fn load_with(args: &ModelArgs, quiet: bool, opts: GpuOptions) -> Result<Loaded> 
         None => Tokenizer::from_gguf(&gguf.metadata)
             .with_context(|| format!("building the tokenizer from {}", path.display()))?,
     };
+    tok.check_model_vocab(cfg.vocab)
+        .with_context(|| format!("{}", path.display()))?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(&opts))?);
     if !quiet {
         eprintln!("adapter: {}", ctx.describe());

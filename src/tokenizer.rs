@@ -569,6 +569,19 @@ impl Tokenizer {
         self.inner.pieces.len()
     }
 
+    /// Refuses a tokenizer with ids the model has no embedding row for: those ids would read
+    /// past the table. (A larger table is fine: converters pad it.)
+    pub fn check_model_vocab(&self, model_rows: u32) -> Result<()> {
+        let n = self.vocab_size();
+        if n > model_rows as usize {
+            return Err(Error::Tokenizer(format!(
+                "the vocabulary has {n} tokens but the model's embedding table (token_embd.weight) \
+                 has only {model_rows} rows: the tokenizer does not belong to this model"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.hf.token_to_id(token)
     }

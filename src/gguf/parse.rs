@@ -151,6 +151,39 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// What a file that is not GGUF most likely is, from its first bytes: the usual mistakes are a
+/// web page saved instead of the model, a Git LFS pointer, an image, an archive, or weights in
+/// another format.
+fn sniff(head: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(&head[..head.len().min(64)]).to_ascii_lowercase();
+    let text = text.trim_start();
+    Some(match head {
+        [0xff, 0xd8, 0xff, ..] => "a JPEG image",
+        [0x89, b'P', b'N', b'G', ..] => "a PNG image",
+        [b'G', b'I', b'F', b'8', ..] => "a GIF image",
+        [b'P', b'K', 3, 4, ..] => "a ZIP archive (a PyTorch checkpoint or a zipped download?)",
+        [0x1f, 0x8b, ..] => "a gzip archive: unpack it first",
+        [b'l', b'm', b'g', b'g', ..]
+        | [b't', b'j', b'g', b'g', ..]
+        | [b'f', b'm', b'g', b'g', ..] => {
+            "a pre-GGUF GGML file: convert the model again with a current llama.cpp"
+        }
+        [_, _, _, _, _, _, 0, 0, b'{', ..] => {
+            "a safetensors file: convert it to GGUF with llama.cpp's convert_hf_to_gguf.py"
+        }
+        _ if text.starts_with("version https://git-lfs") => {
+            "a Git LFS pointer, not the file itself (run `git lfs pull`, or download the file)"
+        }
+        _ if text.starts_with("<!doctype html") || text.starts_with("<html") => {
+            "an HTML page (the download returned a web page instead of the model)"
+        }
+        _ if text.starts_with('{') || text.starts_with('[') => {
+            "JSON text (a config or tokenizer file, not the weights)"
+        }
+        _ => return None,
+    })
+}
+
 /// Bytes of one element of a value type; `None` for unknown type ids.
 fn min_value_bytes(ty: u32) -> Option<u64> {
     Some(match ty {
@@ -363,6 +396,10 @@ impl HeaderParser {
             other => other,
         })?;
         if magic != b"GGUF" {
+            let head = &cur.buf[cur.pos - 4..];
+            if let Some(kind) = sniff(head) {
+                return fail(format!("not a GGUF file: it looks like {kind}"));
+            }
             return fail(format!(
                 "not a GGUF file: it starts with bytes {:02x?} ({:?}), expected \"GGUF\"",
                 magic,

@@ -139,8 +139,23 @@ impl ModelConfig {
             key: key(k),
             problem,
         };
-        if n_layers == 0 || hidden == 0 || n_heads == 0 || n_kv_heads == 0 || ff_len == 0 {
-            return Err(bad("block_count", "a model dimension is zero".into()));
+        for (k, v) in [
+            ("block_count", n_layers),
+            ("embedding_length", hidden),
+            ("attention.head_count", n_heads),
+            ("attention.head_count_kv", n_kv_heads),
+            ("feed_forward_length", ff_len),
+        ] {
+            if v == 0 {
+                return Err(bad(k, "is 0".into()));
+            }
+        }
+        check_layer_count(g, &key("block_count"), n_layers)?;
+        if !(rope_scale_full.is_finite() && rope_scale_full > 0.0) {
+            return Err(bad(
+                "rope.scaling.factor",
+                format!("{rope_scale_full} is not a positive number"),
+            ));
         }
         if n_heads % n_kv_heads != 0 {
             return Err(bad(
@@ -166,7 +181,7 @@ impl ModelConfig {
         } else {
             1.0 / (head_dim as f32).sqrt()
         };
-        let vocab = g.tensor("token_embd.weight")?.n_rows() as u32;
+        let vocab = vocab_rows(g)?;
 
         let layers = (0..n_layers as usize)
             .map(|i| {
@@ -218,15 +233,16 @@ impl ModelConfig {
         let n_layers = md.u32(&key("block_count"))?;
         let hidden = md.u32(&key("embedding_length"))?;
         let n_heads = md.u32(&key("attention.head_count"))?;
-        if n_layers == 0 || hidden == 0 || n_heads == 0 {
-            return Err(bad("block_count", "a model dimension is zero".into()));
+        for (k, v) in [
+            ("block_count", n_layers),
+            ("embedding_length", hidden),
+            ("attention.head_count", n_heads),
+        ] {
+            if v == 0 {
+                return Err(bad(k, "is 0".into()));
+            }
         }
-        if n_layers > 4096 {
-            return Err(bad(
-                "block_count",
-                format!("{n_layers} layers is not plausible"),
-            ));
-        }
+        check_layer_count(g, &key("block_count"), n_layers)?;
         let per_layer = |k: &str| per_layer_u32(g, &key(k), n_layers);
         let kv_heads = per_layer("attention.head_count_kv")?;
         let ff = per_layer("feed_forward_length")?;
@@ -343,7 +359,7 @@ impl ModelConfig {
             n_layers,
             hidden,
             n_heads,
-            vocab: g.tensor("token_embd.weight")?.n_rows() as u32,
+            vocab: vocab_rows(g)?,
             context_length,
             sliding_window,
             eps,
@@ -383,7 +399,7 @@ impl Shared {
     fn read(g: &Gguf, arch: &str) -> Result<Self> {
         let md = &g.metadata;
         let key = |k: &str| format!("{arch}.{k}");
-        Ok(Self {
+        let s = Self {
             context_length: md.u32(&key("context_length"))?,
             sliding_window: md.opt_u32(&key("attention.sliding_window"))?.unwrap_or(0),
             eps: md
@@ -391,8 +407,55 @@ impl Shared {
                 .unwrap_or(1e-6),
             theta_full: md.opt_f32(&key("rope.freq_base"))?.unwrap_or(1_000_000.0),
             theta_local: md.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0),
-        })
+        };
+        if s.context_length == 0 {
+            return Err(Error::Metadata {
+                key: key("context_length"),
+                problem: "is 0".into(),
+            });
+        }
+        for (k, v) in [
+            ("attention.layer_norm_rms_epsilon", s.eps),
+            ("rope.freq_base", s.theta_full),
+            ("rope.freq_base_swa", s.theta_local),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::Metadata {
+                    key: key(k),
+                    problem: format!("{v} is not a positive number"),
+                });
+            }
+        }
+        Ok(s)
     }
+}
+
+/// Every layer has several tensors, so a layer count above the file's tensor count is a corrupt
+/// header; checked before anything is sized per layer.
+fn check_layer_count(g: &Gguf, key: &str, n_layers: u32) -> Result<()> {
+    if n_layers as usize > g.tensors.len() {
+        return Err(Error::Metadata {
+            key: key.into(),
+            problem: format!(
+                "{n_layers} layers, but the file has only {} tensors",
+                g.tensors.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The vocabulary size: the rows of the token embedding table.
+fn vocab_rows(g: &Gguf) -> Result<u32> {
+    let t = g.tensor("token_embd.weight")?;
+    u32::try_from(t.n_rows())
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| Error::Shape {
+            tensor: t.name.clone(),
+            expected: "[hidden, vocab] with 1..=4294967295 rows".into(),
+            found: format!("{:?}", t.dims),
+        })
 }
 
 /// A per-layer count stored either as one number for every layer or as an array of

@@ -464,13 +464,27 @@ fn plan(gguf: &Gguf) -> Result<(ModelConfig, TensorPlan)> {
     Ok((cfg, wanted))
 }
 
-/// KV cache length and prefill chunk for `opts`.
-fn sizes(cfg: &ModelConfig, opts: &LoadOptions) -> (u32, u32) {
-    let context = opts
-        .context
-        .unwrap_or(cfg.context_length.min(8192))
-        .clamp(1, cfg.context_length.max(1));
-    (context, opts.prefill_chunk.clamp(1, 1024).min(context))
+/// KV cache length and prefill chunk for `opts`. A context the model was not trained for is
+/// refused rather than clamped, so the caller learns the real limit.
+fn sizes(cfg: &ModelConfig, opts: &LoadOptions) -> Result<(u32, u32)> {
+    let max = cfg.context_length;
+    let context = match opts.context {
+        None => max.min(8192),
+        Some(0) => {
+            return Err(Error::InvalidArgument(
+                "the context length must be at least 1 token".into(),
+            ))
+        }
+        Some(c) if c > max => {
+            return Err(Error::InvalidArgument(format!(
+                "a context of {c} tokens is larger than the model's maximum of {max} \
+                 ({}.context_length)",
+                cfg.arch.name()
+            )))
+        }
+        Some(c) => c,
+    };
+    Ok((context, opts.prefill_chunk.clamp(1, 1024).min(context)))
 }
 
 /// What loading a model will take, known from its header alone.
@@ -498,7 +512,7 @@ pub struct Preflight {
 /// at once with the reason.
 pub fn preflight(gguf: &Gguf, caps: &crate::gpu::Caps, opts: &LoadOptions) -> Result<Preflight> {
     let (cfg, wanted) = plan(gguf)?;
-    let (context, chunk) = sizes(&cfg, opts);
+    let (context, chunk) = sizes(&cfg, opts)?;
     let limit = caps.max_binding.min(caps.max_buffer);
     let mut p = Preflight {
         architecture: gguf.architecture()?.to_string(),
@@ -590,8 +604,11 @@ impl Model {
         opts: &LoadOptions,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Model> {
+        // Everything the header decides (shapes, types, every buffer against the device's
+        // limits) is refused here, before the first byte is uploaded.
+        preflight(gguf, &ctx.caps, opts)?;
         let (cfg, wanted) = plan(gguf)?;
-        let (context, chunk) = sizes(&cfg, opts);
+        let (context, chunk) = sizes(&cfg, opts)?;
         let max_candidates = opts.max_candidates.clamp(1, 64);
         let rows = match (cfg.ple_dim > 0, &opts.rows) {
             (false, _) => None,
@@ -651,13 +668,15 @@ impl Model {
                 continue;
             }
             let bytes = read_tensor_data(src, info).await?;
+            // Norm weights and scales: small, and one NaN or infinity among them turns every
+            // logit into NaN, so they are checked (matrices are not scanned; a non-finite
+            // logit is caught when the step's candidates are read back).
+            let values = crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
+                .map_err(|e| tensor_error(info, e))?;
+            check_finite(info, &values)?;
             if placement == Some(Placement::Host) {
-                let values = crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
-                    .map_err(|e| tensor_error(info, e))?;
                 host.insert(info.name.clone(), values);
             } else {
-                let values = crate::quant::dequantize(info.ty, &bytes, info.n_elements() as usize)
-                    .map_err(|e| tensor_error(info, e))?;
                 let buffer = ctx.storage_init(&info.name, &values)?;
                 memory.weights += buffer.size();
                 memory.group(group).gpu_bytes += buffer.size();
@@ -1543,6 +1562,16 @@ impl Model {
             )
         };
         staging.unmap();
+        // NaN logits mean broken weights (a matrix holding NaN or infinity): report it instead
+        // of sampling garbage.
+        if let Some(r) = result
+            .iter()
+            .position(|c| c.logsumexp.is_nan() || c.values.iter().any(|v| v.is_nan()))
+        {
+            return Err(Error::NonFiniteLogits {
+                position: self.pos - rows + r as u32,
+            });
+        }
         Ok(result)
     }
 
@@ -1663,6 +1692,21 @@ fn attention_params(
         max_tokens: chunk,
         split_keys: 0,
         kv_f32,
+    }
+}
+
+/// `Error::BadTensorData` naming the first NaN or infinite value of a tensor.
+fn check_finite(info: &TensorInfo, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::BadTensorData {
+            tensor: info.name.clone(),
+            problem: format!(
+                "element {i} of {} is {} (the file is corrupt)",
+                values.len(),
+                values[i]
+            ),
+        }),
     }
 }
 

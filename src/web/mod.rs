@@ -47,6 +47,8 @@ pub fn error_code(e: &Error) -> &'static str {
         | Error::UnsupportedTensorType { .. }
         | Error::MissingTensor(_)
         | Error::Shape { .. }
+        | Error::BadTensorData { .. }
+        | Error::NonFiniteLogits { .. }
         | Error::Tokenizer(_) => "bad-model",
         Error::Limit { .. } => "adapter-limits",
         Error::NoAdapter { .. } | Error::Device(_) => "no-webgpu",
@@ -738,6 +740,7 @@ async fn load_model(
     let mut gguf = read_header(&mut src).await?;
     let architecture = gguf.architecture()?.to_string();
     let tok = Tokenizer::from_gguf_taking(&mut gguf.metadata)?;
+    tok.check_model_vocab(crate::model::check(&gguf)?.vocab)?;
     let template = ChatTemplate::from_gguf(&gguf.metadata, &tok)?;
     let opts = LoadOptions {
         rows: Some(src.rows()),
