@@ -288,7 +288,11 @@ fn main() {
     if let Err(e) = result {
         let mut msg = format!("{e}");
         for cause in e.chain().skip(1) {
-            msg.push_str(&format!(": {cause}"));
+            // Some errors already print their source (an I/O error after its path).
+            let cause = cause.to_string();
+            if !msg.ends_with(&cause) {
+                msg.push_str(&format!(": {cause}"));
+            }
         }
         eprintln!("error: {msg}");
         std::process::exit(1);

@@ -23,6 +23,11 @@ pub const MAX_HEADER_BYTES: u64 = 256 << 20;
 /// few MB of hostile header could recurse deep enough to overflow the stack.
 const MAX_ARRAY_DEPTH: u32 = 8;
 
+/// Most elements a list of strings or arrays is sized for before they are read: a count only
+/// proves the file holds 8 or 12 bytes per element, while each costs 24 or more in memory, so
+/// beyond this the list grows with what was actually parsed.
+const MAX_PRESIZE: usize = 1 << 16;
+
 /// GGML's `GGML_MAX_DIMS`.
 const MAX_DIMS: u32 = 4;
 
@@ -277,14 +282,14 @@ fn array(cur: &mut Cursor, depth: u32) -> PResult<Array> {
                 .collect::<PResult<_>>()?,
         ),
         8 => {
-            let mut v = Vec::with_capacity(n);
+            let mut v = Vec::with_capacity(n.min(MAX_PRESIZE));
             for _ in 0..n {
                 v.push(cur.value_string()?);
             }
             Array::String(v)
         }
         9 => {
-            let mut v = Vec::with_capacity(n);
+            let mut v = Vec::with_capacity(n.min(MAX_PRESIZE));
             for _ in 0..n {
                 v.push(array(cur, depth + 1)?);
             }
@@ -468,7 +473,7 @@ impl HeaderParser {
                     self.pending = Some(PendingStrings {
                         key,
                         total,
-                        items: Vec::with_capacity(total),
+                        items: Vec::with_capacity(total.min(MAX_PRESIZE)),
                     });
                     self.pos = cur.offset();
                     return self.kv(cur);
