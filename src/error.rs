@@ -79,6 +79,11 @@ pub enum Error {
     #[error("GPU out of memory: {0}")]
     OutOfMemory(String),
 
+    /// The GPU device was lost (driver reset, GPU removed or reclaimed, or destroyed): nothing
+    /// runs on it again; the model must be loaded again, on a new device.
+    #[error("the GPU device was lost: {0}; load the model again")]
+    DeviceLost(String),
+
     /// A shader failed to compile or validate (a bug, reported instead of a panic).
     #[error("shader `{name}`: {message}")]
     Shader { name: String, message: String },

@@ -282,7 +282,7 @@ pub async fn copy_bandwidth(ctx: &GpuContext) -> Result<CopyBandwidth> {
     let bytes = bytes.min(ctx.caps.max_binding) & !15;
     let make = |label| {
         // [bytes] u8, contents irrelevant
-        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
             usage: wgpu::BufferUsages::COPY_SRC
@@ -291,7 +291,7 @@ pub async fn copy_bandwidth(ctx: &GpuContext) -> Result<CopyBandwidth> {
             mapped_at_creation: false,
         })
     };
-    let (src, dst) = (make("bench.copy.src"), make("bench.copy.dst"));
+    let (src, dst) = (make("bench.copy.src")?, make("bench.copy.dst")?);
     let kernel = ctx.kernel(&copy_spec())?;
     let bind = ctx.bind(&kernel, &[src.as_entire_binding(), dst.as_entire_binding()]);
     let groups = crate::gpu::grid(
@@ -671,12 +671,12 @@ async fn timestamped_rounds(
         count,
     });
     // [rounds, 2] u64 ticks (begin, end)
-    let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+    let resolve = ctx.create_buffer(&wgpu::BufferDescriptor {
         label: Some("bench.timestamps.resolve"),
         size: count as u64 * 8,
         usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
-    });
+    })?;
     let mut encoder = ctx
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {

@@ -38,6 +38,10 @@ pub struct GpuOptions {
     /// Keep compiled pipelines in a file in this directory, where the backend supports a
     /// pipeline cache (Vulkan): later loads skip most of the driver's compilation. Native only.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
+    /// Fault injection for tests: buffer creation through the context's helpers fails with
+    /// [`Error::OutOfMemory`] once the bytes of buffers created since the budget was set would
+    /// exceed this (see [`GpuContext::set_memory_budget`]). `None`: only the device's limits.
+    pub memory_budget: Option<u64>,
 }
 
 /// Largest buffer (and binding) the engine creates unless asked otherwise.
@@ -198,6 +202,22 @@ pub struct GpuContext {
     /// The first GPU error nobody caught (wgpu's default would panic; a browser would only log
     /// it): reported by the next wait or readback, so a failed dispatch never reads as zeros.
     uncaptured: Arc<Mutex<Option<GpuFault>>>,
+    /// Why the device was lost (set by wgpu's device-lost callback or `lose_device_for_test`):
+    /// every later wait, readback, submit and allocation returns [`Error::DeviceLost`].
+    lost: Arc<Mutex<Option<String>>>,
+    /// Bytes of buffers created through this context, and the test budget.
+    allocated: Mutex<Allocated>,
+}
+
+/// What [`GpuContext`]'s buffer helpers have created.
+#[derive(Clone, Copy, Debug, Default)]
+struct Allocated {
+    /// Bytes of every buffer created through the helpers (never decremented: `wgpu::Buffer`
+    /// has no drop hook; live GPU memory is what wgpu's allocator report says).
+    created: u64,
+    /// `created` when the budget was set.
+    base: u64,
+    budget: Option<u64>,
 }
 
 /// An uncaptured GPU error, kept until a wait or readback reports it.
@@ -296,6 +316,22 @@ impl GpuContext {
             }
         }));
 
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let slot = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                let why = match reason {
+                    wgpu::DeviceLostReason::Destroyed => "the device was destroyed",
+                    wgpu::DeviceLostReason::Unknown => "the driver or the browser gave it up",
+                };
+                *slot = Some(match one_line(&message).as_str() {
+                    "" => why.to_string(),
+                    m => format!("{why} ({m})"),
+                });
+            }
+        });
+
         let caps = Caps {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -334,12 +370,139 @@ impl GpuContext {
             kernels: Mutex::new(HashMap::new()),
             compiled: Mutex::new((0, 0.0)),
             uncaptured,
+            lost,
+            allocated: Mutex::new(Allocated {
+                budget: opts.memory_budget,
+                ..Default::default()
+            }),
         })
+    }
+
+    /// `Some(reason)` once the device is lost: nothing will run on it again, and the model
+    /// must be loaded again on a new context.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the device is lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost_reason().is_some()
+    }
+
+    /// `Err(DeviceLost)` once the device is lost.
+    pub fn check_lost(&self) -> Result<()> {
+        match self.lost_reason() {
+            Some(reason) => Err(Error::DeviceLost(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Test hook: destroys the device as a driver reset or a browser reclaiming the GPU would,
+    /// so the error paths of a lost device can be tested. wgpu's device-lost callback records
+    /// the loss (natively at the next poll, in a browser from the event loop), exactly as for a
+    /// real loss; from then on every operation on this context fails with
+    /// [`Error::DeviceLost`]. A new context works.
+    pub fn lose_device_for_test(&self) {
+        self.device.destroy();
+    }
+
+    /// Sets (or with `None` clears) the test memory budget: from now on buffer creation through
+    /// the helpers fails with [`Error::OutOfMemory`] once the bytes created since this call
+    /// would exceed `budget`.
+    pub fn set_memory_budget(&self, budget: Option<u64>) {
+        let mut a = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
+        a.base = a.created;
+        a.budget = budget;
+    }
+
+    /// Bytes of every buffer created through this context's helpers so far (dropped buffers
+    /// included).
+    pub fn created_bytes(&self) -> u64 {
+        self.allocated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .created
+    }
+
+    /// Checks a buffer of `bytes` against the test budget.
+    fn admit(&self, label: &str, bytes: u64) -> Result<()> {
+        let a = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(budget) = a.budget {
+            let used = a.created - a.base;
+            if used + bytes > budget {
+                return Err(Error::OutOfMemory(format!(
+                    "buffer `{label}` needs {bytes} bytes, {used} bytes are allocated and the memory budget is {budget} bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a created buffer.
+    fn count(&self, bytes: u64) {
+        self.allocated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .created += bytes;
+    }
+
+    /// Creates a buffer: the one place the engine allocates GPU memory. Fails with
+    /// `DeviceLost` on a lost device, and with `OutOfMemory` naming the buffer when the test
+    /// budget or (natively, where the error is known at once) the device refuses it.
+    pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> Result<wgpu::Buffer> {
+        self.allocate(desc.label.unwrap_or("buffer"), desc.size, || {
+            self.device.create_buffer(desc)
+        })
+    }
+
+    /// A buffer holding `contents` (through [`GpuContext::create_buffer`]'s checks).
+    pub fn create_buffer_init(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        self.allocate(label, contents.len() as u64, || {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents,
+                    usage,
+                })
+        })
+    }
+
+    fn allocate(
+        &self,
+        label: &str,
+        bytes: u64,
+        create: impl FnOnce() -> wgpu::Buffer,
+    ) -> Result<wgpu::Buffer> {
+        self.check_lost()?;
+        self.admit(label, bytes)?;
+        // Natively the scope resolves at once, so an allocation failure names its buffer. In a
+        // browser it resolves later: there the error reaches the uncaptured-error sink and the
+        // next wait or readback reports it.
+        #[cfg(not(target_arch = "wasm32"))]
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = create();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(error) = super::poll_ready(scope.pop()).flatten() {
+            return Err(Error::OutOfMemory(format!(
+                "buffer `{label}` ({bytes} bytes): {}",
+                one_line(&error.to_string())
+            )));
+        }
+        self.count(bytes);
+        Ok(buffer)
     }
 
     /// The first uncaptured GPU error since the last call, as an error (`OutOfMemory` for
     /// allocation failures).
     pub fn take_fault(&self) -> Option<Error> {
+        if let Some(reason) = self.lost_reason() {
+            return Some(Error::DeviceLost(reason));
+        }
         let fault = self
             .uncaptured
             .lock()
@@ -484,14 +647,14 @@ impl GpuContext {
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         let bytes = bytes.max(4).next_multiple_of(4);
         self.check_storage_size(label, bytes)?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
-        }))
+        })
     }
 
     /// A storage buffer holding `data`.
@@ -503,23 +666,25 @@ impl GpuContext {
             return self.storage_init(label, &padded);
         }
         self.check_storage_size(label, bytes.len() as u64)?;
-        Ok(self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            }))
+        self.create_buffer_init(
+            label,
+            bytes,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )
     }
 
-    /// A uniform buffer holding `value` (kernel parameters, written once at build time).
+    /// A uniform buffer holding `value` (kernel parameters, written once at build time). Its
+    /// few bytes count towards the test budget but are never refused (this helper cannot
+    /// fail; the next fallible allocation reports an exceeded budget).
     pub fn uniform_init<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let contents = bytemuck::bytes_of(value);
+        self.count(contents.len() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
-                contents: bytemuck::bytes_of(value),
+                contents,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             })
     }
@@ -533,12 +698,12 @@ impl GpuContext {
     ) -> Result<Vec<T>> {
         let bytes = (count * std::mem::size_of::<T>()) as u64;
         let padded = bytes.max(4).next_multiple_of(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: padded,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
+        })?;
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -562,6 +727,7 @@ impl GpuContext {
     /// Runs `encode` in one compute pass and one submit, then waits for the GPU (tests and
     /// one-off work; the model's step loop manages its own encoder).
     pub async fn run(&self, encode: impl FnOnce(&mut wgpu::ComputePass<'_>)) -> Result<()> {
+        self.check_lost()?;
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
@@ -578,28 +744,68 @@ impl GpuContext {
 
     /// Waits until all submitted work has finished.
     pub async fn wait(&self) -> Result<()> {
+        self.check_lost()?;
         let (tx, rx) = futures_channel::oneshot::channel();
         self.queue.on_submitted_work_done(move || {
             let _ = tx.send(());
         });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        rx.await
-            .map_err(|_| Error::Readback("device lost".into()))?;
+        self.poll_wait()?;
+        if rx.await.is_err() {
+            return Err(self.lost_or(Error::Readback(
+                "the GPU dropped the completion callback".into(),
+            )));
+        }
         self.check_fault()
+    }
+
+    /// `DeviceLost` when the device is lost (whatever failed then failed because of it), else
+    /// `e`.
+    pub fn lost_or(&self, e: Error) -> Error {
+        match self.lost_reason() {
+            Some(reason) => Error::DeviceLost(reason),
+            None => e,
+        }
+    }
+
+    /// Blocks until the submitted work is done, waking every `POLL_SLICE` to check whether
+    /// the device was lost meanwhile, so a lost device never leaves a wait hanging.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn poll_wait(&self) -> Result<()> {
+        loop {
+            self.check_lost()?;
+            match self.device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(POLL_SLICE),
+            }) {
+                Ok(_) => return Ok(()),
+                Err(wgpu::PollError::Timeout) => continue,
+                Err(e) => return Err(self.lost_or(Error::Readback(e.to_string()))),
+            }
+        }
     }
 }
 
+/// `text` on one line (wgpu's and drivers' messages may span several): the CLI prints every
+/// error as one `error:` line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// How long a native wait blocks before it checks again whether the device was lost.
+#[cfg(not(target_arch = "wasm32"))]
+const POLL_SLICE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Maps `buffer[offset..offset+size]` for reading and waits for it (native: by polling the
-/// device; browser: the promise resolves from the event loop).
+/// device; browser: the promise resolves from the event loop). A lost device gives
+/// `Error::DeviceLost`.
 pub async fn map_read(
     ctx: &GpuContext,
     buffer: &wgpu::Buffer,
     offset: u64,
     size: u64,
 ) -> Result<()> {
+    ctx.check_lost()?;
     let (tx, rx) = futures_channel::oneshot::channel();
     buffer
         .slice(offset..offset + size)
@@ -607,15 +813,12 @@ pub async fn map_read(
             let _ = tx.send(r);
         });
     #[cfg(not(target_arch = "wasm32"))]
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Readback(e.to_string()))?;
-    #[cfg(target_arch = "wasm32")]
-    let _ = ctx;
-    let mapped = rx
-        .await
-        .map_err(|_| Error::Readback("device lost".into()))?
-        .map_err(|e| Error::Readback(e.to_string()));
+    ctx.poll_wait()?;
+    let mapped = match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ctx.lost_or(Error::Readback(e.to_string()))),
+        Err(_) => Err(ctx.lost_or(Error::Readback("the GPU dropped the map callback".into()))),
+    };
     ctx.check_fault()?;
     mapped
 }

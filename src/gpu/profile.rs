@@ -59,18 +59,18 @@ impl Profiler {
             count: capacity,
         });
         let bytes = capacity as u64 * 8;
-        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let resolve = ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some("profile.resolve"),
             size: bytes,
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
-        });
-        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        })?;
+        let readback = ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some("profile.readback"),
             size: bytes,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
+        })?;
         Ok(Self {
             set,
             resolve,

@@ -703,6 +703,10 @@ impl Model {
             memory,
         )?;
         model.memory.largest_buffer = model.memory.largest_buffer.max(model.largest_activation());
+        // The uploads have reached the GPU and any error they raised that nothing caught (an
+        // allocation the device refused, reported late in a browser) fails the load, not the
+        // first token; on `Err` every buffer made so far is dropped with `model`.
+        model.ctx.wait().await?;
         Ok(model)
     }
 
@@ -772,7 +776,7 @@ impl Model {
             rope_of_layer.push(idx);
         }
         let uniform = |label: &str| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            ctx.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: std::mem::size_of::<StepParams>() as u64,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
@@ -788,9 +792,9 @@ impl Model {
         };
 
         let acts = Activations {
-            step: uniform("step"),
+            step: uniform("step")?,
             step_one: ctx.uniform_init("step_one", &StepParams::new(1, 0)),
-            step_tail: sharing.then(|| uniform("step_tail")),
+            step_tail: sharing.then(|| uniform("step_tail")).transpose()?,
             tokens: buf("tokens", c * 4)?,
             h: buf("h", c * hidden * f)?,
             xn: buf("xn", c * hidden * f)?,
@@ -1173,12 +1177,12 @@ impl Model {
 
         let head = Self::build_head(&ctx, &cfg, &acts, &uploads, max_candidates, None)?;
         // Top-k rows of the largest score step, mapped and unmapped every step.
-        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let readback = ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some("topk readback"),
             size: Logits::out_bytes(SCORE_ROWS, MAX_K),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
+        })?;
         let model = Model {
             cfg,
             ctx,
@@ -1440,6 +1444,8 @@ impl Model {
         recent: &[u32],
         penalty: f32,
     ) -> Result<Vec<Candidates>> {
+        // Nothing is written or submitted to a lost device.
+        self.ctx.check_lost()?;
         let ctx = self.ctx.clone();
         let q = &ctx.queue;
         let n = tokens.len() as u32;

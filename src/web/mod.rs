@@ -55,6 +55,7 @@ pub fn error_code(e: &Error) -> &'static str {
         Error::InvalidArgument(_) | Error::ContextOverflow { .. } => "invalid-argument",
         Error::Aborted(_) => "aborted",
         Error::OutOfMemory(_) => "out-of-memory",
+        Error::DeviceLost(_) => "device-lost",
         Error::Io { .. } | Error::IoPlain(_) | Error::Read(_) => "download-failed",
         Error::Shader { .. } | Error::Readback(_) | Error::Gpu(_) => "internal",
     }
@@ -177,6 +178,9 @@ impl HeaderProbe {
 struct CreateOptions {
     f16: bool,
     subgroups: bool,
+    /// Test hook (fault injection): buffer creation fails with `out-of-memory` once the
+    /// engine's buffers would pass this many bytes (see `GpuOptions::memory_budget`).
+    test_memory_budget: Option<f64>,
 }
 
 impl Default for CreateOptions {
@@ -184,6 +188,7 @@ impl Default for CreateOptions {
         Self {
             f16: true,
             subgroups: true,
+            test_memory_budget: None,
         }
     }
 }
@@ -384,6 +389,7 @@ impl Engine {
             backends: Some(wgpu::Backends::BROWSER_WEBGPU),
             disable_f16: !o.f16,
             disable_subgroups: !o.subgroups,
+            memory_budget: o.test_memory_budget.map(|b| b.max(0.0) as u64),
             ..Default::default()
         })
         .await?;
@@ -681,6 +687,13 @@ impl Engine {
         }
         s.loaded = None;
         Ok(())
+    }
+
+    /// Test hook: destroys the GPU device as a driver reset or the browser reclaiming the GPU
+    /// would. Every later request fails with `device-lost`; a new engine (a new load) works.
+    #[wasm_bindgen(js_name = loseDeviceForTest)]
+    pub fn lose_device_for_test(&self) {
+        self.state.borrow().ctx.lose_device_for_test();
     }
 
     /// Current size of the wasm linear memory (it only grows, so this is also its peak).

@@ -10,8 +10,13 @@ export type GemmaErrorCode =
   | 'download-failed'
   /** The file is not a GGUF model this engine can run, or it is truncated. */
   | 'bad-model'
-  /** The GPU or the wasm heap ran out of memory. */
+  /** The GPU or the wasm heap ran out of memory; the failed load or request freed what it allocated. */
   | 'out-of-memory'
+  /**
+   * The GPU device was lost (driver reset, GPU removed, the browser reclaimed it): this model can't
+   * be used any more; load it again with `Gemma.load`.
+   */
+  | 'device-lost'
   /** Stopped by an AbortSignal, or by `break` out of a stream. */
   | 'aborted'
   /** Another generation is running on this model. */
@@ -47,6 +52,11 @@ export interface LoadOptions {
   f16?: boolean;
   /** false: never use subgroup operations even where the adapter has them. */
   subgroups?: boolean;
+  /** Test hooks (fault injection), not for applications. */
+  testHooks?: {
+    /** GPU buffer creation fails with 'out-of-memory' once the engine's buffers would pass this many bytes. */
+    memoryBudget?: number;
+  };
 }
 
 export interface SamplingOptions {
@@ -253,6 +263,12 @@ export class Gemma {
 
   /** Frees the GPU memory and ends the worker; the instance can't be used afterwards. */
   unload(): Promise<void>;
+
+  /**
+   * Test hook, not for applications: destroys this model's GPU device, as a driver reset or the
+   * browser reclaiming the GPU would. The next request fails with 'device-lost'.
+   */
+  loseDeviceForTest(): Promise<void>;
 }
 
 export interface CachedModel {

@@ -87,7 +87,7 @@ class Connection {
       pending.resolve(message.value);
     } else if (message.type === 'error') {
       this.#pending.delete(message.id);
-      if (message.fatal) this.onFatal?.(message.message);
+      if (message.fatal) this.onFatal?.(message.message, message.code);
       pending.reject(new GemmaError(message.code, message.message));
     } else {
       pending.listener?.(message);
@@ -101,7 +101,7 @@ class Connection {
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     for (const { reject } of pending) reject(new GemmaError(code, reason));
-    this.onFatal?.(reason);
+    this.onFatal?.(reason, code);
   }
 }
 
@@ -249,6 +249,7 @@ export class Gemma {
   #name;
   #active = null; // { cancel } of the generation running now
   #closed = null; // why this instance can't be used any more
+  #closedCode = 'internal'; // and the code of that error
   #unloading = null;
 
   /** Use `Gemma.load`. */
@@ -260,14 +261,17 @@ export class Gemma {
     conn.onStats = (s) => {
       this.#stats = s;
     };
-    conn.onFatal = (reason) => {
-      this.#closed ??= `${reason}; load the model again`;
+    conn.onFatal = (reason, code) => {
+      if (this.#closed) return;
+      // A lost device's message already says to load the model again.
+      this.#closed = code === 'device-lost' ? reason : `${reason}; load the model again`;
+      this.#closedCode = code === 'device-lost' ? code : 'internal';
     };
   }
 
   static async load(source, options = {}) {
     if (options === null || typeof options !== 'object') throw invalid('options must be an object');
-    const { onProgress, cache = true, contextLength, signal, f16, subgroups } = options;
+    const { onProgress, cache = true, contextLength, signal, f16, subgroups, testHooks } = options;
     let wireSource;
     if (typeof source === 'string' || source instanceof URL) {
       let url;
@@ -290,6 +294,11 @@ export class Gemma {
     for (const [key, value] of [['f16', f16], ['subgroups', subgroups]]) {
       if (value !== undefined && typeof value !== 'boolean') throw invalid(`${key} must be a boolean`);
     }
+    const testMemoryBudget = testHooks?.memoryBudget;
+    if (testHooks !== undefined && (testHooks === null || typeof testHooks !== 'object')) throw invalid('testHooks must be an object');
+    if (testMemoryBudget !== undefined && !(Number.isSafeInteger(testMemoryBudget) && testMemoryBudget >= 0)) {
+      throw invalid(`testHooks.memoryBudget must be an integer >= 0, got ${String(testMemoryBudget)}`);
+    }
     checkSignal(signal);
     if (!globalThis.navigator?.gpu) {
       throw new GemmaError('no-webgpu', 'WebGPU is not available in this browser (navigator.gpu is missing); gemma-wgpu needs a browser with WebGPU enabled');
@@ -304,7 +313,7 @@ export class Gemma {
       stats = s;
     };
     const { id, done } = conn.request(
-      { type: 'load', source: wireSource, options: { cache: keep, contextLength, f16, subgroups } },
+      { type: 'load', source: wireSource, options: { cache: keep, contextLength, f16, subgroups, testMemoryBudget } },
       (message) => {
         if (message.type !== 'progress' || !onProgress) return;
         try {
@@ -347,7 +356,7 @@ export class Gemma {
    * start; `hooks.onEnd(error, result)` runs before the stream sees the end.
    */
   #start(input, sampling, signal, hooks = {}) {
-    if (this.#closed) throw new GemmaError(this.#unloading ? 'invalid-argument' : 'internal', this.#closed);
+    if (this.#closed) throw new GemmaError(this.#unloading ? 'invalid-argument' : this.#closedCode, this.#closed);
     if (this.#active) throw new GemmaError('busy', 'a generation is already running on this model; wait for it to finish or abort it');
     if (signal?.aborted) throw new GemmaError('aborted', 'the generation was aborted');
     let stream;
@@ -480,6 +489,16 @@ export class Gemma {
   /** The latest numbers: model, memory, and the last generation's speed. */
   stats() {
     return structuredClone(this.#stats);
+  }
+
+  /**
+   * Test hook, not for applications: destroys this model's GPU device, as a driver reset or the
+   * browser reclaiming the GPU would. The next request fails with 'device-lost' and the
+   * instance can't be used afterwards; `Gemma.load` works again.
+   */
+  async loseDeviceForTest() {
+    if (this.#closed) throw new GemmaError(this.#unloading ? 'invalid-argument' : this.#closedCode, this.#closed);
+    await this.#conn.request({ type: 'loseDeviceForTest' }).done;
   }
 
   /** Frees the GPU memory and ends the worker. The instance can't be used afterwards. */

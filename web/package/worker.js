@@ -1,8 +1,8 @@
 // The module worker that owns the engine: one per loaded model. It runs requests from index.js
 // one at a time and streams their progress and tokens back.
 //
-// Page → worker: {type: 'load' | 'generate' | 'unload', id, ...} and {type: 'abort', id} (stops
-// request `id`). Worker → page: {type: 'progress' | 'started' | 'piece', id, ...} while a
+// Page → worker: {type: 'load' | 'generate' | 'unload' | 'loseDeviceForTest', id, ...} and
+// {type: 'abort', id} (stops request `id`). Worker → page: {type: 'progress' | 'started' | 'piece', id, ...} while a
 // request runs, then exactly one {type: 'result', id, value} or {type: 'error', id, code,
 // message, fatal}; {type: 'stats', stats} whenever the numbers change; {type: 'fatal', message}
 // when the engine crashed outside any request.
@@ -16,6 +16,7 @@ const CODES = new Set([
   'download-failed',
   'bad-model',
   'out-of-memory',
+  'device-lost',
   'aborted',
   'busy',
   'invalid-argument',
@@ -47,7 +48,8 @@ self.addEventListener('error', (event) => {
 
 let engine = null;
 let model = null; // { info, plan, adapter, release }
-let crashed = null; // why the engine was dropped after a panic
+let crashed = null; // why the engine was dropped (a panic, a lost device)
+let crashedCode = 'internal';
 const controllers = new Map();
 let queue = Promise.resolve();
 
@@ -86,11 +88,18 @@ function describe(err, signal) {
   if (signal.aborted) return { code: 'aborted', message: err?.code === 'aborted' ? err.message : 'the request was aborted' };
   const code = CODES.has(err?.code) ? err.code : 'internal';
   const message = err?.message ? String(err.message) : String(err);
+  if (code === 'device-lost') {
+    // Nothing runs on a lost device again: free the engine now; every later request gets the
+    // same error, and the page loads the model again (in a new worker, on a new device).
+    dropEngine(message, code);
+    return { code, message, fatal: true };
+  }
   return { code, message, fatal: false };
 }
 
-function dropEngine(reason) {
+function dropEngine(reason, code = 'internal') {
   crashed = reason;
+  crashedCode = code;
   try {
     engine?.free();
   } catch {
@@ -102,7 +111,7 @@ function dropEngine(reason) {
 }
 
 function requireEngine() {
-  if (crashed) throw codedError('internal', crashed);
+  if (crashed) throw codedError(crashedCode, crashed);
   if (!engine || !model) throw codedError('internal', 'no model is loaded');
   return engine;
 }
@@ -144,7 +153,11 @@ async function load({ id, source, options }, signal) {
   } catch (err) {
     throw codedError('internal', `the engine's wasm module could not be started: ${err?.message ?? err}`);
   }
-  engine = await Engine.create({ f16: options.f16 !== false, subgroups: options.subgroups !== false });
+  engine = await Engine.create({
+    f16: options.f16 !== false,
+    subgroups: options.subgroups !== false,
+    testMemoryBudget: options.testMemoryBudget,
+  });
   const adapter = engine.adapter();
   const onProgress = ({ phase, loaded, total }) => post({ type: 'progress', id, phase, loaded, total });
   const contextLength = options.contextLength;
@@ -221,6 +234,12 @@ const handlers = {
       cachedTokens: started.cachedTokens,
       generatedTokens,
     };
+  },
+
+  // Test hook: destroys the GPU device, as a driver reset or the browser reclaiming the GPU would.
+  async loseDeviceForTest() {
+    requireEngine().loseDeviceForTest();
+    return null;
   },
 
   async unload() {

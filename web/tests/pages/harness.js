@@ -33,6 +33,16 @@ window.harness = {
     }
   },
 
+  /** Test hook: destroys the GPU device of model `key`. */
+  async loseDevice(key) {
+    try {
+      await models.get(key).loseDeviceForTest();
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, error: describe(err) };
+    }
+  },
+
   async unload(key) {
     await models.get(key)?.unload();
     models.delete(key);
