@@ -139,18 +139,17 @@ impl ModelConfig {
             key: key(k),
             problem,
         };
-        for (k, v) in [
-            ("block_count", n_layers),
-            ("embedding_length", hidden),
-            ("attention.head_count", n_heads),
-            ("attention.head_count_kv", n_kv_heads),
-            ("feed_forward_length", ff_len),
-        ] {
-            if v == 0 {
-                return Err(bad(k, "is 0".into()));
-            }
-        }
-        check_layer_count(g, &key("block_count"), n_layers)?;
+        check_dims(
+            g,
+            arch_name,
+            &[
+                ("block_count", n_layers),
+                ("embedding_length", hidden),
+                ("attention.head_count", n_heads),
+                ("attention.head_count_kv", n_kv_heads),
+                ("feed_forward_length", ff_len),
+            ],
+        )?;
         if !(rope_scale_full.is_finite() && rope_scale_full > 0.0) {
             return Err(bad(
                 "rope.scaling.factor",
@@ -233,16 +232,15 @@ impl ModelConfig {
         let n_layers = md.u32(&key("block_count"))?;
         let hidden = md.u32(&key("embedding_length"))?;
         let n_heads = md.u32(&key("attention.head_count"))?;
-        for (k, v) in [
-            ("block_count", n_layers),
-            ("embedding_length", hidden),
-            ("attention.head_count", n_heads),
-        ] {
-            if v == 0 {
-                return Err(bad(k, "is 0".into()));
-            }
-        }
-        check_layer_count(g, &key("block_count"), n_layers)?;
+        check_dims(
+            g,
+            arch_name,
+            &[
+                ("block_count", n_layers),
+                ("embedding_length", hidden),
+                ("attention.head_count", n_heads),
+            ],
+        )?;
         let per_layer = |k: &str| per_layer_u32(g, &key(k), n_layers);
         let kv_heads = per_layer("attention.head_count_kv")?;
         let ff = per_layer("feed_forward_length")?;
@@ -430,17 +428,26 @@ impl Shared {
     }
 }
 
-/// Every layer has several tensors, so a layer count above the file's tensor count is a corrupt
-/// header; checked before anything is sized per layer.
-fn check_layer_count(g: &Gguf, key: &str, n_layers: u32) -> Result<()> {
+/// Refuses a zero among the model dimensions `dims` (`(key, value)`, `block_count` first), and a
+/// layer count above the file's tensor count (every layer has several tensors, so that header is
+/// corrupt); checked before anything is sized per layer.
+fn check_dims(g: &Gguf, arch: &str, dims: &[(&str, u32)]) -> Result<()> {
+    let bad = |k: &str, problem: String| Error::Metadata {
+        key: format!("{arch}.{k}"),
+        problem,
+    };
+    if let Some((k, _)) = dims.iter().find(|(_, v)| *v == 0) {
+        return Err(bad(k, "is 0".into()));
+    }
+    let n_layers = dims[0].1;
     if n_layers as usize > g.tensors.len() {
-        return Err(Error::Metadata {
-            key: key.into(),
-            problem: format!(
+        return Err(bad(
+            "block_count",
+            format!(
                 "{n_layers} layers, but the file has only {} tensors",
                 g.tensors.len()
             ),
-        });
+        ));
     }
     Ok(())
 }
