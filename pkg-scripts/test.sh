@@ -1,13 +1,38 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what it needs (pkg-scripts/setup.sh),
-# then `cargo test`, then the browser tests (pkg-scripts/test-web.sh). Without a GPU the kernels
-# run on Mesa's lavapipe (software Vulkan) and Chromium's SwiftShader.
+# then `cargo test`, the portability checks (clippy native and wasm32, `cargo check` for macOS
+# and iOS: pkg-scripts/check-portability.sh), 60 s of each fuzz target (pkg-scripts/fuzz.sh),
+# then the browser tests (pkg-scripts/test-web.sh). Without a GPU the kernels run on Mesa's
+# lavapipe (software Vulkan) and Chromium's SwiftShader.
+#
+# The fuzz targets and the Apple targets build in their own target directories, in the
+# background at low priority while the tests run: the GPU tests on lavapipe leave a core idle
+# much of the time, and those builds would otherwise add ten minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkg-scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 export LP_NUM_THREADS="${LP_NUM_THREADS:-$(nproc)}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+
+logs=$(mktemp -d)
+cargo test --locked --no-run "$@"
+nice -n 19 pkg-scripts/fuzz.sh --build-only > "$logs/fuzz-build" 2>&1 &
+fuzz_build=$!
+nice -n 19 pkg-scripts/check-portability.sh --apple-only > "$logs/apple" 2>&1 &
+apple=$!
+
 cargo test --locked "$@"
+
+status=0
+wait "$fuzz_build" || status=$?
+tail -n 5 "$logs/fuzz-build"
+[ "$status" -eq 0 ] || { echo "test: the fuzz build failed:" >&2; cat "$logs/fuzz-build" >&2; exit 1; }
+wait "$apple" || status=$?
+cat "$logs/apple"
+[ "$status" -eq 0 ] || { echo "test: the Apple targets do not check" >&2; exit 1; }
+
+pkg-scripts/check-portability.sh --no-apple
+FUZZ_PARALLEL=2 pkg-scripts/fuzz.sh 60
 # The browser build, in headless Chromium's WebGPU (installs Chromium and the npm tooling).
 pkg-scripts/test-web.sh

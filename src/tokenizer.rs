@@ -391,6 +391,21 @@ impl Tokenizer {
                 )));
             }
         }
+        // Every merge must make a vocabulary piece. `tokenizers` checks this too, but first
+        // copies the joined pair into a buffer as long as the longest piece, and panics when
+        // the pair is longer (found by fuzzing tokenizer.json; a GGUF's merges reach it too).
+        let mut joined = String::new();
+        for (i, (a, b)) in merges.iter().enumerate() {
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            if !vocab.contains_key(joined.as_str()) {
+                return Err(Error::Metadata {
+                    key: "tokenizer.ggml.merges".into(),
+                    problem: format!("entry {i} ({a:?} + {b:?}) does not make a vocabulary piece"),
+                });
+            }
+        }
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .unk_token(unk)
@@ -453,6 +468,9 @@ impl Tokenizer {
 
     /// [`Tokenizer::from_json_file`] for bytes already in memory (the browser has no files).
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Tokenizer> {
+        // `tokenizers` panics (an `expect` in its decoder deserializer) on malformed JSON inside
+        // the "decoder" object; reject malformed JSON first.
+        check_json(bytes)?;
         let hf = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
         let n = hf.get_vocab_size(true);
         let mut pieces = Vec::with_capacity(n);
@@ -595,6 +613,18 @@ impl Tokenizer {
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.inner.hf
     }
+}
+
+/// `Ok` if `bytes` is one well-formed JSON value as serde_json reads it (UTF-8, no control
+/// characters or lone UTF-16 surrogates in strings, finite numbers, fewer than 128 levels of
+/// nesting). Some tokenizer.json errors are panics in `tokenizers` rather than `Err` (see
+/// [`Tokenizer::from_json_bytes`]); those found by fuzzing need malformed JSON, which this
+/// rejects beforehand. It parses into a `Value` (not `IgnoredAny`, which skips escapes
+/// unchecked).
+fn check_json(bytes: &[u8]) -> Result<()> {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .map(|_| ())
+        .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))
 }
 
 fn piece_of(t: &str) -> Piece {
@@ -844,6 +874,25 @@ mod tests {
     }
 
     #[test]
+    fn merges_must_make_vocabulary_pieces() {
+        // The joined pair is longer than every piece: `tokenizers` would panic on it.
+        let mut m = Metadata::default();
+        for (k, v) in gemma4_metadata("gemma4", "gemma4").iter() {
+            let v = if k == "tokenizer.ggml.merges" {
+                strings(&["h e", "<|tool_response> <|tool_response>"])
+            } else {
+                v.clone()
+            };
+            m.insert(k.to_string(), v).unwrap();
+        }
+        let e = Tokenizer::from_gguf(&m).unwrap_err().to_string();
+        assert!(
+            e.contains("entry 1") && e.contains("vocabulary piece"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn derive_merges_orders_like_transformers() {
         // Score first (desc), then left length, then right length (both desc); equal keys keep
         // piece order, and within a piece (left id, right id) order.
@@ -863,5 +912,50 @@ mod tests {
         assert_eq!(byte_token("<0xff>"), Some(255));
         assert_eq!(byte_token("<0x1>"), None);
         assert_eq!(byte_token("<0xZZ>"), None);
+    }
+
+    #[test]
+    fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+        for ok in [
+            "{}",
+            " [ ] ",
+            "0",
+            "-0.5e+10",
+            "[1, -2, 3.25E-3, true, false, null, \"a\\\"\\u00e9\\ud83d\\ude00\\n\", {\"k\": [{}]}]",
+            "{\"a\":{\"b\":\"\u{2581}\"}}",
+        ] {
+            assert!(check_json(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        let real = include_bytes!("../tests/data/gemma4/tokenizer.json");
+        assert!(check_json(real).is_ok());
+        let deep_ok = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        assert!(check_json(deep_ok.as_bytes()).is_ok());
+        let too_deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\" 1}",
+            "{1: 2}",
+            "01",
+            "1.",
+            "1e400",
+            "tru",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"\\u+abc\"",
+            "\"\\x\"",
+            "\"a\tb\"",
+            "{} {}",
+            too_deep.as_str(),
+        ] {
+            assert!(check_json(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        // Invalid UTF-8 inside the decoder made `tokenizers` panic (found by fuzz/tokenizer_json).
+        let e =
+            Tokenizer::from_json_bytes(b"{\"decoder\":{\"type\":\"Replace\",\"content\xc4\":1}}")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
     }
 }

@@ -95,6 +95,7 @@ impl ModelConfig {
     /// Reads and checks the hyper-parameters of a GGUF header.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let arch = Arch::from_name(g.architecture()?)?;
+        check_tensor_bytes(g)?;
         match arch {
             Arch::Gemma3 => Self::gemma3(g),
             Arch::Gemma4 => Self::gemma4(g),
@@ -448,6 +449,29 @@ fn check_dims(g: &Gguf, arch: &str, dims: &[(&str, u32)]) -> Result<()> {
                 g.tensors.len()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Most tensor data a model may have: 1 TiB, far above any Gemma (27B in F32 is 108 GB).
+/// Bounding it bounds what the loader plans per tensor from shapes alone: a header whose size
+/// was unknown (so nothing bounded its tensors by the file) describing petabytes of matrices
+/// made `preflight` list tens of millions of buffer parts (found by fuzz/gguf).
+const MAX_TENSOR_DATA: u64 = 1 << 40;
+
+/// Refuses a header whose tensors add up to more than [`MAX_TENSOR_DATA`].
+fn check_tensor_bytes(g: &Gguf) -> Result<()> {
+    let total = g
+        .tensors
+        .iter()
+        .fold(0u64, |s, t| s.saturating_add(t.n_bytes));
+    if total > MAX_TENSOR_DATA {
+        return Err(Error::Limit {
+            what: "the model's tensor data".into(),
+            needed: total,
+            available: MAX_TENSOR_DATA,
+            limit: "1 TiB, more than any GPU holds",
+        });
     }
     Ok(())
 }
