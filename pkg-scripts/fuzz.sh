@@ -4,7 +4,7 @@
 # libFuzzer's memory and time limits, and the script prints its exec count and exec/s.
 # Exits non-zero on any crash, panic, timeout or out-of-memory, naming the reproducer.
 #
-#   pkg-scripts/fuzz.sh [--build-only] [SECONDS] [TARGET...]   (default: gguf tokenizer chat)
+#   pkg-scripts/fuzz.sh [--build-only] [SECONDS] [TARGET...]   (default: every target)
 #
 # Environment: FUZZ_TARGET_DIR (cargo target dir; default ~/.cache/gemma-wgpu/fuzz-target, which
 # outlives a checkout, so a later run, CI's in a fresh clone included, skips the 4-10 minute
@@ -23,11 +23,9 @@ fi
 secs="${1:-60}"
 [ $# -gt 0 ] && shift
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [--build-only] [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
-# tokenizer_json is left out by default: it hits a known panic in the tokenizers crate
-# (fuzz/README.md); name it to run it.
 all=(gguf tokenizer chat tokenizer_json)
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(gguf tokenizer chat)
+[ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 target_dir="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gemma-wgpu/fuzz-target}"
 parallel="${FUZZ_PARALLEL:-1}"
 

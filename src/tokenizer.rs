@@ -622,9 +622,56 @@ impl Tokenizer {
 /// rejects beforehand. It parses into a `Value` (not `IgnoredAny`, which skips escapes
 /// unchecked).
 fn check_json(bytes: &[u8]) -> Result<()> {
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .map(|_| ())
-        .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))
+    let doc = serde_json::from_slice::<serde_json::Value>(bytes)
+        .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
+    check_json_merges(&doc)
+}
+
+/// Refuses a BPE merge whose parts do not join into a vocabulary piece: `tokenizers` copies the
+/// joined pair into a buffer as long as the longest piece before looking it up, and panics
+/// when it is longer (models/bpe/model.rs, 0.23.2; found by fuzz/tokenizer_json). The GGUF
+/// path checks its merges the same way in [`Tokenizer::from_spec`].
+fn check_json_merges(doc: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    let model = doc.get("model");
+    let vocab = model
+        .and_then(|m| m.get("vocab"))
+        .and_then(Value::as_object);
+    let merges = model
+        .and_then(|m| m.get("merges"))
+        .and_then(Value::as_array);
+    let (Some(vocab), Some(merges)) = (vocab, merges) else {
+        return Ok(()); // not a BPE model, or one `tokenizers` rejects by itself
+    };
+    // `tokenizers` joins `a` with `b` minus the prefix.
+    let prefix = model
+        .and_then(|m| m.get("continuing_subword_prefix"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut joined = String::new();
+    for (i, m) in merges.iter().enumerate() {
+        // `["a", "b"]`, or the legacy `"a b"` (`#version` lines are skipped, like there).
+        let (a, b) = match m {
+            Value::Array(p) if p.len() == 2 => (p[0].as_str(), p[1].as_str()),
+            Value::String(s) if !s.starts_with("#version") => match s.split_once(' ') {
+                Some((a, b)) => (Some(a), Some(b)),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let (Some(a), Some(b)) = (a, b) else { continue };
+        joined.clear();
+        joined.push_str(a);
+        // A `b` shorter than the prefix underflows there.
+        let rest = b.get(prefix.len()..);
+        joined.push_str(rest.unwrap_or_default());
+        if rest.is_none() || !vocab.contains_key(&joined) {
+            return Err(Error::Tokenizer(format!(
+                "tokenizer.json: merge {i} ({a:?} + {b:?}) does not make a vocabulary piece"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn piece_of(t: &str) -> Piece {
@@ -957,5 +1004,15 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(e.contains("not valid JSON"), "{e}");
+        // A merge longer than every piece made `tokenizers` panic too (fuzz/tokenizer_json).
+        for merges in [r#"[["aaa", "bbb"]]"#, r#"["aaa bbb"]"#] {
+            let json = format!(
+                r#"{{"model": {{"type": "BPE", "vocab": {{"aaa": 0, "bbb": 1}}, "merges": {merges}}}}}"#
+            );
+            let e = Tokenizer::from_json_bytes(json.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("merge 0"), "{e}");
+        }
     }
 }

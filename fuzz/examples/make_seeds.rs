@@ -221,6 +221,18 @@ fn gguf_seeds() {
     assert_eq!(layers[at..at + 4], 4u32.to_le_bytes()); // the value type, u32
     layers[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
     put("gemma3-4g-layers.header", &layers);
+    // 2^23 + 1 heads of 512: wider than u32 in all (the KV-cache size overflowed).
+    let heads = SynthSpec {
+        n_heads: (1 << 23) + 1,
+        n_kv_heads: (1 << 23) + 1,
+        head_dim: 512,
+        head_dim_full: 512,
+        ..g3.clone()
+    };
+    put(
+        "gemma3-heads-overflow.header",
+        &heads.plan().unwrap().header().unwrap(),
+    );
 
     // Hand-made headers, each wrong in one way.
     put("small-valid", &small_valid(|_, _| {}));

@@ -169,6 +169,7 @@ impl ModelConfig {
                 format!("head size {head_dim} (value {value_len}) is not supported: one of {HEAD_DIMS:?}, keys = values"),
             ));
         }
+        check_heads_width(arch_name, n_heads, head_dim)?;
 
         // Sliding layers: an explicit pattern if the converter wrote one (newer llama.cpp), else
         // llama.cpp's hard-coded period of 6 (layer i is local iff i % 6 < 5).
@@ -312,6 +313,7 @@ impl ModelConfig {
                     ),
                 ));
             }
+            check_heads_width(arch_name, n_heads, head_dim)?;
             // A shared layer reads the cache of the last earlier layer of its own type
             // (transformers' `kv_sharing` rule; GEMMA.md §1.2).
             let kv_source = if (i as u32) < first_shared {
@@ -471,6 +473,20 @@ fn check_tensor_bytes(g: &Gguf) -> Result<()> {
             needed: total,
             available: MAX_TENSOR_DATA,
             limit: "1 TiB, more than any GPU holds",
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a head count whose heads are wider than `u32` in all (a hostile header): the
+/// loader sizes attention buffers in `u32` from `heads × head size` (preflight's KV-cache size
+/// overflowed on one, found while triaging fuzz/gguf). KV heads divide the query heads, so this bounds
+/// them too.
+fn check_heads_width(arch: &str, n_heads: u32, head_dim: u32) -> Result<()> {
+    if n_heads.checked_mul(head_dim).is_none() {
+        return Err(Error::Metadata {
+            key: format!("{arch}.attention.head_count"),
+            problem: format!("{n_heads} heads of size {head_dim} are not plausible"),
         });
     }
     Ok(())
