@@ -33,6 +33,6 @@ cat "$logs/apple"
 [ "$status" -eq 0 ] || { echo "test: the Apple targets do not check" >&2; exit 1; }
 
 pkg-scripts/check-portability.sh --no-apple
-FUZZ_PARALLEL=2 pkg-scripts/fuzz.sh 60
+FUZZ_PARALLEL=4 pkg-scripts/fuzz.sh 60
 # The browser build, in headless Chromium's WebGPU (installs Chromium and the npm tooling).
 pkg-scripts/test-web.sh
