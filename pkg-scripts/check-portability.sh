@@ -29,7 +29,8 @@ if [ "$mode" != --no-apple ]; then
     if rustup target add "${apple[@]}" >&2; then
         # Type-checking needs no Apple SDK or linker; both targets in one cargo run share the
         # host-side build scripts and proc-macros.
-        cargo check --locked --target-dir target/apple "${apple[@]/#/--target=}"
+        # The library: the engine an Apple app embeds (the CLI adds only portable crates).
+        cargo check --locked --target-dir target/apple --lib --no-default-features "${apple[@]/#/--target=}"
         say "cargo check: ${apple[*]} clean"
     else
         # Without the rustup download the Metal proof is naga's translation of every kernel to
