@@ -4,7 +4,8 @@
 # where wgpu uses Metal: code behind cfg(target_os = ...) and Metal-only dependencies are
 # compiled nowhere else). Installs the rustup components and targets it needs.
 #   pkg-scripts/check-portability.sh [--apple-only | --no-apple]
-# The Apple check builds in target/apple, so it can run beside a `cargo test` of the same tree.
+# Clippy builds in target/lint and the Apple check in target/apple, so they can run beside a
+# `cargo test` of the same tree (the test suite runs them in the background).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -18,9 +19,10 @@ if [ "$mode" != --apple-only ]; then
     rustup component add clippy rustfmt >&2
     cargo fmt --all -- --check
     say "cargo fmt: clean"
-    cargo clippy --locked --all-targets -- -D warnings
+    cargo clippy --locked --target-dir target/lint --all-targets -- -D warnings
     rustup target add wasm32-unknown-unknown >&2
-    cargo clippy --locked --target wasm32-unknown-unknown --lib --no-default-features -- -D warnings
+    cargo clippy --locked --target-dir target/lint --target wasm32-unknown-unknown --lib \
+        --no-default-features -- -D warnings
     say "clippy -D warnings: native and wasm32 clean"
 fi
 

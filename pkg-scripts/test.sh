@@ -5,9 +5,9 @@
 # then the browser tests (pkg-scripts/test-web.sh). Without a GPU the kernels run on Mesa's
 # lavapipe (software Vulkan) and Chromium's SwiftShader.
 #
-# The fuzz targets and the Apple targets build in their own target directories, in the
+# The fuzz targets, clippy and the Apple check build in their own target directories, in the
 # background at low priority while the tests run: the GPU tests on lavapipe leave a core idle
-# much of the time, and those builds would otherwise add ten minutes.
+# much of the time, and those builds would otherwise add a quarter of an hour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkg-scripts/setup.sh
@@ -19,8 +19,8 @@ logs=$(mktemp -d)
 cargo test --locked --no-run "$@"
 nice -n 19 pkg-scripts/fuzz.sh --build-only > "$logs/fuzz-build" 2>&1 &
 fuzz_build=$!
-nice -n 19 pkg-scripts/check-portability.sh --apple-only > "$logs/apple" 2>&1 &
-apple=$!
+nice -n 19 pkg-scripts/check-portability.sh > "$logs/portability" 2>&1 &
+portability=$!
 
 cargo test --locked "$@"
 
@@ -28,11 +28,10 @@ status=0
 wait "$fuzz_build" || status=$?
 tail -n 5 "$logs/fuzz-build"
 [ "$status" -eq 0 ] || { echo "test: the fuzz build failed:" >&2; cat "$logs/fuzz-build" >&2; exit 1; }
-wait "$apple" || status=$?
-cat "$logs/apple"
-[ "$status" -eq 0 ] || { echo "test: the Apple targets do not check" >&2; exit 1; }
+wait "$portability" || status=$?
+cat "$logs/portability"
+[ "$status" -eq 0 ] || { echo "test: the portability checks failed" >&2; exit 1; }
 
-pkg-scripts/check-portability.sh --no-apple
 FUZZ_PARALLEL=4 pkg-scripts/fuzz.sh 60
 # The browser build, in headless Chromium's WebGPU (installs Chromium and the npm tooling).
 pkg-scripts/test-web.sh
