@@ -23,10 +23,17 @@ pub const MAX_HEADER_BYTES: u64 = 256 << 20;
 /// few MB of hostile header could recurse deep enough to overflow the stack.
 const MAX_ARRAY_DEPTH: u32 = 8;
 
-/// Most elements a list of strings or arrays is sized for before they are read: a count only
-/// proves the file holds 8 or 12 bytes per element, while each costs 24 or more in memory, so
-/// beyond this the list grows with what was actually parsed.
-const MAX_PRESIZE: usize = 1 << 16;
+/// Capacity to reserve for `n` elements of `T` before they are read: a count only proves the
+/// file holds 8 or 12 bytes per element while each costs `size_of::<T>()` in memory, so the
+/// reservation never exceeds the bytes left in the file (beyond that the list grows with what
+/// was actually parsed). A real vocabulary is reserved whole, in one allocation.
+fn presize<T>(cur: &Cursor, n: usize) -> usize {
+    let left = cur
+        .file_size
+        .unwrap_or(MAX_HEADER_BYTES)
+        .saturating_sub(cur.offset());
+    n.min((left / std::mem::size_of::<T>() as u64) as usize)
+}
 
 /// GGML's `GGML_MAX_DIMS`.
 const MAX_DIMS: u32 = 4;
@@ -282,14 +289,14 @@ fn array(cur: &mut Cursor, depth: u32) -> PResult<Array> {
                 .collect::<PResult<_>>()?,
         ),
         8 => {
-            let mut v = Vec::with_capacity(n.min(MAX_PRESIZE));
+            let mut v = Vec::with_capacity(presize::<String>(cur, n));
             for _ in 0..n {
                 v.push(cur.value_string()?);
             }
             Array::String(v)
         }
         9 => {
-            let mut v = Vec::with_capacity(n.min(MAX_PRESIZE));
+            let mut v = Vec::with_capacity(presize::<Array>(cur, n));
             for _ in 0..n {
                 v.push(array(cur, depth + 1)?);
             }
@@ -473,7 +480,7 @@ impl HeaderParser {
                     self.pending = Some(PendingStrings {
                         key,
                         total,
-                        items: Vec::with_capacity(total.min(MAX_PRESIZE)),
+                        items: Vec::with_capacity(presize::<String>(cur, total)),
                     });
                     self.pos = cur.offset();
                     return self.kv(cur);
