@@ -27,8 +27,8 @@ const WG: u32 = 64u;
 // [0] = S, then o [S, T·nq, d], then (m, l) [S, T·nq, 2] (layout of attention.wgsl).
 @group(0) @binding(0) var<storage, read> part: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<vec2<f32>>;  // [T, nq, d] f32
-@group(0) @binding(2) var<uniform> p: Params;
-@group(0) @binding(3) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> p: Params;
+@group(0) @binding(3) var<storage, read> step: Step;
 
 @compute @workgroup_size(64)
 fn main(inv: Invocation, grp: Workgroup) {

@@ -38,8 +38,8 @@ const WG: u32 = {{WG}}u;
 #else
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;        // [n_tokens, n_heads, d] f32
 #endif
-@group(0) @binding(4) var<uniform> p: Params;
-@group(0) @binding(5) var<uniform> step: Step;
+@group(0) @binding(4) var<storage, read> p: Params;
+@group(0) @binding(5) var<storage, read> step: Step;
 
 // Normalised element j of the head starting at `base`.
 fn normed(base: u32, j: u32, scale: f32) -> f32 {

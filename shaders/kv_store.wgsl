@@ -25,8 +25,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(1) var<storage, read> v_new: array<u32>;           // [T, nkv, words]
 @group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;   // [cap, nkv, words]
 @group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;   // [cap, nkv, words]
-@group(0) @binding(4) var<uniform> p: Params;
-@group(0) @binding(5) var<uniform> step: Step;
+@group(0) @binding(4) var<storage, read> p: Params;
+@group(0) @binding(5) var<storage, read> step: Step;
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {

@@ -33,8 +33,8 @@ const BK: u32 = 32u;  // columns per K step
 @group(0) @binding(0) var<storage, read> wq: array<u32>;        // part of W, GPU layout: [rows, bpr, QPW] payload, then scales
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // [n_tokens, k]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, n]
-@group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(3) var<storage, read> p: Params;
+@group(0) @binding(4) var<storage, read> step: Step;
 
 {{QUANT}}
 

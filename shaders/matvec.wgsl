@@ -40,8 +40,8 @@ const NV: u32 = ROWS * NT;  // partial sums per invocation
 @group(0) @binding(0) var<storage, read> wq: array<u32>;        // part of W, GPU layout: [rows, bpr, QPW] payload, then scales
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [n_tokens, k / 4]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, n]
-@group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(3) var<storage, read> p: Params;
+@group(0) @binding(4) var<storage, read> step: Step;
 #if GELU_MUL
 @group(0) @binding(5) var<storage, read> z: array<f32>;         // [n_tokens, z_stride]
 #endif

@@ -28,8 +28,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;          // [n_tokens * rows_per_token, len]
 @group(0) @binding(1) var<storage, read> w: array<f32>;          // [len]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;    // [n_tokens * rows_per_token, len]
-@group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(3) var<storage, read> p: Params;
+@group(0) @binding(4) var<storage, read> step: Step;
 #if THEN_NORM
 @group(0) @binding(5) var<storage, read> w2: array<f32>;         // [len] weight of the next norm
 @group(0) @binding(6) var<storage, read_write> y2: array<f32>;   // [n_tokens, len] its output

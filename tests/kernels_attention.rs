@@ -178,7 +178,7 @@ fn run_case(c: Case) -> f32 {
         let kcb = ctx.storage_init("k_cache", &k_cache).unwrap();
         let vcb = ctx.storage_init("v_cache", &v_cache).unwrap();
         let ob = ctx.storage("out", (t * nq * d * 4) as u64).unwrap();
-        let sb = ctx.uniform_init("step", &step);
+        let sb = ctx.params_init("step", &step);
         let op = Attention::new(
             ctx,
             AttentionIo {
@@ -368,7 +368,7 @@ fn run_steps(
         .storage("v_cache", (p.cap as usize * nkv * d) as u64 * kv_bytes)
         .unwrap();
     let ob = ctx.storage("out", (max_t * nq * d * 4) as u64).unwrap();
-    let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+    let sb = ctx.params_init("step", &StepParams::new(1, 0));
     // A caller-provided scratch (the way a model shares one across layers).
     let scratch = ctx
         .storage("scratch", Attention::scratch_bytes(&p))
@@ -509,7 +509,7 @@ fn kv_store_cases(kv_f32: bool) {
         let vcb = ctx
             .storage("v_cache", (cap as usize * row * 4) as u64)
             .unwrap();
-        let sb = ctx.uniform_init("step", &step);
+        let sb = ctx.params_init("step", &step);
         let op = KvStore::new(
             ctx,
             KvStoreIo {
@@ -597,7 +597,7 @@ fn bench() {
             let vcb = ctx.storage_init("vc", &kv).unwrap();
             let ob = ctx.storage("out", (t * nq * d * 4) as u64).unwrap();
             let step = StepParams::new(t, pos0);
-            let sb = ctx.uniform_init("step", &step);
+            let sb = ctx.params_init("step", &step);
             let p = AttentionParams {
                 n_q_heads: nq,
                 n_kv_heads: nkv,

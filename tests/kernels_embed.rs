@@ -56,7 +56,7 @@ fn run_on(
     let tb = ctx.storage_init("tokens", &tokens).unwrap();
     let h0 = vec![SENTINEL; tmax * k];
     let hb = ctx.storage_init("h", &h0).unwrap();
-    let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+    let sb = ctx.params_init("step", &StepParams::new(1, 0));
     let op = Embed::new(
         ctx,
         &table,

@@ -22,7 +22,7 @@ fn run_gpu(ctx: &GpuContext, gate: &[f32], up: &[f32], width: u32, n_tokens: u32
     let n = (width * n_tokens) as usize;
     let ab = ctx.storage("a", n as u64 * 4).unwrap();
     let step = StepParams::new(n_tokens, 0);
-    let sb = ctx.uniform_init("step", &step);
+    let sb = ctx.params_init("step", &step);
     let op = GeluMul::new(
         ctx,
         GeluMulIo {
@@ -113,7 +113,7 @@ fn fused_gate_up_rows() {
         let n = (width * t) as usize;
         let ab = ctx.storage("a", n as u64 * 4).unwrap();
         let step = StepParams::new(t, 0);
-        let sb = ctx.uniform_init("step", &step);
+        let sb = ctx.params_init("step", &step);
         let op = GeluMul::new(
             ctx,
             GeluMulIo {
@@ -171,7 +171,7 @@ fn per_layer_input_rows() {
             let n = (width * t) as usize;
             let ab = ctx.storage("a", n as u64 * 4).unwrap();
             let step = StepParams::new(t, 0);
-            let sb = ctx.uniform_init("step", &step);
+            let sb = ctx.params_init("step", &step);
             let op = GeluMul::with_up_rows(
                 ctx,
                 GeluMulIo {

@@ -45,7 +45,7 @@ fn run_gpu(
     };
     let yb = ctx.storage("y", words as u64 * 4).unwrap();
     let step = StepParams::new(n_tokens, pos0);
-    let sb = ctx.uniform_init("step", &step);
+    let sb = ctx.params_init("step", &step);
     let op = HeadPrep::new(
         ctx,
         HeadPrepIo {
@@ -359,7 +359,7 @@ fn f16_packing_is_round_to_nearest_even() {
 fn rejects_bad_configs() {
     let ctx = &variants()[0].ctx;
     let b = ctx.storage("b", 4096).unwrap();
-    let s = ctx.uniform_init("s", &StepParams::new(1, 0));
+    let s = ctx.params_init("s", &StepParams::new(1, 0));
     let io = || HeadPrepIo {
         x: b.as_entire_binding(),
         weight: None,

@@ -60,7 +60,7 @@ fn run_gpu(ctx: &GpuContext, c: &Case) -> (Vec<f32>, Vec<gemma_wgpu::kernels::lo
     // Per-token rows: the step has 2 more tokens than `max`, proving the clamp; fixed rows
     // ignore the step's 7 tokens.
     let step = StepParams::new(if c.per_token { r + 2 } else { 7 }, 0);
-    let sb = ctx.uniform_init("step", &step);
+    let sb = ctx.params_init("step", &step);
     let mut op = Logits::new(
         ctx,
         LogitsIo {
@@ -340,7 +340,7 @@ fn rejects_bad_settings() {
     let ctx = &variants()[0].ctx;
     let lb = ctx.storage("l", 4096).unwrap();
     let ob = ctx.storage("o", 4096).unwrap();
-    let sb = ctx.uniform_init("s", &StepParams::new(1, 0));
+    let sb = ctx.params_init("s", &StepParams::new(1, 0));
     let mut op = Logits::new(
         ctx,
         LogitsIo {

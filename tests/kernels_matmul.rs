@@ -97,7 +97,7 @@ fn run_on(
 
     let xb = ctx.storage_init("x", &x).unwrap();
     let yb = ctx.storage_init("y", &y0).unwrap();
-    let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+    let sb = ctx.params_init("step", &StepParams::new(1, 0));
     let op = Matmul::new(
         ctx,
         &w,
@@ -228,7 +228,7 @@ fn gelu_mul_epilogue() {
             let xb = ctx.storage_init("x", &x).unwrap();
             let zb = ctx.storage_init("z", &z).unwrap();
             let yb = ctx.storage_init("y", &vec![0f32; tmax * nu]).unwrap();
-            let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+            let sb = ctx.params_init("step", &StepParams::new(1, 0));
             let op = MatvecGeluMul::new(
                 ctx,
                 &w,
@@ -399,7 +399,7 @@ fn bench() {
             let x = Rng::new(1).vec(64 * k as usize, 1.0);
             let xb = ctx.storage_init("x", &x).unwrap();
             let yb = ctx.storage("y", 64 * n as u64 * 4).unwrap();
-            let sb = ctx.uniform_init("step", &StepParams::new(1, 0));
+            let sb = ctx.params_init("step", &StepParams::new(1, 0));
             let op = Matmul::new(
                 &ctx,
                 &w,

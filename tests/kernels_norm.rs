@@ -34,7 +34,7 @@ fn run_case(len: usize, rows_per_token: usize, n_tokens: usize, weighted: bool, 
         let wb = ctx.storage_init("w", &w).unwrap();
         let yb = ctx.storage_init("y", &h0).unwrap();
         let step = StepParams::new(n_tokens as u32, 0);
-        let sb = ctx.uniform_init("step", &step);
+        let sb = ctx.params_init("step", &step);
         let op = RmsNorm::new(
             ctx,
             RmsNormIo {

@@ -38,7 +38,7 @@ fn combine_case(hidden: u32, width: u32, layers: u32, n_tokens: u32) {
         let wb = ctx.storage_init("w", &w).unwrap();
         let ob = ctx.storage("ple", n as u64 * 4).unwrap();
         let step = StepParams::new(n_tokens, 0);
-        let sb = ctx.uniform_init("step", &step);
+        let sb = ctx.params_init("step", &step);
         let op = PleCombine::new(
             ctx,
             PleCombineIo {
@@ -77,7 +77,7 @@ fn last_row_moves_to_the_front() {
             let ctx = &v.ctx;
             let xb = ctx.storage_init("x", &x).unwrap();
             let step = StepParams::new(n_tokens, 0);
-            let sb = ctx.uniform_init("step", &step);
+            let sb = ctx.params_init("step", &step);
             let op = LastRowToFront::new(ctx, xb.as_entire_binding(), sb.as_entire_binding(), len)
                 .unwrap();
             block(ctx.run(|pass| op.encode(pass, &step))).unwrap();

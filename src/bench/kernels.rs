@@ -502,7 +502,7 @@ async fn bench_case(
     drop(x_data);
     let y = ctx.storage("bench.y", tokens as u64 * n as u64 * 4)?; // [tokens, n] f32
     let step1 = StepParams::new(1, 0);
-    let step1_buf = ctx.uniform_init("bench.step1", &step1); // StepParams, 1 token
+    let step1_buf = ctx.params_init("bench.step1", &step1); // StepParams, 1 token
     let build = |step: &wgpu::Buffer| {
         matrices
             .iter()
@@ -565,7 +565,7 @@ async fn bench_case(
         }
         None => {
             let step = StepParams::new(tokens, 0);
-            let step_buf = ctx.uniform_init("bench.step", &step); // StepParams, `tokens` tokens
+            let step_buf = ctx.params_init("bench.step", &step); // StepParams, `tokens` tokens
             let mm = build(&step_buf)?;
             let (secs, timing) = measure(ctx, opts.iterations, 1, |pass, round| {
                 mm[round as usize % mm.len()].encode(pass, &step);

@@ -675,17 +675,20 @@ impl GpuContext {
         )
     }
 
-    /// A uniform buffer holding `value` (kernel parameters, written once at build time). Its
-    /// few bytes count towards the test budget but are never refused (this helper cannot
-    /// fail; the next fallible allocation reports an exceeded budget).
-    pub fn uniform_init<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+    /// A read-only storage buffer holding `value` (kernel parameters, written once at build
+    /// time). Parameters are never uniform buffers: Mesa 22.3's lavapipe inlines uniform values
+    /// that reach a branch or loop bound and recompiles the shader at every dispatch (and
+    /// never frees the variants), so kernels read every parameter from storage. Its few bytes
+    /// count towards the test budget but are never refused (this helper cannot fail; the next
+    /// fallible allocation reports an exceeded budget).
+    pub fn params_init<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
         let contents = bytemuck::bytes_of(value);
         self.count(contents.len() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
                 contents,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             })
     }
 

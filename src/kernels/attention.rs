@@ -212,7 +212,7 @@ pub struct AttentionIo<'a> {
     pub v_cache: wgpu::BindingResource<'a>,
     /// `[T, nq, d]` f32 (must not alias `q`)
     pub out: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`)
+    /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
     /// Split partials of at least [`Attention::scratch_bytes`] bytes, or `None` to allocate
     /// one. Layers run one after another in the pass, so every layer of a model may share
@@ -245,18 +245,27 @@ impl Attention {
                 owned.as_entire_binding()
             }
         };
-        let uniform = ctx.uniform_init(
-            "attention.params",
-            &Params {
-                n_q_heads: params.n_q_heads,
-                n_kv_heads: params.n_kv_heads,
-                cap: params.cap,
-                window: params.window,
-                scale: params.scale,
-                cache_only: params.keys_from_cache_only as u32,
-                _pad: [0; 2],
-            },
-        );
+        let p = Params {
+            n_q_heads: params.n_q_heads,
+            n_kv_heads: params.n_kv_heads,
+            cap: params.cap,
+            window: params.window,
+            scale: params.scale,
+            cache_only: params.keys_from_cache_only as u32,
+            _pad: [0; 2],
+        };
+        // The flash kernel already binds 8 storage buffers (WebGPU's default limit), so its
+        // parameters stay a uniform buffer; the merge pass reads the same values from storage.
+        let uniform = {
+            use wgpu::util::DeviceExt;
+            ctx.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("attention.params"),
+                    contents: bytemuck::bytes_of(&p),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+        };
+        let merge_params = ctx.params_init("attention.merge_params", &p);
         let (k_new, v_new) = match (io.k_new, io.v_new) {
             (Some(k), Some(v)) => (k, v),
             (None, None) if params.keys_from_cache_only => (io.k_cache.clone(), io.v_cache.clone()),
@@ -293,7 +302,7 @@ impl Attention {
             &[
                 scratch,
                 io.out.clone(),
-                uniform.as_entire_binding(),
+                merge_params.as_entire_binding(),
                 io.step.clone(),
             ],
         );
@@ -390,7 +399,7 @@ pub struct KvStoreIo<'a> {
     pub k_cache: wgpu::BindingResource<'a>,
     /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
     pub v_cache: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`)
+    /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -424,7 +433,7 @@ impl KvStore {
             params.head_dim / 2
         };
         let kernel = ctx.kernel(&store_spec())?;
-        let uniform = ctx.uniform_init(
+        let uniform = ctx.params_init(
             "kv_store.params",
             &StoreParams {
                 n_kv_heads: params.n_kv_heads,

@@ -45,7 +45,7 @@ pub struct EmbedIo<'a> {
     pub tokens: wgpu::BindingResource<'a>,
     /// `[n_tokens, k]` f32 output
     pub out: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`)
+    /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -65,7 +65,7 @@ impl Embed {
             .parts
             .iter()
             .map(|part| {
-                let params = ctx.uniform_init(
+                let params = ctx.params_init(
                     "embed.params",
                     &Params {
                         k: table.k,

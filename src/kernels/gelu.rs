@@ -27,7 +27,7 @@ pub struct GeluMulIo<'a> {
     pub up: wgpu::BindingResource<'a>,
     /// `[n_tokens, width]` f32 (may alias neither input)
     pub out: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`): `n_tokens` rows
+    /// the step parameters (`gpu::StepParams`): `n_tokens` rows
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -80,7 +80,7 @@ impl GeluMul {
             )));
         }
         let kernel = ctx.kernel(&spec())?;
-        let params = ctx.uniform_init(
+        let params = ctx.params_init(
             "gelu_mul.params",
             &Params {
                 width,

@@ -120,7 +120,7 @@ pub struct HeadPrepIo<'a> {
     /// `[n_tokens, n_heads, d]` f32, or `[n_tokens, n_heads, d/2]` u32 f16 pairs
     /// (must not alias `x`).
     pub y: wgpu::BindingResource<'a>,
-    /// The step uniform (`gpu::StepParams`): `n_tokens` rows.
+    /// the step parameters (`gpu::StepParams`): `n_tokens` rows.
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -168,7 +168,7 @@ impl HeadPrep {
             return bad("rope needs the step's cos/sin table".into());
         }
         let kernel = ctx.kernel(&spec(cfg.out))?;
-        let params = ctx.uniform_init(
+        let params = ctx.params_init(
             "head_prep.params",
             &Params {
                 head_dim: cfg.head_dim,

@@ -103,7 +103,7 @@ pub struct LogitsIo<'a> {
     /// `[R, 1 + k]` pairs of u32: at least [`Logits::out_bytes`]`(rows, MAX_K)` bytes to allow
     /// any k.
     pub out: wgpu::BindingResource<'a>,
-    /// The step uniform (`gpu::StepParams`; `n_tokens` gives the rows with `PerToken`).
+    /// the step parameters (`gpu::StepParams`; `n_tokens` gives the rows with `PerToken`).
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -245,7 +245,7 @@ impl Logits {
         let mut params = Vec::new();
         let mut bind_groups = Vec::new();
         for level in 0..n_levels {
-            let buf = ctx.uniform_init("logits.params", &Params::default());
+            let buf = ctx.params_init("logits.params", &Params::default());
             let out = scratch[level % 2].as_entire_binding();
             let (kernel, entries) = if level == 0 {
                 (

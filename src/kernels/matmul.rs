@@ -183,7 +183,7 @@ pub struct MatmulIo<'a> {
     pub x: wgpu::BindingResource<'a>,
     /// `[n_tokens, n]` f32 output (must not alias `x`)
     pub y: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`)
+    /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -226,7 +226,7 @@ impl Matmul {
             .parts
             .iter()
             .map(|part| {
-                let params = ctx.uniform_init("matmul.params", &Params::new(w, part, 0, 0));
+                let params = ctx.params_init("matmul.params", &Params::new(w, part, 0, 0));
                 let bind = |kernel: &Kernel| {
                     ctx.bind(
                         kernel,
@@ -293,7 +293,7 @@ pub struct MatvecGeluMulIo<'a> {
     pub z: wgpu::BindingResource<'a>,
     /// `[n_tokens, n]` f32 output (aliases neither input)
     pub y: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`)
+    /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -326,7 +326,7 @@ impl MatvecGeluMul {
             .parts
             .iter()
             .map(|part| {
-                let params = ctx.uniform_init(
+                let params = ctx.params_init(
                     "matvec_gelu_mul.params",
                     &Params::new(w, part, z_stride, z_offset),
                 );

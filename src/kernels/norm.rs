@@ -84,7 +84,7 @@ pub struct RmsNormIo<'a> {
     pub weight: Option<wgpu::BindingResource<'a>>,
     /// `[n_tokens · rows_per_token, len]` f32 (must not alias `x`)
     pub y: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`)
+    /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -128,7 +128,7 @@ impl RmsNorm {
         out: NormOut,
     ) -> Result<Self> {
         let kernel = ctx.kernel(&spec(out, next.is_some()))?;
-        let params = ctx.uniform_init(
+        let params = ctx.params_init(
             "rmsnorm.params",
             &Params {
                 len,

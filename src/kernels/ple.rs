@@ -78,7 +78,7 @@ pub struct PleCombineIo<'a> {
     pub weight: wgpu::BindingResource<'a>,
     /// `[n_tokens, L·P]` f32 (aliases neither input)
     pub out: wgpu::BindingResource<'a>,
-    /// the step uniform (`gpu::StepParams`)
+    /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
 
@@ -99,7 +99,7 @@ impl PleCombine {
             )));
         }
         let kernel = ctx.kernel(&combine_spec())?;
-        let params = ctx.uniform_init(
+        let params = ctx.params_init(
             "ple_combine.params",
             &CombineParams {
                 width: cfg.width,
@@ -156,7 +156,7 @@ pub struct LastRowToFront {
 }
 
 impl LastRowToFront {
-    /// `x`: `[n_tokens, len]` f32; `step`: the step uniform whose `n_tokens` names the last row.
+    /// `x`: `[n_tokens, len]` f32; `step`: the step parameters whose `n_tokens` names the last row.
     pub fn new(
         ctx: &GpuContext,
         x: wgpu::BindingResource<'_>,
@@ -164,7 +164,7 @@ impl LastRowToFront {
         len: u32,
     ) -> Result<Self> {
         let kernel = ctx.kernel(&copy_spec())?;
-        let params = ctx.uniform_init("copy_row.params", &CopyParams { len, _pad: [0; 3] });
+        let params = ctx.params_init("copy_row.params", &CopyParams { len, _pad: [0; 3] });
         let bind_group = ctx.bind(&kernel, &[x, params.as_entire_binding(), step]);
         Ok(Self {
             kernel,

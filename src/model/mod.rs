@@ -779,7 +779,7 @@ impl Model {
             ctx.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: std::mem::size_of::<StepParams>() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         };
@@ -793,7 +793,7 @@ impl Model {
 
         let acts = Activations {
             step: uniform("step")?,
-            step_one: ctx.uniform_init("step_one", &StepParams::new(1, 0)),
+            step_one: ctx.params_init("step_one", &StepParams::new(1, 0)),
             step_tail: sharing.then(|| uniform("step_tail")).transpose()?,
             tokens: buf("tokens", c * 4)?,
             h: buf("h", c * hidden * f)?,
