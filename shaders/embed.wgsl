@@ -15,13 +15,13 @@ struct Params {
     sbase: u32,    // word offset of the scales plane in wq
     row0: u32,     // first row of this part in the whole table
     scale: f32,    // multiplier (e.g. sqrt(hidden) for Gemma's token embedding)
+    hbase: u32,    // word offset of the high-bit plane in wq (Q5_0/Q5_1)
     _pad0: u32,
-    _pad1: u32,
 }
 
 const WG: u32 = {{WG}}u;
 
-@group(0) @binding(0) var<storage, read> wq: array<u32>;        // part of E, GPU layout: [rows, bpr, QPW] payload, then scales
+@group(0) @binding(0) var<storage, read> wq: array<vec4<u32>>;  // part of E, GPU layout (src/quant/layout.rs), 16-byte padded
 @group(0) @binding(1) var<storage, read> tokens: array<u32>;    // [n_tokens] row ids
 @group(0) @binding(2) var<storage, read_write> h: array<f32>;   // [n_tokens, k]
 @group(0) @binding(3) var<storage, read> p: Params;

@@ -1,5 +1,6 @@
-// Quantized mat-mat for prefill: y[t, row0 + r] (=|+=) Σ_c W[r, c] · x[t, c]
-// for t < n_tokens, r < rows of this part of W.
+// Quantized mat-mat for prefill: y[t, r] (=|+=) Σ_c W[r, c] · x[t, c] for t < n_tokens,
+// r < rows of this part of W; x[t] starts at x_offset + t·k, y[t, r] is at
+// y_offset + t·y_stride + r (a projection can write into a column range of a wider buffer).
 //
 // Dispatch: one workgroup of 256 invocations per (BM rows × BT tokens) output tile; linear
 // index = row_tile + token_tile · row_tiles, split over x/y by gpu::grid (groups past the end
@@ -15,14 +16,14 @@
 // Precision: f32 dequantized weights, f32 products and sums (also in the F16 variant).
 
 struct Params {
-    k: u32,      // row length (elements)
-    rows: u32,   // rows in this part
-    bpr: u32,    // blocks per row
-    sbase: u32,  // word offset of the scales plane in wq
-    row0: u32,   // first row of this part in the whole matrix
-    n: u32,      // rows of the whole matrix (row stride of y)
-    z_stride: u32,  // GELU_MUL: elements between rows of z
-    z_offset: u32,  // GELU_MUL: elements before row 0's first value in z
+    k: u32,         // row length (elements)
+    rows: u32,      // rows in this part
+    bpr: u32,       // blocks per row
+    sbase: u32,     // word offset of the scales plane in wq
+    hbase: u32,     // word offset of the high-bit plane in wq (Q5_0/Q5_1)
+    y_stride: u32,  // elements between tokens in y
+    y_offset: u32,  // element of y[0, 0] for this part's first row
+    x_offset: u32,  // element of x[0, 0]
 }
 
 const WG: u32 = 256u;
@@ -30,9 +31,9 @@ const BM: u32 = 64u;  // rows per tile
 const BT: u32 = 32u;  // tokens per tile
 const BK: u32 = 32u;  // columns per K step
 
-@group(0) @binding(0) var<storage, read> wq: array<u32>;        // part of W, GPU layout: [rows, bpr, QPW] payload, then scales
-@group(0) @binding(1) var<storage, read> x: array<f32>;         // [n_tokens, k]
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, n]
+@group(0) @binding(0) var<storage, read> wq: array<vec4<u32>>;  // part of W, GPU layout (src/quant/layout.rs), 16-byte padded
+@group(0) @binding(1) var<storage, read> x: array<f32>;         // [n_tokens, k] from x_offset
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, y_stride] from y_offset
 @group(0) @binding(3) var<storage, read> p: Params;
 @group(0) @binding(4) var<storage, read> step: Step;
 
@@ -80,7 +81,7 @@ fn main(inv: Invocation, grp: Workgroup) {
             let kk = idx % BK;
             var v = 0.0;
             if t0 + tk < nt && k0 + kk < p.k {
-                v = x[(t0 + tk) * p.k + k0 + kk];
+                v = x[p.x_offset + (t0 + tk) * p.k + k0 + kk];
             }
             xs[(kk * BT + tk) / 2u][tk % 2u] = v;
         }
@@ -101,7 +102,7 @@ fn main(inv: Invocation, grp: Workgroup) {
         for (var b = 0u; b < 2u; b++) {
             let t = t0 + 2u * tc + b;
             if r < p.rows && t < nt {
-                let o = t * p.n + p.row0 + r;
+                let o = p.y_offset + t * p.y_stride + r;
 #if ACC
                 y[o] += acc[a][b];
 #else

@@ -1,112 +1,352 @@
-// Quantized mat-vec for decode (a few tokens): y[t, row0 + r] (=|+=) Σ_c W[r, c] · x[t, c]
-// for t < min(n_tokens, NT), r < rows of this part of W.
+// Quantized mat-vec for decode (one to NT tokens):  y[t, r] (=|+=) Σ_c W[r, c] · x[t, c].
 //
-// With GELU_MUL the output is the gated activation y = gelu_tanh(W·x) ⊙ z (the FFN's
-// gelu(W_gate·x) ⊙ up, or Gemma 4's per-layer gate against its input slice), saving the
-// separate activation pass and its dispatch.
+// Bound by bytes: every weight is read once per step, so the kernel is built to keep the
+// memory system busy rather than the ALUs. Each invocation works on whole *units* (32 elements
+// of a quantized type — one Q4_0/Q5_0/Q8_0 block, one K-quant sub-block — or 8 of a float type):
+// one or two 16-byte weight loads, scales read once per unit, the quants unpacked with one
+// conversion per byte (unpack4x8unorm) and dotted with the activations before any scale is
+// applied (see `Unit` in shaders/quant/prelude.wgsl). K is a pipeline constant, so the unit loop
+// has a fixed trip count the compiler unrolls and issues all of a thread's loads up front
+// (Little's law: a decode step must keep megabytes in flight), and no loop bound comes from a
+// buffer (Mesa's lavapipe recompiles shaders whose bounds it can inline).
 //
-// Dispatch: one workgroup of WG invocations per ROWS consecutive rows (linear index split over
-// x/y by gpu::grid; groups past the end return). Invocations stride the row in 8-element chunks
-// (chunk c = lid, lid + WG, …): consecutive invocations read consecutive payload words and
-// activations. Each invocation loads its activations for all NT tokens into registers once per
-// chunk and reuses them for the ROWS rows; each dequantized chunk is reused for the NT tokens.
-// One batched reduction then sums all ROWS·NT partials (subgroupAdd + one shared-memory pass
-// with subgroups; a shared-memory tree of log2(WG) barriers without) — one pass instead of
-// ROWS·NT calls to workgroup_sum.
+// Dispatch: one workgroup of WG invocations per R consecutive output rows (linear index split
+// over x/y by gpu::grid; groups past p.rows return). Invocation i takes units i, i + WG, … of
+// the row length; for each unit it loads the activations of its NT tokens once (reordered to the
+// units' even/odd lanes, with their per-half sums for the affine offsets) and reuses them for
+// its R rows (2R with PAIR). One batched reduction sums the R·NT partials of the workgroup
+// (subgroupAdd + one shared-memory pass with subgroups, a shared-memory tree without).
 //
-// Assumptions: k % QBLOCK == 0 (QuantMatrix checks); rows past the part are clamped for reading
-// and never written. The weight type comes from the QUANT define (shaders/quant/).
-// Specialisation: WG ∈ {64, 128} (power of two), ROWS ≥ 1 (MATVEC_ROWS = 4), NT ∈ {1, 4},
-// flags ACC (y +=) and GELU_MUL (exclusive).
-// Precision: weights dequantized to f32, products and all sums in f32 (also in the F16 variant:
-// q·x of Gemma activations can overflow f16).
+// Matrices: up to three bound at once (w0, w1, w2: slot 0 rows [0, N0), slot 1 [N0, N0 + N1),
+// slot 2 the rest), each with its own quant type, so q/k/v run as one dispatch into one
+// [T, N0 + N1 + N2] output without being concatenated at load (a Q4_K_M file mixes types across
+// them). N0 and N1 are multiples of R, so a workgroup never straddles two slots. With PAIR,
+// workgroup g computes rows g·R… of both w0 (gate) and w1 (up) and writes gelu(gate) ⊙ up.
+//
+// Input: x[t] from `x` (vec4 offset p.x_offset, p.x_stride vec4s between tokens), or with PRO
+// the prologue's vector in workgroup memory (one token; see `prologue`).
+// Output (one of): y = W·x; ACC: y += W·x; PAIR: y = gelu_tanh(W0·x) ⊙ (W1·x); GELU_Z:
+// y = gelu_tanh(W·x) ⊙ z[t·p.z_stride + p.z_offset + r] (Gemma 4's per-layer gate).
+// y[t, r] lives at p.y_offset + t·p.y_stride + r.
+//
+// Specialisation: K, UNIT (8 or 32, of every bound type; flag UNIT32), WG ∈ {32 … 256} (power
+// of two), NT ∈ {1, 4} (flag NT4), N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
+// PRO_T2, PRO_NORM, PRO_LAST. R = 4 rows per workgroup. The hot loop is straight-line code over
+// structs of vectors (no dynamically indexed arrays: see `Unit`). Workgroup memory: NV·WG
+// floats for the reduction, plus K floats with PRO.
+// Precision: f32 throughout (also in the F16 variant: q·x of Gemma activations can overflow
+// f16); the scale of a unit half multiplies its f32 dot product once.
 
 struct Params {
-    k: u32,      // row length (elements)
-    rows: u32,   // rows in this part
-    bpr: u32,    // blocks per row
-    sbase: u32,  // word offset of the scales plane in wq
-    row0: u32,   // first row of this part in the whole matrix
-    n: u32,      // rows of the whole matrix (row stride of y)
-    z_stride: u32,  // GELU_MUL: elements between rows of z
-    z_offset: u32,  // GELU_MUL: elements before row 0's first value in z
+    rows: u32,      // output rows of this dispatch (one part of W, or all slots together)
+    y_stride: u32,  // elements between tokens in y
+    y_offset: u32,  // element of y[0, 0] for this dispatch's first row
+    x_offset: u32,  // vec4 index of x[0, 0] (PRO: of the step's row 0 in the arena)
+    x_stride: u32,  // vec4s between tokens in x
+    z_stride: u32,  // GELU_Z: elements between tokens in z
+    z_offset: u32,  // GELU_Z: element of z for this dispatch's first row
+    eps: f32,       // PRO: RMSNorm epsilon
+    hbase: vec4<u32>,  // per slot: word offset of the high-bit plane
+    sbase: vec4<u32>,  // per slot: word offset of the scales plane
+    pro_o1: u32,    // PRO_T1: vec4 offset of o1 relative to h's row
+    pro_o2: u32,    // PRO_T2: vec4 offset of o2 relative to h's row
+    pro_w1: u32,    // PRO_T1: vec4 offset of o1's norm weight in nw
+    pro_w2: u32,    // PRO_T2: vec4 offset of o2's norm weight in nw
+    pro_wn: u32,    // PRO_NORM: vec4 offset of the final norm weight in nw
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
+const K: u32 = {{K}}u;
+const UNIT: u32 = {{UNIT}}u;
+const U: u32 = K / UNIT;       // units per row
+const UV: u32 = UNIT / 4u;     // activation vec4s per unit
+const K4: u32 = K / 4u;
 const WG: u32 = {{WG}}u;
-const ROWS: u32 = {{ROWS}}u;
-const NT: u32 = {{NT}}u;
-const NV: u32 = ROWS * NT;  // partial sums per invocation
+const R: u32 = 4u;             // output rows per workgroup (one vec4 of partial sums)
+const NT: u32 = {{NT}}u;       // tokens (1 … NT per step: 1 or 4)
+const N0: u32 = {{N0}}u;       // rows of slot 0 (multi-slot dispatches)
+const N1: u32 = {{N1}}u;       // rows of slot 1
+#if PAIR
+const RW: u32 = 2u * R;        // weight rows per workgroup: R gate rows, R up rows
+#else
+const RW: u32 = R;
+#endif
+const NV: u32 = RW * NT;       // partial sums per invocation
 
-@group(0) @binding(0) var<storage, read> wq: array<u32>;        // part of W, GPU layout: [rows, bpr, QPW] payload, then scales
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [n_tokens, k / 4]
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, n]
-@group(0) @binding(3) var<storage, read> p: Params;
-@group(0) @binding(4) var<storage, read> step: Step;
-#if GELU_MUL
-@group(0) @binding(5) var<storage, read> z: array<f32>;         // [n_tokens, z_stride]
+@group(0) @binding(0) var<storage, read> w0: array<vec4<u32>>;   // slot 0: one part of W, GPU layout (src/quant/layout.rs)
+#if SLOT1
+@group(0) @binding(1) var<storage, read> w1: array<vec4<u32>>;   // slot 1
+#endif
+#if SLOT2
+@group(0) @binding(2) var<storage, read> w2: array<vec4<u32>>;   // slot 2
+#endif
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;    // [T, x_stride] f32 (PRO: the residual arena, h at row t·x_stride)
+#if PRO
+@group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;   // norm weights, each [K] f32 at a vec4 offset
+#endif
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;    // [T, y_stride] f32
+@group(0) @binding(6) var<storage, read> p: Params;
+@group(0) @binding(7) var<storage, read> step: Step;
+#if GELU_Z
+@group(0) @binding(8) var<storage, read> z: array<f32>;          // [T, z_stride] f32
 #endif
 
 {{QUANT}}
 
-const CPB: u32 = QBLOCK / 8u;  // chunks per block
-
 var<workgroup> red: array<f32, NV * WG>;  // [NV, WG] partial sums
+#if PRO
+var<workgroup> xs: array<vec4<f32>, K4>;  // [K] the prologue's input vector
+#endif
+
+// The activations of one unit for one token, in the order of `Unit`: v{2c} / v{2c+1} are chunk
+// c's even and odd lanes, s the sums of the unit's two halves (for the affine offsets).
+// Fields, not arrays, for the same reason as `Unit`.
+struct XUnit {
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
+    v4: vec4<f32>,
+    v5: vec4<f32>,
+    v6: vec4<f32>,
+    v7: vec4<f32>,
+    s: vec2<f32>,
+}
+
+// Partial sums of the R rows of one slot, one vec4 per token.
+struct Acc {
+    t0: vec4<f32>,
+    t1: vec4<f32>,
+    t2: vec4<f32>,
+    t3: vec4<f32>,
+}
+
+fn x_vec(t: u32, i: u32) -> vec4<f32> {
+#if PRO
+    return xs[i];
+#else
+    return x[p.x_offset + t * p.x_stride + i];
+#endif
+}
+
+// Chunk c of a unit: the two vec4s of x as even and odd lanes.
+fn x_even(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(a.x, a.z, b.x, b.z);
+}
+fn x_odd(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(a.y, a.w, b.y, b.w);
+}
+fn sum4(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+// Token t's activations of unit u (zero when the step has no token t).
+fn load_x(u: u32, t: u32, nt: u32) -> XUnit {
+    var xu: XUnit;
+    if t >= nt {
+        return xu;
+    }
+    let i = u * UV;
+    let a0 = x_vec(t, i);
+    let b0 = x_vec(t, i + 1u);
+    xu.v0 = x_even(a0, b0);
+    xu.v1 = x_odd(a0, b0);
+#if UNIT32
+    let a1 = x_vec(t, i + 2u);
+    let b1 = x_vec(t, i + 3u);
+    let a2 = x_vec(t, i + 4u);
+    let b2 = x_vec(t, i + 5u);
+    let a3 = x_vec(t, i + 6u);
+    let b3 = x_vec(t, i + 7u);
+    xu.v2 = x_even(a1, b1);
+    xu.v3 = x_odd(a1, b1);
+    xu.v4 = x_even(a2, b2);
+    xu.v5 = x_odd(a2, b2);
+    xu.v6 = x_even(a3, b3);
+    xu.v7 = x_odd(a3, b3);
+    xu.s = vec2<f32>(sum4(a0 + b0) + sum4(a1 + b1), sum4(a2 + b2) + sum4(a3 + b3));
+#else
+    xu.s = vec2<f32>(0.0, sum4(a0 + b0));
+#endif
+    return xu;
+}
+
+// One row's unit dotted with one token's activations.
+#if UNIT32
+fn unit_dot(un: Packed, xu: XUnit) -> f32 {
+    let s0 = dot(quant_bytes(un.lo.x), xu.v0) + dot(quant_bytes(un.hi.x), xu.v1)
+        + dot(quant_bytes(un.lo.y), xu.v2) + dot(quant_bytes(un.hi.y), xu.v3);
+    let s1 = dot(quant_bytes(un.lo.z), xu.v4) + dot(quant_bytes(un.hi.z), xu.v5)
+        + dot(quant_bytes(un.lo.w), xu.v6) + dot(quant_bytes(un.hi.w), xu.v7);
+    return un.a.x * s0 + un.a.y * s1 - dot(un.b, xu.s);
+}
+#else
+fn unit_dot(un: Chunk, xu: XUnit) -> f32 {
+    return dot(un.ev, xu.v0) + dot(un.od, xu.v1);
+}
+#endif
+
+// Four rows' units dotted with every token's activations.
+#if UNIT32
+fn rows_dot(u0: Packed, u1: Packed, u2: Packed, u3: Packed, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> Acc {
+#else
+fn rows_dot(u0: Chunk, u1: Chunk, u2: Chunk, u3: Chunk, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> Acc {
+#endif
+    var a: Acc;
+    a.t0 = vec4<f32>(unit_dot(u0, x0), unit_dot(u1, x0), unit_dot(u2, x0), unit_dot(u3, x0));
+#if NT4
+    a.t1 = vec4<f32>(unit_dot(u0, x1), unit_dot(u1, x1), unit_dot(u2, x1), unit_dot(u3, x1));
+    a.t2 = vec4<f32>(unit_dot(u0, x2), unit_dot(u1, x2), unit_dot(u2, x2), unit_dot(u3, x2));
+    a.t3 = vec4<f32>(unit_dot(u0, x3), unit_dot(u1, x3), unit_dot(u2, x3), unit_dot(u3, x3));
+#endif
+    return a;
+}
+
+fn acc_add(a: Acc, b: Acc) -> Acc {
+    return Acc(a.t0 + b.t0, a.t1 + b.t1, a.t2 + b.t2, a.t3 + b.t3);
+}
+
+{{ROWS}}
+
+#if PRO
+// The input vector of one token, into `xs`: x = h + Σ_i rms(o_i) · w_i (PRO_T1, PRO_T2), then
+// with PRO_NORM x = rms(x) · w_n, where rms(v) = v / sqrt(mean(v²) + eps) over K elements and
+// h, o_i are rows of the residual arena (`x`) — the post-norms and the next block's input norm
+// of a Gemma layer, recomputed by every workgroup instead of materialised by a dispatch of
+// their own. The row is the step's first (or last, PRO_LAST). All invocations call it.
+fn prologue(inv: Invocation) {
+#if PRO_LAST
+    let row = p.x_offset + (step.n_tokens - 1u) * p.x_stride;
+#else
+    let row = p.x_offset;
+#endif
+    var ss = vec2<f32>(0.0);
+    for (var i = inv.lid; i < K4; i += WG) {
+#if PRO_T1
+        let o1 = x[row + p.pro_o1 + i];
+        ss.x += dot(o1, o1);
+#endif
+#if PRO_T2
+        let o2 = x[row + p.pro_o2 + i];
+        ss.y += dot(o2, o2);
+#endif
+    }
+#if PRO_T1
+    let s1 = inverseSqrt(workgroup_sum(ss.x, inv, WG) / f32(K) + p.eps);
+#endif
+#if PRO_T2
+    let s2 = inverseSqrt(workgroup_sum(ss.y, inv, WG) / f32(K) + p.eps);
+#endif
+    var sx = 0.0;
+    for (var i = inv.lid; i < K4; i += WG) {
+        var v = x[row + i];
+#if PRO_T1
+        v = v + x[row + p.pro_o1 + i] * s1 * nw[p.pro_w1 + i];
+#endif
+#if PRO_T2
+        v = v + x[row + p.pro_o2 + i] * s2 * nw[p.pro_w2 + i];
+#endif
+        xs[i] = v;
+        sx += dot(v, v);
+    }
+#if PRO_NORM
+    let sn = inverseSqrt(workgroup_sum(sx, inv, WG) / f32(K) + p.eps);
+    for (var i = inv.lid; i < K4; i += WG) {
+        xs[i] = xs[i] * sn * nw[p.pro_wn + i];
+    }
+#endif
+    workgroupBarrier();
+}
+#endif
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {
-    let r0 = linear_group(grp.wg, grp.nwg) * ROWS;
+    let r0 = linear_group(grp.wg, grp.nwg) * R;
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
     if r0 >= p.rows {
         return;
     }
+#if PRO
+    prologue(inv);
+    let nt = min(step.n_tokens, 1u);
+#else
     let nt = min(step.n_tokens, NT);
-    let chunks = p.k / 8u;
-
-    var rb: array<u32, ROWS>;  // first block of each row
-    for (var r = 0u; r < ROWS; r++) {
-        rb[r] = min(r0 + r, p.rows - 1u) * p.bpr;
+#endif
+    var acc: Acc;
+#if PAIR
+    var acc_up: Acc;
+#endif
+    for (var u = inv.lid; u < U; u += WG) {
+        let x0 = load_x(u, 0u, nt);
+#if NT4
+        let x1 = load_x(u, 1u, nt);
+        let x2 = load_x(u, 2u, nt);
+        let x3 = load_x(u, 3u, nt);
+#else
+        let x1 = x0;
+        let x2 = x0;
+        let x3 = x0;
+#endif
+#if PAIR
+        acc = acc_add(acc, rows0(r0, p.rows - 1u, u, x0, x1, x2, x3));
+        acc_up = acc_add(acc_up, rows1(r0, p.rows - 1u, u, x0, x1, x2, x3));
+#else
+#if SLOT2
+        if r0 < N0 {
+            acc = acc_add(acc, rows0(r0, N0 - 1u, u, x0, x1, x2, x3));
+        } else if r0 < N0 + N1 {
+            acc = acc_add(acc, rows1(r0 - N0, N1 - 1u, u, x0, x1, x2, x3));
+        } else {
+            acc = acc_add(acc, rows2(r0 - N0 - N1, p.rows - N0 - N1 - 1u, u, x0, x1, x2, x3));
+        }
+#else
+#if SLOT1
+        if r0 < N0 {
+            acc = acc_add(acc, rows0(r0, N0 - 1u, u, x0, x1, x2, x3));
+        } else {
+            acc = acc_add(acc, rows1(r0 - N0, p.rows - N0 - 1u, u, x0, x1, x2, x3));
+        }
+#else
+        acc = acc_add(acc, rows0(r0, p.rows - 1u, u, x0, x1, x2, x3));
+#endif
+#endif
+#endif
     }
-    var acc: array<f32, NV>;
-    for (var c = inv.lid; c < chunks; c += WG) {
-        let b = c / CPB;
-        let j = c % CPB;
-        var xe: array<vec4<f32>, NT>;
-        var xo: array<vec4<f32>, NT>;
-        for (var t = 0u; t < NT; t++) {
-            if t < nt {
-                // Two 16-byte loads per 8 activations (k % 8 == 0, so never across a row).
-                let xb = (t * p.k + c * 8u) / 4u;
-                let a = x[xb];
-                let b = x[xb + 1u];
-                xe[t] = vec4<f32>(a.x, a.z, b.x, b.z);
-                xo[t] = vec4<f32>(a.y, a.w, b.y, b.w);
-            }
-        }
-        for (var r = 0u; r < ROWS; r++) {
-            let q = dq8(rb[r] + b, j);
-            for (var t = 0u; t < NT; t++) {
-                acc[r * NT + t] += dot(q.ev, xe[t]) + dot(q.od, xo[t]);
-            }
-        }
+
+    // Partial v = r·NT + t (PAIR: the up rows follow at R·NT), for the reduction.
+    var part: array<f32, NV>;
+    for (var r = 0u; r < R; r++) {
+        part[r * NT] = acc.t0[r];
+#if NT4
+        part[r * NT + 1u] = acc.t1[r];
+        part[r * NT + 2u] = acc.t2[r];
+        part[r * NT + 3u] = acc.t3[r];
+#endif
+#if PAIR
+        part[(R + r) * NT] = acc_up.t0[r];
+#if NT4
+        part[(R + r) * NT + 1u] = acc_up.t1[r];
+        part[(R + r) * NT + 2u] = acc_up.t2[r];
+        part[(R + r) * NT + 3u] = acc_up.t3[r];
+#endif
+#endif
     }
 
 #if SUBGROUPS
     let size = min(inv.sg_size, WG);
     for (var v = 0u; v < NV; v++) {
-        let s = subgroupAdd(acc[v]);
+        let s = subgroupAdd(part[v]);
         if inv.sg_lane == 0u {
             red[v * WG + inv.lid / size] = s;
         }
     }
     workgroupBarrier();
-    if inv.lid < NV {
-        var total = 0.0;
-        for (var i = 0u; i < WG / size; i++) {
-            total += red[inv.lid * WG + i];
-        }
+    let parts = WG / size;
 #else
     for (var v = 0u; v < NV; v++) {
-        red[v * WG + inv.lid] = acc[v];
+        red[v * WG + inv.lid] = part[v];
     }
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
@@ -117,20 +357,33 @@ fn main(inv: Invocation, grp: Workgroup) {
         }
         workgroupBarrier();
     }
-    if inv.lid < NV {
-        let total = red[inv.lid * WG];
+    let parts = 1u;
 #endif
-        let r = r0 + inv.lid / NT;
-        let t = inv.lid % NT;
+    if inv.lid < R * NT {
+        let v = inv.lid;
+        var total = 0.0;
+        for (var i = 0u; i < parts; i++) {
+            total += red[v * WG + i];
+        }
+        let r = r0 + v / NT;
+        let t = v % NT;
         if r < p.rows && t < nt {
-            let o = t * p.n + p.row0 + r;
-#if GELU_MUL
-            y[o] = gelu_tanh(total) * z[t * p.z_stride + p.z_offset + p.row0 + r];
+            let o = p.y_offset + t * p.y_stride + r;
+#if PAIR
+            var up = 0.0;
+            for (var i = 0u; i < parts; i++) {
+                up += red[(v + R * NT) * WG + i];
+            }
+            y[o] = gelu_tanh(total) * up;
+#else
+#if GELU_Z
+            y[o] = gelu_tanh(total) * z[p.z_offset + t * p.z_stride + r];
 #else
 #if ACC
             y[o] += total;
 #else
             y[o] = total;
+#endif
 #endif
 #endif
         }

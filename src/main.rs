@@ -968,8 +968,9 @@ fn write_model_report(out: &mut dyn Write, j: &serde_json::Value) -> std::io::Re
     )?;
     writeln!(
         out,
-        "dispatches  {:.0} per decode token, {:.0} per prefill",
+        "dispatches  {:.0} per decode token ({:.0} µs of CPU to encode), {:.0} per prefill",
         f(&r["dispatches_per_decode_token"]),
+        f(&r["decode_encode_us_per_token"]),
         f(&r["dispatches_per_prefill"])
     )?;
     let bytes = f(&r["bytes_per_decode_token"]["total"]);

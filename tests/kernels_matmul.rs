@@ -15,9 +15,8 @@ mod common;
 use common::{block, variants, Rng};
 use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::gpu::{GpuContext, GpuOptions, Op, StepParams};
-use gemma_wgpu::kernels::matmul::{
-    Matmul, MatmulIo, MatmulOut, MatvecGeluMul, MatvecGeluMulIo, TYPES,
-};
+use gemma_wgpu::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MATVEC_MAX_TOKENS, TYPES};
+use gemma_wgpu::kernels::matvec::{Matvec, MatvecIn, MatvecIo, MatvecOut};
 use gemma_wgpu::quant::{dequantize, GpuLayout, QuantMatrix};
 use gemma_wgpu::reference::quant::{matmul as ref_matmul, synthetic_blocks};
 
@@ -101,11 +100,12 @@ fn run_on(
     let op = Matmul::new(
         ctx,
         &w,
-        MatmulIo {
-            x: xb.as_entire_binding(),
-            y: yb.as_entire_binding(),
-            step: sb.as_entire_binding(),
-        },
+        MatmulIo::plain(
+            xb.as_entire_binding(),
+            yb.as_entire_binding(),
+            n as u32,
+            sb.as_entire_binding(),
+        ),
         out,
     )
     .unwrap();
@@ -229,21 +229,27 @@ fn gelu_mul_epilogue() {
             let zb = ctx.storage_init("z", &z).unwrap();
             let yb = ctx.storage_init("y", &vec![0f32; tmax * nu]).unwrap();
             let sb = ctx.params_init("step", &StepParams::new(1, 0));
-            let op = MatvecGeluMul::new(
+            let op = Matvec::new(
                 ctx,
-                &w,
-                MatvecGeluMulIo {
+                &[&w],
+                MatvecIn::Buffer {
+                    offset: 0,
+                    stride: None,
+                },
+                MatvecOut::GeluZ,
+                MATVEC_MAX_TOKENS,
+                MatvecIo {
                     x: xb.as_entire_binding(),
-                    z: zb.as_entire_binding(),
+                    norms: None,
                     y: yb.as_entire_binding(),
+                    y_offset: 0,
+                    y_stride: n,
+                    z: Some((zb.as_entire_binding(), z_stride, z_offset)),
                     step: sb.as_entire_binding(),
                 },
-                z_stride,
-                z_offset,
             )
             .unwrap();
             for t in [1u32, 3, 4] {
-                assert!(MatvecGeluMul::covers(t));
                 let step = StepParams::new(t, 0);
                 ctx.queue.write_buffer(&sb, 0, bytemuck::bytes_of(&step));
                 block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
@@ -269,7 +275,6 @@ fn gelu_mul_epilogue() {
                 );
             }
         }
-        assert!(!MatvecGeluMul::covers(5));
     }
 }
 
@@ -403,11 +408,12 @@ fn bench() {
             let op = Matmul::new(
                 &ctx,
                 &w,
-                MatmulIo {
-                    x: xb.as_entire_binding(),
-                    y: yb.as_entire_binding(),
-                    step: sb.as_entire_binding(),
-                },
+                MatmulIo::plain(
+                    xb.as_entire_binding(),
+                    yb.as_entire_binding(),
+                    n,
+                    sb.as_entire_binding(),
+                ),
                 MatmulOut::Store,
             )
             .unwrap();

@@ -12,6 +12,7 @@ use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFl
 fn every_variant_validates_and_translates_to_msl() {
     let mut specs = all_specs();
     specs.push(gemma_wgpu::bench::kernels::copy_spec());
+    specs.push(gemma_wgpu::bench::kernels::tick_spec());
     assert!(!specs.is_empty());
     let mut checked = 0;
     let mut failures = Vec::new();

@@ -1,11 +1,18 @@
 // F32: 8 words per 8 elements, unchanged from GGUF. No scales.
-const QBLOCK: u32 = 8u;
-const QPW: u32 = 8u;
+const QBLOCK$S: u32 = 8u;
+const QPW$S: u32 = 8u;
+const UNIT$S: u32 = 8u;
 
-fn dq8(gb: u32, j: u32) -> Chunk {
-    let b = gb * QPW;
-    return Chunk(
-        bitcast<vec4<f32>>(vec4<u32>(wq[b], wq[b + 2u], wq[b + 4u], wq[b + 6u])),
-        bitcast<vec4<f32>>(vec4<u32>(wq[b + 1u], wq[b + 3u], wq[b + 5u], wq[b + 7u])),
-    );
+fn f32_chunk$S(gb: u32) -> Chunk {
+    let a = bitcast<vec4<f32>>($W[2u * gb]);
+    let b = bitcast<vec4<f32>>($W[2u * gb + 1u]);
+    return Chunk(vec4<f32>(a.x, a.z, b.x, b.z), vec4<f32>(a.y, a.w, b.y, b.w));
+}
+
+fn dq8$S(gb: u32, j: u32) -> Chunk {
+    return f32_chunk$S(gb);
+}
+
+fn unit$S(gb: u32, s: u32) -> Chunk {
+    return f32_chunk$S(gb);
 }

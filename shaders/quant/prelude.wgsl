@@ -1,20 +1,53 @@
-// Quant type modules: shared helpers. Inserted (with one type module after it) at the
-// QUANT placeholder line of matvec.wgsl, matmul.wgsl and embed.wgsl.
+// Quant type modules: what every kernel that reads a weight matrix shares. Inserted once at the
+// QUANT placeholder of matvec.wgsl, matmul.wgsl and embed.wgsl, followed by one *slot* per bound
+// matrix: slot.wgsl and a type module (shaders/quant/<type>.wgsl), with `$W` replaced by the
+// slot's binding (`wq`, or `w0`… when a kernel binds several matrices), `$S` by the suffix of
+// the slot's names (``, or `0`…), and `$HBASE`/`$SBASE` by the expressions giving the word
+// offsets of its high-bit and scales planes (src/quant/layout.rs).
 //
-// Contract with the kernel: it declares `wq: array<u32>` (one part of a matrix in the GPU
-// layout of src/quant/layout.rs: payload plane, then scales plane) and a uniform `p` whose
-// `sbase` field is the word offset of the scales plane. Each type module defines
-//   const QBLOCK: u32      elements per block (8 for F32/F16/BF16)
-//   const QPW: u32         payload words per block
-//   fn dq8(gb: u32, j: u32) -> Chunk
-// returning elements 8j..8j+7 of block gb (gb = row · blocks_per_row + block) as
-// ev = (e0, e2, e4, e6), od = (e1, e3, e5, e7): the layout orders bits so one masked shift
-// yields four bytes of one parity. Arithmetic is f32, in gguf-py's order (bit-exact with
-// quant::dequantize where the compiler does not contract a·b + c into an fma).
+// Contract with the kernel: the slot's binding is `$W: array<vec4<u32>>`, one part of a matrix
+// in the GPU layout of src/quant/layout.rs (payload plane, high-bit plane, scales plane), padded
+// to 16 bytes. Each type module defines
+//   const QBLOCK$S: u32    elements per block (8 for F32/F16/BF16)
+//   const QPW$S: u32       payload words per block (a multiple of 4: whole vec4 loads)
+//   const UNIT$S: u32      elements of one mat-vec unit (32, or 8 for the float types)
+//   fn dq8$S(gb, j) -> Chunk   elements 8j..8j+7 of block gb (gb = row · blocks_per_row +
+//        block) as ev = (e0, e2, e4, e6), od = (e1, e3, e5, e7): the layout orders bits so one
+//        masked shift yields four bytes of one parity. Arithmetic is f32, in gguf-py's order
+//        (bit-exact with quant::dequantize where the compiler does not contract a·b + c).
+//   fn unit$S(gb, s) -> Packed (block types) / Chunk (F32, F16, BF16)   unit s (elements
+//        s·UNIT … of block gb) for the mat-vec: packed quants and per-half affine maps, so a dot
+//        product costs one conversion and one multiply per element and the scales are applied
+//        once per half (see `Packed`).
 
 struct Chunk {
     ev: vec4<f32>,
     od: vec4<f32>,
+}
+
+// One mat-vec unit of a block type (32 elements = 4 chunks), still packed: byte i of lo[c] is
+// the quant of chunk c's even lane i (element 8c + 2i), byte i of hi[c] of its odd lane; element
+// value = a[h] · q − b[h] for the half h the chunk lies in (chunks 0-1, 2-3). `a` is scaled by
+// QF, the unit the kernel's byte conversion returns (see `quant_bytes` in matvec.wgsl). Twelve
+// registers: a thread can hold the units of several rows while their loads are in flight, and
+// unpacks each only as it dots it with the activations.
+struct Packed {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    a: vec2<f32>,
+    b: vec2<f32>,
+}
+
+const LO4: u32 = 0x0F0F0F0Fu;    // the low nibble of each byte
+const BIT0: u32 = 0x01010101u;   // bit 0 of each byte
+const BITS01: u32 = 0x03030303u; // bits 0-1 of each byte
+const SIGN8: u32 = 0x80808080u;  // bit 7 of each byte
+
+// The four bytes of w as floats in units of 1/QF (unpack4x8unorm: byte/255, one conversion
+// per byte); `Packed.a` carries the factor QF.
+const QF: f32 = 255.0;
+fn quant_bytes(w: u32) -> vec4<f32> {
+    return unpack4x8unorm(w);
 }
 
 // The four bytes of v as unsigned values, byte 0 first.
@@ -25,9 +58,4 @@ fn u8x4(v: u32) -> vec4<f32> {
 // The four bytes of v as signed values, byte 0 first.
 fn i8x4(v: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
-}
-
-// f16 number i of a plane of halves packed two per word, starting at word `base`.
-fn half_at(base: u32, i: u32) -> f32 {
-    return unpack2x16float(wq[base + (i >> 1u)])[i & 1u];
 }

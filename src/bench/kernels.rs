@@ -155,6 +155,12 @@ pub struct MatvecResult {
     /// `gb_per_s / copy.gb_per_s`: the share of the device's copy bandwidth reached (a copy
     /// both reads and writes, so this is a conservative figure).
     pub copy_fraction: f64,
+    /// The same when every call writes its own output, so consecutive calls need no barrier
+    /// between them and may overlap (the kernel's streaming bandwidth; a model's dependent
+    /// steps pay the barrier, `us_per_call` above).
+    pub streaming_us_per_call: f64,
+    pub streaming_gb_per_s: f64,
+    pub streaming_copy_fraction: f64,
     /// `gpu-timestamps` or `wall-clock`.
     pub timing: &'static str,
 }
@@ -212,9 +218,26 @@ pub struct KernelReport {
     pub prefill_tokens: u32,
     /// The device's copy bandwidth, the reference for `copy_fraction`.
     pub copy: CopyBandwidth,
+    /// What a dispatch costs besides its work.
+    pub dispatch: DispatchCost,
     pub matvec: Vec<MatvecResult>,
     pub matmul: Vec<MatmulResult>,
     pub skipped: Vec<SkippedCase>,
+}
+
+/// The cost of a dispatch that does (almost) nothing, timed by the wall clock over one submit
+/// of `dispatches` of them: what a decode step pays per dispatch on top of its work.
+#[derive(Clone, Debug, Serialize)]
+pub struct DispatchCost {
+    pub dispatches: u32,
+    /// Each dispatch reads and writes the buffer the one before wrote (a barrier between every
+    /// two, as between the ops of a model's step), µs per dispatch.
+    pub dependent_us: f64,
+    /// Consecutive dispatches write different buffers (no barrier between neighbours).
+    pub independent_us: f64,
+    /// CPU µs per dispatch to record it (pipeline, bind group, dispatch) and finish the
+    /// command buffer.
+    pub encode_us: f64,
 }
 
 /// One benchmarked matrix shape.
@@ -346,6 +369,67 @@ pub async fn copy_bandwidth(ctx: &GpuContext) -> Result<CopyBandwidth> {
     })
 }
 
+/// Dispatches of the [`dispatch_cost`] chains (one submit each).
+const TICKS: u32 = 2000;
+/// Buffers the independent chain cycles through.
+const TICK_BUFFERS: usize = 16;
+
+/// Times [`TICKS`] one-workgroup dispatches in one submit, dependent and independent, and the
+/// CPU time to record them.
+pub async fn dispatch_cost(ctx: &GpuContext) -> Result<DispatchCost> {
+    let kernel = ctx.kernel(&tick_spec())?;
+    let buffers = (0..TICK_BUFFERS)
+        .map(|_| ctx.storage("bench.tick", 4)) // [1] u32
+        .collect::<Result<Vec<_>>>()?;
+    let groups: Vec<wgpu::BindGroup> = buffers
+        .iter()
+        .map(|b| ctx.bind(&kernel, &[b.as_entire_binding()]))
+        .collect();
+    let run = |independent: bool| {
+        let started = web_time::Instant::now();
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("bench.ticks"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bench.ticks"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernel.pipeline);
+            for i in 0..TICKS as usize {
+                let g = if independent { i % TICK_BUFFERS } else { 0 };
+                pass.set_bind_group(0, &groups[g], &[]);
+                crate::gpu::dispatch(&mut pass, [1, 1, 1]);
+            }
+        }
+        let commands = encoder.finish();
+        let encode = started.elapsed().as_secs_f64();
+        async move {
+            let started = web_time::Instant::now();
+            ctx.queue.submit([commands]);
+            ctx.wait().await?;
+            Ok::<(f64, f64), Error>((encode, started.elapsed().as_secs_f64()))
+        }
+    };
+    run(false).await?; // warm-up
+    let (encode, dependent) = run(false).await?;
+    let (_, independent) = run(true).await?;
+    let per = |s: f64| s * 1e6 / TICKS as f64;
+    Ok(DispatchCost {
+        dispatches: TICKS,
+        dependent_us: per(dependent),
+        independent_us: per(independent),
+        encode_us: per(encode),
+    })
+}
+
+/// The kernel of [`dispatch_cost`] (listed for shader validation).
+pub fn tick_spec() -> crate::gpu::KernelSpec {
+    crate::gpu::KernelSpec::new("bench_tick", include_str!("../../shaders/bench_tick.wgsl"))
+}
+
 /// The shader copy of [`copy_bandwidth`] (listed for shader validation).
 pub fn copy_spec() -> crate::gpu::KernelSpec {
     crate::gpu::KernelSpec::new("bench_copy", include_str!("../../shaders/bench_copy.wgsl"))
@@ -414,12 +498,18 @@ pub async fn run_with_progress(
         copy.gb_per_s,
         copy.buffer_bytes >> 20
     ));
+    let dispatch = dispatch_cost(ctx).await?;
+    progress(&format!(
+        "dispatch: {:.2} µs dependent, {:.2} µs independent, {:.2} µs to encode",
+        dispatch.dependent_us, dispatch.independent_us, dispatch.encode_us
+    ));
     let mut report = KernelReport {
         adapter: ctx.describe(),
         timing: WALL_CLOCK,
         iterations: opts.iterations,
         prefill_tokens: opts.prefill_tokens,
         copy,
+        dispatch,
         matvec: Vec::new(),
         matmul: Vec::new(),
         skipped: Vec::new(),
@@ -510,18 +600,20 @@ async fn bench_case(
                 Matmul::new(
                     ctx,
                     m,
-                    MatmulIo {
-                        x: x.as_entire_binding(),
-                        y: y.as_entire_binding(),
-                        step: step.as_entire_binding(),
-                    },
+                    MatmulIo::plain(
+                        x.as_entire_binding(),
+                        y.as_entire_binding(),
+                        n,
+                        step.as_entire_binding(),
+                    ),
                     MatmulOut::Store,
                 )
             })
             .collect::<Result<Vec<_>>>()
     };
 
-    // Mat-vec: a round is one call on every copy, so each reads its weights from DRAM.
+    // Mat-vec: a round is one call on every copy, so each reads its weights from DRAM. All
+    // calls write one `y`, so each waits for the one before, as in a model's step.
     let mv = build(&step1_buf)?;
     let (secs, timing) = measure(ctx, opts.iterations, copies, |pass, _| {
         for op in &mv {
@@ -530,8 +622,41 @@ async fn bench_case(
     })
     .await?;
     drop(mv);
+    // Streaming: each copy writes its own output, so nothing orders the calls and the GPU
+    // may overlap one call's tail with the next one's start: the kernel's own bandwidth,
+    // without the per-dispatch barrier.
+    let outputs = (0..copies)
+        .map(|_| ctx.storage("bench.y_stream", n as u64 * 4)) // [1, n] f32 per copy
+        .collect::<Result<Vec<_>>>()?;
+    let streaming = matrices
+        .iter()
+        .zip(&outputs)
+        .map(|(m, y)| {
+            Matmul::new(
+                ctx,
+                m,
+                MatmulIo::plain(
+                    x.as_entire_binding(),
+                    y.as_entire_binding(),
+                    n,
+                    step1_buf.as_entire_binding(),
+                ),
+                MatmulOut::Store,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (stream_secs, _) = measure(ctx, opts.iterations, copies, |pass, _| {
+        for op in &streaming {
+            op.encode(pass, &step1);
+        }
+    })
+    .await?;
+    drop(streaming);
+    drop(outputs);
     let gb_per_s = weight_bytes as f64 / secs / 1e9;
+    let stream_gb_per_s = weight_bytes as f64 / stream_secs / 1e9;
     let copy_gb = report.copy.gb_per_s;
+    let share = |gb: f64| if copy_gb > 0.0 { gb / copy_gb } else { 0.0 };
     report.matvec.push(MatvecResult {
         shape: shape.name.clone(),
         rows: n,
@@ -542,17 +667,20 @@ async fn bench_case(
         copies,
         us_per_call: secs * 1e6,
         gb_per_s,
-        copy_fraction: if copy_gb > 0.0 {
-            gb_per_s / copy_gb
-        } else {
-            0.0
-        },
+        copy_fraction: share(gb_per_s),
+        streaming_us_per_call: stream_secs * 1e6,
+        streaming_gb_per_s: stream_gb_per_s,
+        streaming_copy_fraction: share(stream_gb_per_s),
         timing,
     });
     let mut line = format!(
-        "{} {ty}: mat-vec {:.1} µs, {gb_per_s:.1} GB/s",
+        "{} {ty}: mat-vec {:.1} µs, {gb_per_s:.1} GB/s ({:.0}%); streaming {:.1} µs, \
+         {stream_gb_per_s:.1} GB/s ({:.0}%)",
         shape.name,
-        secs * 1e6
+        secs * 1e6,
+        100.0 * share(gb_per_s),
+        stream_secs * 1e6,
+        100.0 * share(stream_gb_per_s),
     );
 
     // Mat-mat: compute bound; a round is one call, on the next copy.
@@ -768,6 +896,7 @@ async fn replicate(ctx: &GpuContext, first: QuantMatrix, copies: u32) -> Result<
                 buffer,
                 row0: p.row0,
                 rows: p.rows,
+                hbase: p.hbase,
                 sbase: p.sbase,
                 words: p.words,
             });

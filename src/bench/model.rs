@@ -117,6 +117,9 @@ pub struct ModelBench {
     pub time_to_first_token_cold_s: f64,
     pub dispatches_per_decode_token: f64,
     pub dispatches_per_prefill: f64,
+    /// CPU µs per decode token spent recording and submitting the step (median run): the
+    /// part of the wall time the GPU cannot overlap, since each step waits for the last.
+    pub decode_encode_us_per_token: f64,
     pub bytes_per_decode_token: BytesPerToken,
     /// `bytes_per_decode_token.total` × decode tokens/s.
     pub achieved_gb_per_s: f64,
@@ -167,15 +170,21 @@ async fn decode_greedy(model: &mut Model, mut c: Candidates, steps: u32) -> Resu
     Ok(())
 }
 
-/// Prefill + greedy decode of `gen` tokens from position 0. Returns (prefill s, decode s).
-async fn run_once(model: &mut Model, prompt: &[u32], gen: u32) -> Result<(f64, f64)> {
+/// Prefill + greedy decode of `gen` tokens from position 0. Returns (prefill s, decode s,
+/// CPU s spent encoding the decode steps).
+async fn run_once(model: &mut Model, prompt: &[u32], gen: u32) -> Result<(f64, f64, f64)> {
     model.reset();
     let t0 = Instant::now();
     let c = model.forward(prompt, &[], 1.0).await?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
+    let e0 = model.encode_seconds();
     decode_greedy(model, c, gen).await?;
-    Ok((prefill, t1.elapsed().as_secs_f64()))
+    Ok((
+        prefill,
+        t1.elapsed().as_secs_f64(),
+        model.encode_seconds() - e0,
+    ))
 }
 
 /// Seconds from a request to its first piece through the generation API.
@@ -236,11 +245,13 @@ pub async fn run(
 
     let mut prefill_s = Vec::new();
     let mut decode_s = Vec::new();
+    let mut encode_s = Vec::new();
     let mut ttft = Vec::new();
     for _ in 0..repeat {
-        let (p, d) = run_once(model, &prompt, opts.gen).await?;
+        let (p, d, e) = run_once(model, &prompt, opts.gen).await?;
         prefill_s.push(p);
         decode_s.push(d);
+        encode_s.push(e);
         ttft.push(first_token(model, tok, &prompt).await?);
     }
     let n_prompt = prompt.len() as f64;
@@ -252,6 +263,7 @@ pub async fn run(
         tokens_per_s: opts.gen as f64 / median(&decode_s).max(1e-12),
         runs_s: decode_s,
     };
+    let decode_encode_us_per_token = median(&encode_s) * 1e6 / opts.gen.max(1) as f64;
 
     // Dispatch counts: one prefill, then single-token steps.
     model.reset();
@@ -305,6 +317,7 @@ pub async fn run(
         time_to_first_token_cold_s: ttft_cold,
         dispatches_per_decode_token: (d2 - d1) as f64 / steps as f64,
         dispatches_per_prefill: (d1 - d0) as f64,
+        decode_encode_us_per_token,
         achieved_gb_per_s: achieved,
         bandwidth_fraction: fraction,
         phone_bound: PHONE_BANDWIDTHS_GB_S

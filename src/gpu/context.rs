@@ -207,6 +207,12 @@ pub struct GpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// Bytes of buffers created through this context, and the test budget.
     allocated: Mutex<Allocated>,
+    /// Held while this context polls the device: wgpu-core 30 can panic when threads sharing
+    /// a device poll at once and one poll times out ("If the queue is empty, the current
+    /// submission index … should be at least the wait submission index": a poll that timed
+    /// out reads a stale fence value while another poll empties the queue).
+    #[cfg(not(target_arch = "wasm32"))]
+    poll_lock: Mutex<()>,
 }
 
 /// What [`GpuContext`]'s buffer helpers have created.
@@ -371,6 +377,8 @@ impl GpuContext {
             compiled: Mutex::new((0, 0.0)),
             uncaptured,
             lost,
+            #[cfg(not(target_arch = "wasm32"))]
+            poll_lock: Mutex::new(()),
             allocated: Mutex::new(Allocated {
                 budget: opts.memory_budget,
                 ..Default::default()
@@ -623,11 +631,25 @@ impl GpuContext {
         kernel: &Kernel,
         resources: &[wgpu::BindingResource<'_>],
     ) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+        let entries: Vec<(u32, wgpu::BindingResource<'_>)> = resources
             .iter()
             .enumerate()
-            .map(|(i, r)| wgpu::BindGroupEntry {
-                binding: i as u32,
+            .map(|(i, r)| (i as u32, r.clone()))
+            .collect();
+        self.bind_at(kernel, &entries)
+    }
+
+    /// A bind group for `kernel` with each `(binding, resource)` of `entries` (for kernels
+    /// whose bindings depend on the variant, so their numbers are not contiguous).
+    pub fn bind_at(
+        &self,
+        kernel: &Kernel,
+        entries: &[(u32, wgpu::BindingResource<'_>)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+            .iter()
+            .map(|(binding, r)| wgpu::BindGroupEntry {
+                binding: *binding,
                 resource: r.clone(),
             })
             .collect();
@@ -777,10 +799,14 @@ impl GpuContext {
     fn poll_wait(&self) -> Result<()> {
         loop {
             self.check_lost()?;
-            match self.device.poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: Some(POLL_SLICE),
-            }) {
+            let polled = {
+                let _one_poller = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.device.poll(wgpu::PollType::Wait {
+                    submission_index: None,
+                    timeout: Some(POLL_SLICE),
+                })
+            };
+            match polled {
                 Ok(_) => return Ok(()),
                 Err(wgpu::PollError::Timeout) => continue,
                 Err(e) => return Err(self.lost_or(Error::Readback(e.to_string()))),

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::matmul::{quant_wgsl, TYPES};
+use super::matvec::{quant_wgsl, SINGLE, TYPES};
 use crate::gguf::GgmlType;
 use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::quant::QuantMatrix;
@@ -25,13 +25,14 @@ struct Params {
     sbase: u32,
     row0: u32,
     scale: f32,
-    _pad: [u32; 2],
+    hbase: u32,
+    _pad: u32,
 }
 
 fn spec(ty: GgmlType) -> KernelSpec {
     KernelSpec::new(format!("embed_{}", ty.name().to_lowercase()), SOURCE)
         .define("WG", WG)
-        .define("QUANT", quant_wgsl(ty))
+        .define("QUANT", quant_wgsl(&[ty], &[SINGLE]))
 }
 
 /// Kernel specs this module can build (for shader validation).
@@ -74,7 +75,8 @@ impl Embed {
                         sbase: part.sbase,
                         row0: part.row0,
                         scale,
-                        _pad: [0; 2],
+                        hbase: part.hbase,
+                        _pad: 0,
                     },
                 );
                 let bg = ctx.bind(

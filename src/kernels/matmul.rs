@@ -1,7 +1,6 @@
-//! Quantized matrix products (`shaders/matvec.wgsl`, `shaders/matmul.wgsl`): every projection
-//! and the LM head. `y[t, r] (=|+=) Σ_c W[r, c] · x[t, c]` for `t < step.n_tokens`, with `W` a
-//! [`QuantMatrix`] of any supported type (the type's dequantizer comes from
-//! `shaders/quant/<type>.wgsl`).
+//! Quantized matrix products for every step size (`shaders/matmul.wgsl` and, through
+//! [`Matvec`], `shaders/matvec.wgsl`): `y[t, r] (=|+=) Σ_c W[r, c] · x[t, c]` for
+//! `t < step.n_tokens`, with `W` a [`QuantMatrix`] of any supported type.
 //!
 //! `encode` picks the kernel from `step.n_tokens`: the mat-vec (decode: ≤ 4 tokens, bandwidth
 //! bound, each weight read once for all tokens) or the tiled mat-mat (prefill: compute bound,
@@ -11,60 +10,19 @@
 
 use std::sync::Arc;
 
+use super::matvec::{quant_wgsl, Matvec, MatvecIn, MatvecIo, MatvecOut, SINGLE};
+pub use super::matvec::{MATVEC_MAX_TOKENS, TYPES};
 use crate::gguf::GgmlType;
 use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
-use crate::quant::{QuantMatrix, QuantPart};
+use crate::quant::QuantMatrix;
 use crate::Result;
 
-const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
-const QUANT_PRELUDE: &str = include_str!("../../shaders/quant/prelude.wgsl");
 
-/// Up to this many tokens use the mat-vec kernel (ggml-webgpu switches at `ne[1] <= 4` too).
-pub const MATVEC_MAX_TOKENS: u32 = 4;
-/// Output rows per mat-vec workgroup: each activation load serves this many rows. More rows
-/// per workgroup means fewer workgroups, each with a longer chain of loads: 8 rows at one token
-/// was 1.3–1.7× slower than 4 on the H100 (BENCHMARKS.md).
-pub const MATVEC_ROWS: u32 = 4;
 /// Output tile of the mat-mat kernel (rows × tokens), mirrored from `shaders/matmul.wgsl`.
 pub const MATMUL_TILE: (u32, u32) = (64, 32);
 
-/// Every type the kernels handle.
-pub const TYPES: [GgmlType; 11] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
-
-/// The WGSL type module for `ty` (prelude + `shaders/quant/<type>.wgsl`), inserted at the
-/// kernels' `{{QUANT}}` line.
-pub(crate) fn quant_wgsl(ty: GgmlType) -> String {
-    let module = match ty {
-        GgmlType::F32 => include_str!("../../shaders/quant/f32.wgsl"),
-        GgmlType::F16 => include_str!("../../shaders/quant/f16.wgsl"),
-        GgmlType::BF16 => include_str!("../../shaders/quant/bf16.wgsl"),
-        GgmlType::Q4_0 => include_str!("../../shaders/quant/q4_0.wgsl"),
-        GgmlType::Q4_1 => include_str!("../../shaders/quant/q4_1.wgsl"),
-        GgmlType::Q5_0 => include_str!("../../shaders/quant/q5_0.wgsl"),
-        GgmlType::Q5_1 => include_str!("../../shaders/quant/q5_1.wgsl"),
-        GgmlType::Q8_0 => include_str!("../../shaders/quant/q8_0.wgsl"),
-        GgmlType::Q4K => include_str!("../../shaders/quant/q4_k.wgsl"),
-        GgmlType::Q5K => include_str!("../../shaders/quant/q5_k.wgsl"),
-        GgmlType::Q6K => include_str!("../../shaders/quant/q6_k.wgsl"),
-        _ => unreachable!("QuantMatrix only holds supported types"),
-    };
-    format!("{QUANT_PRELUDE}\n{module}")
-}
-
-/// Parameters of one part, mirrored by `struct Params` in matvec.wgsl and matmul.wgsl.
+/// Parameters of one part, mirrored by `struct Params` in matmul.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -72,26 +30,10 @@ struct Params {
     rows: u32,
     bpr: u32,
     sbase: u32,
-    row0: u32,
-    n: u32,
-    /// [`MatvecGeluMul`]: elements between rows of `z`, and before row 0's first value.
-    z_stride: u32,
-    z_offset: u32,
-}
-
-impl Params {
-    fn new(w: &QuantMatrix, part: &QuantPart, z_stride: u32, z_offset: u32) -> Self {
-        Params {
-            k: w.k,
-            rows: part.rows,
-            bpr: w.layout.blocks_per_row(),
-            sbase: part.sbase,
-            row0: part.row0,
-            n: w.n,
-            z_stride,
-            z_offset,
-        }
-    }
+    hbase: u32,
+    y_stride: u32,
+    y_offset: u32,
+    x_offset: u32,
 }
 
 /// How the product is written.
@@ -103,55 +45,17 @@ pub enum MatmulOut {
     Accumulate,
 }
 
-/// Mat-vec workgroup size for rows of `k` elements: enough invocations to cover a row in one or
-/// two passes of 8-element chunks, at most 128 (so the batched reduction's 16·WG floats stay
-/// within 8 KiB of workgroup memory).
-fn matvec_wg(k: u32) -> u32 {
-    if k / 8 > 512 {
-        128
-    } else {
-        64
-    }
-}
-
-fn lower(ty: GgmlType) -> String {
-    ty.name().to_lowercase()
-}
-
-/// The mat-vec's write: plain, accumulate, or the gated activation of [`MatvecGeluMul`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MatvecOut {
-    Plain(MatmulOut),
-    GeluMul,
-}
-
-fn matvec_spec(ty: GgmlType, nt: u32, wg: u32, out: MatvecOut) -> KernelSpec {
-    let acc = out == MatvecOut::Plain(MatmulOut::Accumulate);
-    let gelu = out == MatvecOut::GeluMul;
-    let suffix = match out {
-        MatvecOut::Plain(MatmulOut::Store) => "",
-        MatvecOut::Plain(MatmulOut::Accumulate) => "_acc",
-        MatvecOut::GeluMul => "_gelu_mul",
-    };
-    KernelSpec::new(
-        format!("matvec_{}_nt{nt}_wg{wg}{suffix}", lower(ty)),
-        MATVEC,
-    )
-    .define("WG", wg)
-    .define("ROWS", MATVEC_ROWS)
-    .define("NT", nt)
-    .define("QUANT", quant_wgsl(ty))
-    .flag("ACC", acc)
-    .flag("GELU_MUL", gelu)
-}
-
 fn matmul_spec(ty: GgmlType, out: MatmulOut) -> KernelSpec {
     let acc = out == MatmulOut::Accumulate;
     KernelSpec::new(
-        format!("matmul_{}{}", lower(ty), if acc { "_acc" } else { "" }),
+        format!(
+            "matmul_{}{}",
+            ty.name().to_lowercase(),
+            if acc { "_acc" } else { "" }
+        ),
         MATMUL,
     )
-    .define("QUANT", quant_wgsl(ty))
+    .define("QUANT", quant_wgsl(&[ty], &[SINGLE]))
     .flag("ACC", acc)
 }
 
@@ -162,44 +66,54 @@ pub fn specs() -> Vec<KernelSpec> {
         for out in [MatmulOut::Store, MatmulOut::Accumulate] {
             v.push(matmul_spec(ty, out));
         }
-        for out in [
-            MatvecOut::Plain(MatmulOut::Store),
-            MatvecOut::Plain(MatmulOut::Accumulate),
-            MatvecOut::GeluMul,
-        ] {
-            for nt in [1, MATVEC_MAX_TOKENS] {
-                for wg in [64, 128] {
-                    v.push(matvec_spec(ty, nt, wg, out));
-                }
-            }
-        }
     }
     v
 }
 
 /// Buffers a `Matmul` reads and writes.
 pub struct MatmulIo<'a> {
-    /// `[n_tokens, k]` f32 activations
+    /// `[n_tokens, k]` f32 activations, from element `x_offset`
     pub x: wgpu::BindingResource<'a>,
-    /// `[n_tokens, n]` f32 output (must not alias `x`)
+    pub x_offset: u32,
+    /// `[n_tokens, y_stride]` f32 output from element `y_offset` (must not alias `x`);
+    /// `y_stride` is `n` (the matrix's rows) for a plain `[n_tokens, n]` output
     pub y: wgpu::BindingResource<'a>,
+    pub y_offset: u32,
+    pub y_stride: u32,
     /// the step parameters (`gpu::StepParams`)
     pub step: wgpu::BindingResource<'a>,
 }
 
+impl<'a> MatmulIo<'a> {
+    /// `x` `[T, k]` into `y` `[T, n]`, both from element 0.
+    pub fn plain(
+        x: wgpu::BindingResource<'a>,
+        y: wgpu::BindingResource<'a>,
+        n: u32,
+        step: wgpu::BindingResource<'a>,
+    ) -> Self {
+        Self {
+            x,
+            x_offset: 0,
+            y,
+            y_offset: 0,
+            y_stride: n,
+            step,
+        }
+    }
+}
+
 struct Part {
     rows: u32,
-    /// Bind groups of the 1-token mat-vec, the ≤4-token mat-vec and the mat-mat.
-    mv1: wgpu::BindGroup,
-    mv4: wgpu::BindGroup,
-    mm: wgpu::BindGroup,
+    bind_group: wgpu::BindGroup,
     _params: wgpu::Buffer,
 }
 
 /// `y (=|+=) W·x` for one weight matrix, built once per (matrix, activation buffers).
 pub struct Matmul {
-    mv1: Arc<Kernel>,
-    mv4: Arc<Kernel>,
+    /// Mat-vecs of one token and of up to `MATVEC_MAX_TOKENS`.
+    mv1: Matvec,
+    mv4: Matvec,
     mm: Arc<Kernel>,
     parts: Vec<Part>,
     max_per_dim: u32,
@@ -213,23 +127,55 @@ impl Matmul {
         out: MatmulOut,
     ) -> Result<Self> {
         let ty = w.ty();
-        let wg = matvec_wg(w.k);
-        let mv1 = ctx.kernel(&matvec_spec(ty, 1, wg, MatvecOut::Plain(out)))?;
-        let mv4 = ctx.kernel(&matvec_spec(
-            ty,
-            MATVEC_MAX_TOKENS,
-            wg,
-            MatvecOut::Plain(out),
-        ))?;
+        let mv_out = match out {
+            MatmulOut::Store => MatvecOut::Store,
+            MatmulOut::Accumulate => MatvecOut::Accumulate,
+        };
+        let matvec = |nt: u32| {
+            Matvec::new(
+                ctx,
+                &[w],
+                MatvecIn::Buffer {
+                    offset: io.x_offset,
+                    stride: None,
+                },
+                mv_out,
+                nt,
+                MatvecIo {
+                    x: io.x.clone(),
+                    norms: None,
+                    y: io.y.clone(),
+                    y_offset: io.y_offset,
+                    y_stride: io.y_stride,
+                    z: None,
+                    step: io.step.clone(),
+                },
+            )
+        };
+        let mv1 = matvec(1)?;
+        let mv4 = matvec(MATVEC_MAX_TOKENS)?;
         let mm = ctx.kernel(&matmul_spec(ty, out))?;
         let parts = w
             .parts
             .iter()
             .map(|part| {
-                let params = ctx.params_init("matmul.params", &Params::new(w, part, 0, 0));
-                let bind = |kernel: &Kernel| {
-                    ctx.bind(
-                        kernel,
+                let params = ctx.params_init(
+                    "matmul.params",
+                    &Params {
+                        k: w.k,
+                        rows: part.rows,
+                        bpr: w.layout.blocks_per_row(),
+                        sbase: part.sbase,
+                        hbase: part.hbase,
+                        y_stride: io.y_stride,
+                        y_offset: io.y_offset + part.row0,
+                        x_offset: io.x_offset,
+                    },
+                );
+                Part {
+                    rows: part.rows,
+                    bind_group: ctx.bind(
+                        &mm,
                         &[
                             part.buffer.as_entire_binding(),
                             io.x.clone(),
@@ -237,13 +183,7 @@ impl Matmul {
                             params.as_entire_binding(),
                             io.step.clone(),
                         ],
-                    )
-                };
-                Part {
-                    rows: part.rows,
-                    mv1: bind(&mv1),
-                    mv4: bind(&mv4),
-                    mm: bind(&mm),
+                    ),
                     _params: params,
                 }
             })
@@ -264,115 +204,17 @@ impl Op for Matmul {
         if t == 0 {
             return;
         }
-        let (kernel, pick): (&Kernel, fn(&Part) -> &wgpu::BindGroup) = if t == 1 {
-            (&self.mv1, |p| &p.mv1)
-        } else if t <= MATVEC_MAX_TOKENS {
-            (&self.mv4, |p| &p.mv4)
-        } else {
-            (&self.mm, |p| &p.mm)
-        };
-        pass.set_pipeline(&kernel.pipeline);
+        if t == 1 {
+            return self.mv1.encode(pass, step);
+        }
+        if t <= MATVEC_MAX_TOKENS {
+            return self.mv4.encode(pass, step);
+        }
+        pass.set_pipeline(&self.mm.pipeline);
         for part in &self.parts {
-            let groups = if t <= MATVEC_MAX_TOKENS {
-                part.rows.div_ceil(MATVEC_ROWS)
-            } else {
-                part.rows.div_ceil(MATMUL_TILE.0) * t.div_ceil(MATMUL_TILE.1)
-            };
-            let [x, y, z] = grid(groups, self.max_per_dim);
-            pass.set_bind_group(0, pick(part), &[]);
-            crate::gpu::dispatch(pass, [x, y, z]);
-        }
-    }
-}
-
-/// Buffers a [`MatvecGeluMul`] reads and writes.
-pub struct MatvecGeluMulIo<'a> {
-    /// `[n_tokens, k]` f32 activations
-    pub x: wgpu::BindingResource<'a>,
-    /// `[n_tokens, z_stride]` f32: row `t`'s factors start at element `t·z_stride + z_offset`
-    pub z: wgpu::BindingResource<'a>,
-    /// `[n_tokens, n]` f32 output (aliases neither input)
-    pub y: wgpu::BindingResource<'a>,
-    /// the step parameters (`gpu::StepParams`)
-    pub step: wgpu::BindingResource<'a>,
-}
-
-/// Decode-sized steps only (`n_tokens ≤ MATVEC_MAX_TOKENS`, see [`MatvecGeluMul::covers`]):
-/// `y[t, r] = gelu_tanh(Σ_c W[r, c]·x[t, c]) · z[t·z_stride + z_offset + r]`, the mat-vec and
-/// the gated activation in one dispatch (the FFN's `gelu(W_gate·x) ⊙ up` with `up` computed
-/// first, or Gemma 4's per-layer gate against its input slice). Longer steps use [`Matmul`]
-/// and `GeluMul`, whose mat-mat has no epilogue.
-pub struct MatvecGeluMul {
-    mv1: Arc<Kernel>,
-    mv4: Arc<Kernel>,
-    /// Per part: rows, and the bind groups of the 1-token and ≤4-token kernels.
-    parts: Vec<(u32, wgpu::BindGroup, wgpu::BindGroup, wgpu::Buffer)>,
-    max_per_dim: u32,
-}
-
-impl MatvecGeluMul {
-    pub fn new(
-        ctx: &GpuContext,
-        w: &QuantMatrix,
-        io: MatvecGeluMulIo<'_>,
-        z_stride: u32,
-        z_offset: u32,
-    ) -> Result<Self> {
-        let ty = w.ty();
-        let wg = matvec_wg(w.k);
-        let mv1 = ctx.kernel(&matvec_spec(ty, 1, wg, MatvecOut::GeluMul))?;
-        let mv4 = ctx.kernel(&matvec_spec(ty, MATVEC_MAX_TOKENS, wg, MatvecOut::GeluMul))?;
-        let parts = w
-            .parts
-            .iter()
-            .map(|part| {
-                let params = ctx.params_init(
-                    "matvec_gelu_mul.params",
-                    &Params::new(w, part, z_stride, z_offset),
-                );
-                let bind = |kernel: &Kernel| {
-                    ctx.bind(
-                        kernel,
-                        &[
-                            part.buffer.as_entire_binding(),
-                            io.x.clone(),
-                            io.y.clone(),
-                            params.as_entire_binding(),
-                            io.step.clone(),
-                            io.z.clone(),
-                        ],
-                    )
-                };
-                (part.rows, bind(&mv1), bind(&mv4), params)
-            })
-            .collect();
-        Ok(Self {
-            mv1,
-            mv4,
-            parts,
-            max_per_dim: ctx.caps.max_workgroups_per_dim,
-        })
-    }
-
-    /// Whether a step of `n_tokens` rows can use this op.
-    pub fn covers(n_tokens: u32) -> bool {
-        n_tokens <= MATVEC_MAX_TOKENS
-    }
-}
-
-impl Op for MatvecGeluMul {
-    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
-        let t = step.n_tokens;
-        debug_assert!(Self::covers(t), "MatvecGeluMul runs steps of ≤ 4 tokens");
-        if t == 0 || !Self::covers(t) {
-            return;
-        }
-        let kernel = if t == 1 { &self.mv1 } else { &self.mv4 };
-        pass.set_pipeline(&kernel.pipeline);
-        for (rows, bg1, bg4, _) in &self.parts {
-            let [x, y, z] = grid(rows.div_ceil(MATVEC_ROWS), self.max_per_dim);
-            pass.set_bind_group(0, if t == 1 { bg1 } else { bg4 }, &[]);
-            crate::gpu::dispatch(pass, [x, y, z]);
+            let groups = part.rows.div_ceil(MATMUL_TILE.0) * t.div_ceil(MATMUL_TILE.1);
+            pass.set_bind_group(0, &part.bind_group, &[]);
+            crate::gpu::dispatch(pass, grid(groups, self.max_per_dim));
         }
     }
 }

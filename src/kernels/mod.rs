@@ -7,6 +7,7 @@ pub mod gelu;
 pub mod head_prep;
 pub mod logits;
 pub mod matmul;
+pub mod matvec;
 pub mod norm;
 pub mod ple;
 
@@ -24,6 +25,7 @@ pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     v.extend(logits::specs());
     v.extend(attention::specs());
     v.extend(matmul::specs());
+    v.extend(matvec::specs());
     v.extend(embed::specs());
     v.extend(ple::specs());
     v

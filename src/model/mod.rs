@@ -30,7 +30,8 @@ use crate::kernels::embed::{Embed, EmbedIo};
 use crate::kernels::gelu::{GeluMul, GeluMulIo};
 use crate::kernels::head_prep::{HeadNorm, HeadOut, HeadPrep, HeadPrepConfig, HeadPrepIo};
 use crate::kernels::logits::{LogitRows, Logits, LogitsConfig, LogitsIo, Sampling, MAX_K};
-use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MatvecGeluMul, MatvecGeluMulIo};
+use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MATVEC_MAX_TOKENS};
+use crate::kernels::matvec::{Matvec, MatvecIn, MatvecIo, MatvecOut};
 use crate::kernels::norm::{NextNorm, NormOut, RmsNorm, RmsNormIo};
 use crate::kernels::ple::{LastRowToFront, PleCombine, PleCombineIo, PleConfig};
 use crate::quant::QuantMatrix;
@@ -218,7 +219,7 @@ struct PleOps {
     gate: Matmul,
     gelu: GeluMul,
     /// `gate` and `gelu` in one dispatch, for decode-sized steps.
-    gate_gelu: MatvecGeluMul,
+    gate_gelu: Matvec,
     proj: Matmul,
     post_norm: RmsNorm,
 }
@@ -238,7 +239,7 @@ struct LayerOps {
     up: Matmul,
     gelu: GeluMul,
     /// `gate` and `gelu` in one dispatch (after `up`), for decode-sized steps.
-    gate_gelu: MatvecGeluMul,
+    gate_gelu: Matvec,
     down: Matmul,
     post_ffw: RmsNorm,
     ple: Option<PleOps>,
@@ -267,7 +268,7 @@ impl LayerOps {
         }
         rec.op("attn_output", &self.o, step);
         rec.op("post_attn_norm+ffn_norm", &self.post_attn, step);
-        let fused = MatvecGeluMul::covers(step.n_tokens);
+        let fused = step.n_tokens <= MATVEC_MAX_TOKENS;
         if fused {
             rec.op("ffn_up", &self.up, step);
             rec.op("ffn_gate_gelu_mul", &self.gate_gelu, step);
@@ -361,6 +362,8 @@ pub struct Model {
     readback: wgpu::Buffer,
     /// Per-op GPU timestamps of every step while profiling (benchmarks).
     profiler: Option<Profiler>,
+    /// CPU seconds spent recording and submitting steps (benchmarks: what encoding costs).
+    encode_seconds: f64,
 }
 
 /// Checks a model file without touching the GPU: architecture, hyper-parameters, and that
@@ -869,11 +872,12 @@ impl Model {
                 proj: Matmul::new(
                     &ctx,
                     matrix("per_layer_model_proj.weight")?,
-                    MatmulIo {
-                        x: a.h.as_entire_binding(),
-                        y: pb.ctx.as_entire_binding(),
-                        step: a.step.as_entire_binding(),
-                    },
+                    MatmulIo::plain(
+                        a.h.as_entire_binding(),
+                        pb.ctx.as_entire_binding(),
+                        ple_width as u32,
+                        a.step.as_entire_binding(),
+                    ),
                     MatmulOut::Store,
                 )?,
                 combine: PleCombine::new(
@@ -961,17 +965,38 @@ impl Model {
                 }
             };
             let mm = |w: &str, x: &wgpu::Buffer, y: &wgpu::Buffer| -> Result<Matmul> {
+                let m = matrix(&t(w))?;
                 Matmul::new(
                     &ctx,
-                    matrix(&t(w))?,
-                    MatmulIo {
-                        x: x.as_entire_binding(),
-                        y: y.as_entire_binding(),
-                        step: step(),
-                    },
+                    m,
+                    MatmulIo::plain(x.as_entire_binding(), y.as_entire_binding(), m.n, step()),
                     MatmulOut::Store,
                 )
             };
+            // `gelu(W·x) ⊙ z` for decode-sized steps, z's rows `z_stride` apart from `z_offset`.
+            let gelu_z =
+                |w: &str, x: &wgpu::Buffer, z: &wgpu::Buffer, z_stride: u32, z_offset: u32| {
+                    let m = matrix(&t(w))?;
+                    Matvec::new(
+                        &ctx,
+                        &[m],
+                        MatvecIn::Buffer {
+                            offset: 0,
+                            stride: None,
+                        },
+                        MatvecOut::GeluZ,
+                        MATVEC_MAX_TOKENS,
+                        MatvecIo {
+                            x: x.as_entire_binding(),
+                            norms: None,
+                            y: a.act.as_entire_binding(),
+                            y_offset: 0,
+                            y_stride: m.n,
+                            z: Some((z.as_entire_binding(), z_stride, z_offset)),
+                            step: step(),
+                        },
+                    )
+                };
             let prep = |input: &wgpu::Buffer,
                         weight: Option<&str>,
                         out: &wgpu::Buffer,
@@ -1075,15 +1100,10 @@ impl Model {
                 None => None,
                 Some(pb) => Some(PleOps {
                     gate: mm("inp_gate", &a.h, &a.gate)?,
-                    gate_gelu: MatvecGeluMul::new(
-                        &ctx,
-                        matrix(&t("inp_gate"))?,
-                        MatvecGeluMulIo {
-                            x: a.h.as_entire_binding(),
-                            z: pb.out.as_entire_binding(),
-                            y: a.act.as_entire_binding(),
-                            step: step(),
-                        },
+                    gate_gelu: gelu_z(
+                        "inp_gate",
+                        &a.h,
+                        &pb.out,
                         ple_width as u32,
                         l as u32 * cfg.ple_dim,
                     )?,
@@ -1123,18 +1143,7 @@ impl Model {
                 post_attn: norm_then(&a.o, "post_attention_norm", NormOut::Add, &t("ffn_norm"))?,
                 gate: mm("ffn_gate", &a.xn, &a.gate)?,
                 up: mm("ffn_up", &a.xn, &a.up)?,
-                gate_gelu: MatvecGeluMul::new(
-                    &ctx,
-                    matrix(&t("ffn_gate"))?,
-                    MatvecGeluMulIo {
-                        x: a.xn.as_entire_binding(),
-                        z: a.up.as_entire_binding(),
-                        y: a.act.as_entire_binding(),
-                        step: step(),
-                    },
-                    lc.ff_len,
-                    0,
-                )?,
+                gate_gelu: gelu_z("ffn_gate", &a.xn, &a.up, lc.ff_len, 0)?,
                 gelu: GeluMul::new(
                     &ctx,
                     GeluMulIo {
@@ -1198,6 +1207,7 @@ impl Model {
             head,
             score_head: None,
             profiler: None,
+            encode_seconds: 0.0,
             readback,
             ropes,
             uploads,
@@ -1256,11 +1266,12 @@ impl Model {
         let lm_head = Matmul::new(
             ctx,
             embd,
-            MatmulIo {
-                x: normed.as_entire_binding(),
-                y: logits.as_entire_binding(),
-                step: row_step.clone(),
-            },
+            MatmulIo::plain(
+                normed.as_entire_binding(),
+                logits.as_entire_binding(),
+                embd.n,
+                row_step.clone(),
+            ),
             MatmulOut::Store,
         )?;
         let out = ctx.storage("topk", Logits::out_bytes(rows, MAX_K))?;
@@ -1446,6 +1457,7 @@ impl Model {
     ) -> Result<Vec<Candidates>> {
         // Nothing is written or submitted to a lost device.
         self.ctx.check_lost()?;
+        let encode_started = web_time::Instant::now();
         let ctx = self.ctx.clone();
         let q = &ctx.queue;
         let n = tokens.len() as u32;
@@ -1546,6 +1558,7 @@ impl Model {
             (bytes, rows)
         });
         q.submit([encoder.finish()]);
+        self.encode_seconds += encode_started.elapsed().as_secs_f64();
         self.pos += n;
         if let Some(p) = &mut self.profiler {
             p.collect(&ctx).await?;
@@ -1624,6 +1637,12 @@ impl Model {
             None
         };
         Ok(())
+    }
+
+    /// CPU seconds spent so far recording and submitting steps (the step's uploads, its
+    /// compute pass and the submit; not the wait for the GPU).
+    pub fn encode_seconds(&self) -> f64 {
+        self.encode_seconds
     }
 
     /// Per-op GPU times collected since profiling started or was last taken.

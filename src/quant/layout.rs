@@ -1,30 +1,37 @@
 //! The GPU layout of a weight matrix and the CPU code that builds and reads it.
 //!
 //! GGUF blocks (18, 20, 22, 34, 144, 176, 210 bytes) are mostly not 4-byte aligned, and WGSL
-//! storage buffers are arrays of `u32`. At load time every tensor (or row range of one) is
-//! repacked into one `u32` array of two planes:
+//! storage buffers are arrays of `u32` (read by the kernels as `vec4<u32>`: 16 bytes per load).
+//! At load time every tensor (or row range of one) is repacked into one word array of up to
+//! three planes:
 //!
-//! 1. **payload**: for each row, for each block, `payload_words()` words of quant bits;
-//! 2. **scales**: starting at word `sbase = rows · blocks_per_row · payload_words()`.
+//! 1. **payload**: for each row, for each block, `payload_words()` words of quant bits; every
+//!    type's payload is a whole number of 16-byte words per block (or per 8 elements for the
+//!    float types), so a block is read with `vec4<u32>` loads;
+//! 2. **high bits** (Q5_0, Q5_1 only): one word of 5th bits per block, starting at word
+//!    `hbase = rows · blocks_per_row · payload_words()`; kept out of the payload so its 4
+//!    nibble words stay 16-byte aligned;
+//! 3. **scales**: starting at word `sbase = hbase + rows · blocks_per_row · high_words()`.
 //!
 //! Inside a block, the shaders consume *chunks* of 8 consecutive elements `8j..8j+7`, split by
 //! parity: `ev = (e0, e2, e4, e6)` and `od = (e1, e3, e5, e7)`. The bits are ordered so one
 //! masked shift of a word yields four bytes, one per element, for either parity:
 //!
-//! | type | payload words / block | scales per block |
-//! |---|---|---|
-//! | Q4_0, Q4_1 | 4: nibble `e` of the block = element `e` | Q4_0: f16 `d` (halves packed 2 per word); Q4_1: word `d | m<<16` |
-//! | Q5_0, Q5_1 | 4 nibble words + 1 high-bit word: bit `8i + 2c + p` = 5th bit of element `8c + 2i + p` | as Q4_0 / Q4_1 |
-//! | Q8_0 | 8: word `2c` holds bytes of elements `8c+0,2,4,6`, word `2c+1` of `8c+1,3,5,7` | f16 `d` (packed halves) |
-//! | Q4_K | 32 nibble words | 5 words: `d | dmin<<16`, 8 × u8 `sc`, 8 × u8 `m` (6-bit fields pre-decoded) |
-//! | Q5_K | 32 nibble words + 8 high-bit words (one per 32 elements, same bit order as Q5_0) | as Q4_K |
-//! | Q6_K | 32 low-nibble words + 16 words of 2-bit highs (one per 16 elements: bits `8i + 2(2c+p)`) | 5 words: 16 × i8 scales, `d` |
-//! | F32 / F16 / BF16 | 8 / 4 / 4 words per 8 elements, unchanged | none |
+//! | type | payload words / block | high words | scales per block |
+//! |---|---|---|---|
+//! | Q4_0, Q4_1 | 4: nibble `e` of the block = element `e` | — | Q4_0: f16 `d` (halves packed 2 per word); Q4_1: word `d | m<<16` |
+//! | Q5_0, Q5_1 | 4 nibble words | 1: bit `8i + 2c + p` = 5th bit of element `8c + 2i + p` | as Q4_0 / Q4_1 |
+//! | Q8_0 | 8: word `2c` holds bytes of elements `8c+0,2,4,6`, word `2c+1` of `8c+1,3,5,7` | — | f16 `d` (packed halves) |
+//! | Q4_K | 32 nibble words | — | 5 words: `d | dmin<<16`, 8 × u8 `sc`, 8 × u8 `m` (6-bit fields pre-decoded) |
+//! | Q5_K | 32 nibble words + 8 high-bit words (one per 32 elements, same bit order as Q5_0) | — | as Q4_K |
+//! | Q6_K | 32 low-nibble words + 16 words of 2-bit highs (one per 16 elements: bits `8i + 2(2c+p)`) | — | 5 words: 16 × i8 scales, `d` |
+//! | F32 / F16 / BF16 | 8 / 4 / 4 words per 8 elements, unchanged | — | none |
 //!
 //! Every type keeps its exact GGUF information, so GPU bytes / GGUF bytes is 1.0 for the
-//! 32-element types and F*, 148/144 (Q4_K), 180/176 (Q5_K) and 212/210 (Q6_K): all ≤ 1.03.
-//! [`GpuLayout::dequantize`] decodes this layout with the same f32 operations as the shaders
-//! (`shaders/quant/*.wgsl`) and is tested to equal [`super::dequantize`] bit for bit.
+//! 32-element types and F*, 148/144 (Q4_K), 180/176 (Q5_K) and 212/210 (Q6_K): all ≤ 1.03
+//! (plus at most 12 bytes of padding per buffer, which is rounded up to 16 bytes).
+//! [`GpuLayout::dequantize`] decodes this layout with the same f32 operations as the shaders'
+//! `dq8` (`shaders/quant/*.wgsl`) and is tested to equal [`super::dequantize`] bit for bit.
 
 use half::f16;
 
@@ -96,8 +103,12 @@ impl GpuLayout {
     pub fn payload_words(&self) -> u32 {
         match self.ty {
             GgmlType::F32 | GgmlType::Q8_0 => 8,
-            GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_0 | GgmlType::Q4_1 => 4,
-            GgmlType::Q5_0 | GgmlType::Q5_1 => 5,
+            GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1 => 4,
             GgmlType::Q4K => 32,
             GgmlType::Q5K => 40,
             GgmlType::Q6K => 48,
@@ -119,9 +130,33 @@ impl GpuLayout {
         self.k as u64 / self.ty.block_elems() * self.ty.block_bytes()
     }
 
+    /// High-bit words per block (a plane of their own: Q5_0 and Q5_1).
+    pub fn high_words(&self) -> u32 {
+        match self.ty {
+            GgmlType::Q5_0 | GgmlType::Q5_1 => 1,
+            _ => 0,
+        }
+    }
+
+    /// Word offset of the high-bit plane in a part of `rows` rows.
+    pub fn hbase(&self, rows: u32) -> u64 {
+        rows as u64 * self.blocks_per_row() as u64 * self.payload_words() as u64
+    }
+
     /// Word offset of the scales plane in a part of `rows` rows.
     pub fn sbase(&self, rows: u32) -> u64 {
-        rows as u64 * self.blocks_per_row() as u64 * self.payload_words() as u64
+        self.hbase(rows) + rows as u64 * self.blocks_per_row() as u64 * self.high_words() as u64
+    }
+
+    /// Scale words of `rows` rows (whole words: an odd count of f16 scales rounds up).
+    pub fn scale_words(&self, rows: u32) -> u64 {
+        self.words(rows) - self.sbase(rows)
+    }
+
+    /// Bytes of a part buffer of `rows` rows: its words, rounded up to 16 bytes so the kernels
+    /// can read it as `vec4<u32>` to the end.
+    pub fn part_bytes(&self, rows: u32) -> u64 {
+        (self.words(rows) * 4).next_multiple_of(16)
     }
 
     /// Total words of a part of `rows` rows.
@@ -148,13 +183,17 @@ impl GpuLayout {
                 .collect();
         }
         let mut out = vec![0u32; self.words(rows) as usize];
+        let hbase = self.hbase(rows) as usize;
         let sbase = self.sbase(rows) as usize;
         let pw = self.payload_words() as usize;
+        let hw = self.high_words() as usize;
         let bb = self.ty.block_bytes() as usize;
         for (gb, b) in bytes.chunks_exact(bb).enumerate() {
-            let payload = &mut out[gb * pw..(gb + 1) * pw];
+            let mut payload = [0u32; 48];
             let mut scale = [0u32; 5];
-            self.repack_block(b, payload, &mut scale);
+            self.repack_block(b, &mut payload, &mut scale);
+            out[gb * pw..(gb + 1) * pw].copy_from_slice(&payload[..pw]);
+            out[hbase + gb * hw..hbase + (gb + 1) * hw].copy_from_slice(&payload[pw..pw + hw]);
             match self.scales() {
                 Scales::Half => out[sbase + gb / 2] |= scale[0] << (16 * (gb % 2)),
                 Scales::Words(w) => {
@@ -167,8 +206,8 @@ impl GpuLayout {
         out
     }
 
-    /// One GGUF block into its payload words and scale words (`scale[0]` holds the f16 bits
-    /// for `Scales::Half`).
+    /// One GGUF block into its payload words (followed by its high-bit words for Q5_0/Q5_1)
+    /// and scale words (`scale[0]` holds the f16 bits for `Scales::Half`).
     fn repack_block(&self, b: &[u8], payload: &mut [u32], scale: &mut [u32; 5]) {
         let h16 = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as u32;
         // Element `e`'s stored quant (nibble, 5-bit, 6-bit or byte).
@@ -264,11 +303,11 @@ impl GpuLayout {
     pub fn dequantize(&self, words: &[u32], rows: u32) -> Vec<f32> {
         let bpr = self.blocks_per_row();
         let cpb = self.block_elems() / 8;
-        let sbase = self.sbase(rows) as u32;
+        let planes = (self.hbase(rows) as u32, self.sbase(rows) as u32);
         let mut out = Vec::with_capacity(rows as usize * self.k as usize);
         for gb in 0..rows * bpr {
             for j in 0..cpb {
-                let (ev, od) = self.chunk(words, sbase, gb, j);
+                let (ev, od) = self.chunk(words, planes, gb, j);
                 for i in 0..4 {
                     out.push(ev[i]);
                     out.push(od[i]);
@@ -278,10 +317,17 @@ impl GpuLayout {
         out
     }
 
-    /// Elements `8j..8j+7` of block `gb` as (even, odd) lanes: the CPU twin of `dq8` in
+    /// Elements `8j..8j+7` of block `gb` as (even, odd) lanes, in a part whose high-bit and
+    /// scales planes start at words `(hbase, sbase)`: the CPU twin of `dq8` in
     /// `shaders/quant/<type>.wgsl`, operation for operation.
-    pub fn chunk(&self, wq: &[u32], sbase: u32, gb: u32, j: u32) -> ([f32; 4], [f32; 4]) {
-        let (gb, j, sbase) = (gb as usize, j as usize, sbase as usize);
+    pub fn chunk(
+        &self,
+        wq: &[u32],
+        (hbase, sbase): (u32, u32),
+        gb: u32,
+        j: u32,
+    ) -> ([f32; 4], [f32; 4]) {
+        let (gb, j, hbase, sbase) = (gb as usize, j as usize, hbase as usize, sbase as usize);
         let pw = self.payload_words() as usize;
         let base = gb * pw;
         let half = |i: usize| f16::from_bits((wq[sbase + i / 2] >> (16 * (i % 2))) as u16).to_f32();
@@ -311,7 +357,7 @@ impl GpuLayout {
                 let (mut ev, mut od) = (w & 0x0F0F_0F0F, (w >> 4) & 0x0F0F_0F0F);
                 let five = matches!(self.ty, GgmlType::Q5_0 | GgmlType::Q5_1);
                 if five {
-                    let h = wq[base + 4] >> (2 * j);
+                    let h = wq[hbase + gb] >> (2 * j);
                     ev |= (h & 0x0101_0101) << 4;
                     od |= ((h >> 1) & 0x0101_0101) << 4;
                 }

@@ -10,12 +10,15 @@ use crate::{Error, Result};
 /// One row range of a matrix, in its own buffer.
 #[derive(Debug)]
 pub struct QuantPart {
-    /// `words` u32: payload plane `[rows, blocks_per_row, payload_words]`, then the scales plane.
+    /// `words` u32 (padded to 16 bytes): payload plane `[rows, blocks_per_row,
+    /// payload_words]`, the high-bit plane (Q5_0/Q5_1), then the scales plane.
     pub buffer: wgpu::Buffer,
     /// First row of the matrix held here.
     pub row0: u32,
     /// Rows held here.
     pub rows: u32,
+    /// Word offset of the high-bit plane in `buffer` (= `sbase` for types without one).
+    pub hbase: u32,
     /// Word offset of the scales plane in `buffer`.
     pub sbase: u32,
     /// Words in `buffer` (the buffer itself may be rounded up).
@@ -105,13 +108,13 @@ impl MatrixUpload {
             } else {
                 format!("{name}[{row0}..{}]", row0 + rows)
             };
-            let words = layout.words(rows);
             parts.push(QuantPart {
-                buffer: ctx.storage(&label, words * 4)?,
+                buffer: ctx.storage(&label, layout.part_bytes(rows))?,
                 row0,
                 rows,
+                hbase: layout.hbase(rows) as u32,
                 sbase: layout.sbase(rows) as u32,
-                words,
+                words: layout.words(rows),
             });
         }
         Ok(Self {
@@ -182,20 +185,23 @@ impl MatrixUpload {
             let local = row - part.row0;
             let chunk = &bytes[((row - row0) as usize * rb)..((row - row0 + take) as usize * rb)];
             let words = self.layout.repack(chunk);
-            // The chunk's own planes: payload words, then its scales.
-            let split = self.layout.sbase(take) as usize;
-            let payload_at = self.layout.sbase(local) * 4;
-            ctx.queue.write_buffer(
-                &part.buffer,
-                payload_at,
-                bytemuck::cast_slice(&words[..split]),
-            );
-            if split < words.len() {
-                // Scales of rows before `local` in this part (an even count, so whole words).
-                let scales_before = self.layout.words(local) - self.layout.sbase(local);
-                let at = (part.sbase as u64 + scales_before) * 4;
-                ctx.queue
-                    .write_buffer(&part.buffer, at, bytemuck::cast_slice(&words[split..]));
+            // The chunk's own planes (payload, high bits, scales), each written after the
+            // same plane of the part's rows before `local` (an even count, so the f16 scales
+            // of those rows fill whole words).
+            let l = &self.layout;
+            let (hbase, sbase) = (l.hbase(take) as usize, l.sbase(take) as usize);
+            for (plane, at) in [
+                (&words[..hbase], l.hbase(local)),
+                (
+                    &words[hbase..sbase],
+                    part.hbase as u64 + l.sbase(local) - l.hbase(local),
+                ),
+                (&words[sbase..], part.sbase as u64 + l.scale_words(local)),
+            ] {
+                if !plane.is_empty() {
+                    ctx.queue
+                        .write_buffer(&part.buffer, at * 4, bytemuck::cast_slice(plane));
+                }
             }
             row += take;
         }
@@ -227,7 +233,7 @@ pub fn part_sizes(name: &str, ty: GgmlType, k: u32, n: u32, limit: u64) -> Resul
     let layout = GpuLayout::new(name, ty, k)?;
     Ok(part_ranges(&layout, n, name, limit)?
         .into_iter()
-        .map(|(_, rows)| (layout.words(rows) * 4).max(4))
+        .map(|(_, rows)| layout.part_bytes(rows))
         .collect())
 }
 
@@ -245,7 +251,7 @@ fn part_ranges(layout: &GpuLayout, n: u32, name: &str, limit: u64) -> Result<Vec
     if rows == 0 {
         return Err(Error::Limit {
             what: format!("one row of tensor `{name}`"),
-            needed: layout.words(1) * 4,
+            needed: layout.part_bytes(1),
             available: limit,
             limit: "max_storage_buffer_binding_size",
         });
@@ -259,7 +265,7 @@ fn part_ranges(layout: &GpuLayout, n: u32, name: &str, limit: u64) -> Result<Vec
 
 /// The most rows (≤ `n`) whose part fits in `limit` bytes.
 fn rows_fitting(layout: &GpuLayout, n: u32, limit: u64) -> u32 {
-    let bytes = |rows: u32| (layout.words(rows) * 4).max(4);
+    let bytes = |rows: u32| layout.part_bytes(rows);
     if bytes(n) <= limit {
         return n;
     }
