@@ -10,8 +10,10 @@
 // (Little's law: a decode step must keep megabytes in flight), and no loop bound comes from a
 // buffer (Mesa's lavapipe recompiles shaders whose bounds it can inline).
 //
-// Dispatch: one workgroup of WG invocations per R consecutive output rows (linear index split
-// over x/y by gpu::grid; groups past p.rows return). Invocation i takes units i, i + WG, … of
+// Dispatch: one workgroup of WG invocations per G·R consecutive output rows, G groups of R
+// (linear index split over x/y by gpu::grid; groups past p.rows return). G > 1 only with a
+// prologue, so fewer workgroups repeat it (its reads of the residual stream are K floats per
+// term per workgroup). Invocation i takes units i, i + WG, … of
 // the row length; for each unit it loads the activations of its NT tokens once (reordered to the
 // units' even/odd lanes, with their per-half sums for the affine offsets) and reuses them for
 // its R rows (2R with PAIR). One batched reduction sums the R·NT partials of the workgroup
@@ -31,7 +33,7 @@
 //
 // Specialisation: K, UNIT (8 or 32, of every bound type; flag UNIT32), WG ∈ {32 … 256} (power
 // of two), NT ∈ {1, 4} (flag NT4), N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
-// PRO_T2, PRO_NORM, PRO_LAST. R = 4 rows per workgroup. The hot loop is straight-line code over
+// PRO_T2, PRO_NORM. R = 4 rows per group, G groups per workgroup. The hot loop is straight-line code over
 // structs of vectors (no dynamically indexed arrays: see `Unit`). Workgroup memory: NV·WG
 // floats for the reduction, plus K floats with PRO.
 // Precision: f32 throughout (also in the F16 variant: q·x of Gemma activations can overflow
@@ -41,7 +43,7 @@ struct Params {
     rows: u32,      // output rows of this dispatch (one part of W, or all slots together)
     y_stride: u32,  // elements between tokens in y
     y_offset: u32,  // element of y[0, 0] for this dispatch's first row
-    x_offset: u32,  // vec4 index of x[0, 0] (PRO: of the step's row 0 in the arena)
+    x_offset: u32,  // vec4 index of x[0, 0] (PRO: of h's row 0 in the residual arena)
     x_stride: u32,  // vec4s between tokens in x
     z_stride: u32,  // GELU_Z: elements between tokens in z
     z_offset: u32,  // GELU_Z: element of z for this dispatch's first row
@@ -64,7 +66,8 @@ const U: u32 = K / UNIT;       // units per row
 const UV: u32 = UNIT / 4u;     // activation vec4s per unit
 const K4: u32 = K / 4u;
 const WG: u32 = {{WG}}u;
-const R: u32 = 4u;             // output rows per workgroup (one vec4 of partial sums)
+const R: u32 = 4u;             // output rows per group (one vec4 of partial sums)
+const G: u32 = {{G}}u;         // row groups per workgroup (more with PRO: one prologue serves them)
 const NT: u32 = {{NT}}u;       // tokens (1 … NT per step: 1 or 4)
 const N0: u32 = {{N0}}u;       // rows of slot 0 (multi-slot dispatches)
 const N1: u32 = {{N1}}u;       // rows of slot 1
@@ -215,13 +218,9 @@ fn acc_add(a: Acc, b: Acc) -> Acc {
 // with PRO_NORM x = rms(x) · w_n, where rms(v) = v / sqrt(mean(v²) + eps) over K elements and
 // h, o_i are rows of the residual arena (`x`) — the post-norms and the next block's input norm
 // of a Gemma layer, recomputed by every workgroup instead of materialised by a dispatch of
-// their own. The row is the step's first (or last, PRO_LAST). All invocations call it.
+// their own. One token: the step's first row. All invocations call it.
 fn prologue(inv: Invocation) {
-#if PRO_LAST
-    let row = p.x_offset + (step.n_tokens - 1u) * p.x_stride;
-#else
     let row = p.x_offset;
-#endif
     var ss = vec2<f32>(0.0);
     for (var i = inv.lid; i < K4; i += WG) {
 #if PRO_T1
@@ -263,9 +262,9 @@ fn prologue(inv: Invocation) {
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {
-    let r0 = linear_group(grp.wg, grp.nwg) * R;
+    let first = linear_group(grp.wg, grp.nwg) * G * R;
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
-    if r0 >= p.rows {
+    if first >= p.rows {
         return;
     }
 #if PRO
@@ -274,6 +273,19 @@ fn main(inv: Invocation, grp: Workgroup) {
 #else
     let nt = min(step.n_tokens, NT);
 #endif
+    for (var g = 0u; g < G; g++) {
+        let r0 = first + g * R;
+        if r0 >= p.rows {
+            break;
+        }
+        row_group(inv, r0, nt);
+        // `red` is reused by the next group.
+        workgroupBarrier();
+    }
+}
+
+// The R output rows from r0: every invocation's partial sums, then the reduction and the write.
+fn row_group(inv: Invocation, r0: u32, nt: u32) {
     var acc: Acc;
 #if PAIR
     var acc_up: Acc;

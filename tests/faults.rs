@@ -96,6 +96,9 @@ fn assert_lost<T: std::fmt::Debug>(what: &str, r: Result<T>) {
 /// Live bytes of wgpu's memory allocator (`None` on backends without a report), after letting
 /// wgpu free what finished work held.
 fn allocator_bytes(ctx: &GpuContext) -> Option<u64> {
+    // Writes still queued (the staging copies behind buffers created with contents) are
+    // memory of the queue, not of whoever made them: flush them first.
+    ctx.queue.submit([]);
     ctx.device
         .poll(wgpu::PollType::wait_indefinitely())
         .expect("poll");

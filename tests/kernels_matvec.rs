@@ -251,8 +251,8 @@ fn gate_up_pair() {
 }
 
 /// The prologues: Gemma's FFN input `rms(h + rms(o)·w1)·wn` into the gate/up pair, Gemma 4's
-/// per-layer-gate input `h + rms(o1)·w1 + rms(o2)·w2` into `gelu(W·x) ⊙ z`, and the LM head's
-/// `rms(h_last)·wn` (the step's last row).
+/// per-layer-gate input `h + rms(o1)·w1 + rms(o2)·w2` into `gelu(W·x) ⊙ z`, and both terms with
+/// a norm into a matrix whose workgroups take several row groups each.
 #[test]
 fn norm_prologues() {
     for v in variants() {
@@ -300,10 +300,8 @@ fn norm_prologues() {
             &[&g, &u],
             MatvecIn::Prologue {
                 h: 0,
-                stride,
                 terms: [Some(t1), None],
                 norm: Some(2 * k),
-                last_row: false,
                 eps: EPS,
             },
             MatvecOut::GeluPair,
@@ -335,10 +333,8 @@ fn norm_prologues() {
             &[&g],
             MatvecIn::Prologue {
                 h: 0,
-                stride,
                 terms: [Some(t1), Some(t2)],
                 norm: None,
-                last_row: false,
                 eps: EPS,
             },
             MatvecOut::GeluZ,
@@ -362,27 +358,35 @@ fn norm_prologues() {
             .collect();
         check(&format!("ple prologue [{}]", v.name), &got, &want, &bound);
 
-        // 3. The LM head's final norm of the step's last row.
+        // 3. Two terms and a norm into a matrix tall enough that each workgroup takes
+        // several row groups (its prologue is not repeated per 4 rows).
+        let tall = 16384u32;
+        let (big, bigd) = matrix(ctx, GgmlType::Q8_0, k, tall, 5);
+        let yb2 = ctx.storage("y2", tall as u64 * 4).unwrap();
         let op = Matvec::new(
             ctx,
-            &[&u],
+            &[&big],
             MatvecIn::Prologue {
                 h: 0,
-                stride,
-                terms: [None, None],
-                norm: Some(k),
-                last_row: true,
+                terms: [Some(t1), Some(t2)],
+                norm: Some(2 * k),
                 eps: EPS,
             },
             MatvecOut::Store,
             1,
-            io(None),
+            prologue_io([&ab, &nb, &yb2, &sb], tall, None),
         )
         .unwrap();
-        let got = run(ctx, &op, &sb, &yb, t_rows as u32, n as usize);
-        let x = term(&row(t_rows - 1, 0), &weight(1));
-        let (pu, bu) = product(&ud, ku, &x);
-        check(&format!("head prologue [{}]", v.name), &got, &pu, &bu);
+        let got = run(ctx, &op, &sb, &yb2, 1, tall as usize);
+        let h2: Vec<f64> = row(0, 0)
+            .iter()
+            .zip(term(&row(0, ku), &weight(0)))
+            .zip(term(&row(0, 2 * ku), &weight(1)))
+            .map(|((a, b), c)| a + b + c)
+            .collect();
+        let x = term(&h2, &weight(2));
+        let (p, b) = product(&bigd, ku, &x);
+        check(&format!("norm prologue [{}]", v.name), &got, &p, &b);
     }
 }
 

@@ -31,6 +31,9 @@ pub const MATVEC_MAX_TOKENS: u32 = 4;
 /// each activation load serves this many rows.
 pub const MATVEC_ROWS: u32 = 4;
 
+/// Rows from which a mat-vec runs as many waves of workgroups (see `MatvecShape::wg`).
+const MANY_ROWS: u32 = 32768;
+
 /// Most matrices one mat-vec dispatch binds.
 pub const MAX_SLOTS: usize = 3;
 
@@ -51,6 +54,11 @@ pub const TYPES: [GgmlType; 11] = [
 
 /// Workgroup memory the mat-vec may use (WebGPU's default limit; reduction scratch included).
 const WORKGROUP_BYTES: u32 = 16 << 10;
+
+/// Bytes of the residual stream all workgroups of one prologue dispatch may read between
+/// them: every workgroup reads `k` floats per input row, so a large matrix gives each
+/// workgroup several row groups rather than repeat the prologue thousands of times.
+const PROLOGUE_READ_BUDGET: u64 = 8 << 20;
 
 /// Elements of one mat-vec unit of `ty` (mirrors `UNIT` in `shaders/quant/<type>.wgsl`).
 pub fn unit_elems(ty: GgmlType) -> u32 {
@@ -171,14 +179,11 @@ pub enum MatvecIn {
     Buffer { offset: u32, stride: Option<u32> },
     /// One token: `x = h + Σ rms(o_i)·w_i` over `terms` (at most two), then `rms(x)·w_n` when
     /// `norm` is set, where `h` is the row at element `h` of the residual arena (the input
-    /// buffer; rows `stride` elements apart) — the first row of the step, or its last with
-    /// `last_row`.
+    /// buffer).
     Prologue {
         h: u32,
-        stride: u32,
         terms: [Option<NormTerm>; 2],
         norm: Option<u32>,
-        last_row: bool,
         eps: f32,
     },
 }
@@ -196,8 +201,12 @@ pub struct MatvecShape {
     /// Tokens per step (1 … [`MATVEC_MAX_TOKENS`]; 1 with a prologue).
     pub nt: u32,
     pub out: MatvecOut,
-    /// Prologue: (terms, final norm, last row); `None` reads a buffer.
-    pub prologue: Option<(u32, bool, bool)>,
+    /// Prologue: (terms, final norm); `None` reads a buffer.
+    pub prologue: Option<(u32, bool)>,
+    /// Groups of 4 output rows per workgroup.
+    pub groups: u32,
+    /// Rows of the largest bound matrix (the dispatch's size picks the workgroup size).
+    pub rows: u32,
 }
 
 impl MatvecShape {
@@ -216,14 +225,18 @@ impl MatvecShape {
     }
 
     /// Invocations per workgroup: enough to take each unit of a row in one pass where that
-    /// fits (a power of two from 32 to 256), within the workgroup memory the reduction (and
-    /// the prologue's vector) leaves.
+    /// fits (a power of two from 32 to 256), which keeps a dispatch short when the next one
+    /// waits for it; for a matrix with more rows than a GPU holds workgroups at once (an LM
+    /// head: many waves) the narrowest, so each workgroup has several units in flight (H100,
+    /// E2B's 262144-row head in Q4_0: 193 µs at 32, 233 at 64, 332 at 128); within the
+    /// workgroup memory the reduction (and the prologue's vector) leaves.
     fn wg(&self) -> u32 {
         let units = self.k / self.unit();
-        let mut wg = std::env::var("GEMMA_MATVEC_WG")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| units.next_power_of_two().clamp(32, 256));
+        let mut wg = if self.rows >= MANY_ROWS {
+            32
+        } else {
+            units.next_power_of_two().clamp(32, 256)
+        };
         let vector = if self.prologue.is_some() {
             self.k * 4
         } else {
@@ -248,11 +261,13 @@ impl MatvecShape {
         };
         let pro = match self.prologue {
             None => String::new(),
-            Some((terms, norm, last)) => format!(
-                "_pro{terms}{}{}",
-                if norm { "n" } else { "" },
-                if last { "l" } else { "" }
-            ),
+            Some((terms, norm)) => {
+                format!(
+                    "_pro{terms}{}_g{}",
+                    if norm { "n" } else { "" },
+                    self.groups
+                )
+            }
         };
         let wg = self.wg();
         let rows: String = MATVEC_SLOTS[..slots]
@@ -260,7 +275,7 @@ impl MatvecShape {
             .map(|slot| expand_slot(ROWS_TEMPLATE, slot))
             .collect::<Vec<_>>()
             .join("\n");
-        let (terms, norm, last) = self.prologue.unwrap_or((0, false, false));
+        let (terms, norm) = self.prologue.unwrap_or((0, false));
         KernelSpec::new(
             format!(
                 "matvec_{}_k{}_nt{}_wg{wg}{out}{pro}",
@@ -274,6 +289,7 @@ impl MatvecShape {
         .define("UNIT", self.unit())
         .define("WG", wg)
         .define("NT", self.nt)
+        .define("G", self.groups)
         .define("N0", self.n0)
         .define("N1", self.n1)
         .define("QUANT", quant_wgsl(&self.types, &MATVEC_SLOTS[..slots]))
@@ -289,7 +305,6 @@ impl MatvecShape {
         .flag("PRO_T1", terms >= 1)
         .flag("PRO_T2", terms >= 2)
         .flag("PRO_NORM", norm)
-        .flag("PRO_LAST", last)
     }
 }
 
@@ -310,6 +325,8 @@ pub fn specs() -> Vec<KernelSpec> {
                         nt,
                         out,
                         prologue: None,
+                        groups: 1,
+                        rows: 64,
                     }
                     .spec(),
                 );
@@ -323,7 +340,9 @@ pub fn specs() -> Vec<KernelSpec> {
                 n1: 0,
                 nt: 1,
                 out: MatvecOut::GeluPair,
-                prologue: Some((1, true, false)),
+                prologue: Some((1, true)),
+                groups: 2,
+                rows: 64,
             }
             .spec(),
         );
@@ -338,10 +357,12 @@ pub fn specs() -> Vec<KernelSpec> {
             nt: MATVEC_MAX_TOKENS,
             out: MatvecOut::Store,
             prologue: None,
+            groups: 1,
+            rows: 64,
         }
         .spec(),
     );
-    for prologue in [(2, false, false), (0, true, true)] {
+    for prologue in [(2, false), (0, true)] {
         v.push(
             MatvecShape {
                 types: vec![GgmlType::Q8_0],
@@ -351,6 +372,8 @@ pub fn specs() -> Vec<KernelSpec> {
                 nt: 1,
                 out: MatvecOut::GeluZ,
                 prologue: Some(prologue),
+                groups: 1,
+                rows: MANY_ROWS,
             }
             .spec(),
         );
@@ -410,6 +433,8 @@ pub struct Matvec {
     kernel: Arc<Kernel>,
     parts: Vec<Part>,
     nt: u32,
+    /// Output rows per workgroup.
+    rows_per_workgroup: u32,
     max_per_dim: u32,
 }
 
@@ -440,14 +465,11 @@ impl Matvec {
             }
             MatvecIn::Prologue {
                 h,
-                stride,
                 terms,
                 norm,
                 eps,
-                ..
             } => {
                 base.x_offset = h / 4;
-                base.x_stride = stride / 4;
                 base.eps = eps;
                 if let Some(t) = terms[0] {
                     (base.pro_o1, base.pro_w1) = (t.offset / 4, t.weight / 4);
@@ -521,6 +543,7 @@ impl Matvec {
             kernel,
             parts,
             nt: shape.nt,
+            rows_per_workgroup: MATVEC_ROWS * shape.groups,
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
     }
@@ -573,7 +596,7 @@ impl Matvec {
         }
         let offsets = match input {
             MatvecIn::Buffer { offset, stride } => [offset, stride.unwrap_or(k)],
-            MatvecIn::Prologue { h, stride, .. } => [h, stride],
+            MatvecIn::Prologue { h, .. } => [h, 0],
         };
         if offsets.iter().any(|o| o % 4 != 0) {
             return bad(format!(
@@ -582,12 +605,7 @@ impl Matvec {
         }
         let prologue = match input {
             MatvecIn::Buffer { .. } => None,
-            MatvecIn::Prologue {
-                terms,
-                norm,
-                last_row,
-                ..
-            } => {
+            MatvecIn::Prologue { terms, norm, .. } => {
                 let n = terms.iter().take_while(|t| t.is_some()).count() as u32;
                 if terms[..n as usize].len() != terms.iter().filter(|t| t.is_some()).count() {
                     return bad("prologue terms must come first".into());
@@ -595,7 +613,7 @@ impl Matvec {
                 if k % 4 != 0 || k * 4 + 1024 + 256 > WORKGROUP_BYTES {
                     return bad(format!("no prologue for rows of {k} elements"));
                 }
-                Some((n, norm.is_some(), last_row))
+                Some((n, norm.is_some()))
             }
         };
         let nt = if prologue.is_some() { 1 } else { nt };
@@ -607,6 +625,17 @@ impl Matvec {
             _ if slots.len() > i + 1 => slots[i].n,
             _ => 0,
         };
+        let rows = slots.iter().map(|m| m.n).max().unwrap_or(0);
+        // Row groups per workgroup: one, or with a prologue enough that all workgroups
+        // together read at most PROLOGUE_READ_BUDGET bytes of the residual stream.
+        let groups = match prologue {
+            None => 1,
+            Some((terms, _)) => {
+                let per_workgroup = k as u64 * 4 * (terms as u64 + 1);
+                let workgroups = (PROLOGUE_READ_BUDGET / per_workgroup).max(1);
+                (rows.div_ceil(MATVEC_ROWS) as u64).div_ceil(workgroups) as u32
+            }
+        };
         Ok(MatvecShape {
             types: slots.iter().map(|m| m.ty()).collect(),
             k,
@@ -615,6 +644,8 @@ impl Matvec {
             nt: if nt > 1 { MATVEC_MAX_TOKENS } else { 1 },
             out,
             prologue,
+            groups,
+            rows,
         })
     }
 
@@ -635,7 +666,10 @@ impl Op for Matvec {
             pass.set_bind_group(0, &part.bind_group, &[]);
             crate::gpu::dispatch(
                 pass,
-                grid(part.rows.div_ceil(MATVEC_ROWS), self.max_per_dim),
+                grid(
+                    part.rows.div_ceil(self.rows_per_workgroup),
+                    self.max_per_dim,
+                ),
             );
         }
     }

@@ -1,13 +1,14 @@
-//! RMSNorm (`shaders/rmsnorm.wgsl`): the input norms, per-head q/k norms, Gemma 4's
-//! weightless V-norm, and the post-norms fused with the residual add (`h += rms(x)·w`, and
-//! Gemma 4's `h = (h + rms(x)·w)·s` with the layer scalar `s`).
+//! RMSNorm (`shaders/rmsnorm.wgsl`: plain norms, the final norm of the step's last row) and the
+//! residual update (`shaders/residual.wgsl`: `h = (h + Σ rms(o_i)·w_i)·s`, then the next
+//! block's input norm, in one dispatch).
 
 use std::sync::Arc;
 
 use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
-use crate::Result;
+use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/rmsnorm.wgsl");
+const RESIDUAL: &str = include_str!("../../shaders/residual.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -16,8 +17,7 @@ struct Params {
     rows_per_token: u32,
     eps: f32,
     has_weight: u32,
-    out_scale: f32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 /// How the normalised row is written.
@@ -25,46 +25,157 @@ struct Params {
 pub enum NormOut {
     /// `y = rms(x)·w`
     Store,
-    /// `y += rms(x)·w` (residual add)
-    Add,
-    /// `y = (y + rms(x)·w)·s`: the residual add of Gemma 4's last block in a layer, followed
-    /// by the layer's `layer_output_scale` `s` on the whole residual stream
-    AddScaled(f32),
     /// `y[0] = rms(x[n_tokens − 1])·w`: only the step's last row (before the LM head)
     LastRow,
 }
 
 /// Kernel specs this module can build (for shader validation).
 pub fn specs() -> Vec<KernelSpec> {
-    let mut v: Vec<KernelSpec> = [NormOut::Store, NormOut::Add, NormOut::LastRow]
-        .into_iter()
-        .map(|o| spec(o, false))
-        .collect();
-    v.push(spec(NormOut::Add, true));
+    let mut v = vec![spec(NormOut::Store), spec(NormOut::LastRow)];
+    for terms in 0..=3 {
+        for next in [false, true] {
+            if terms > 0 || next {
+                v.push(residual_spec(64, terms, next));
+            }
+        }
+    }
     v
 }
 
-fn spec(out: NormOut, then_norm: bool) -> KernelSpec {
+fn spec(out: NormOut) -> KernelSpec {
     let name = match out {
         NormOut::Store => "rmsnorm",
-        NormOut::Add | NormOut::AddScaled(_) if then_norm => "rmsnorm_add_norm",
-        NormOut::Add | NormOut::AddScaled(_) => "rmsnorm_add",
         NormOut::LastRow => "rmsnorm_last_row",
     };
     KernelSpec::new(name, SOURCE)
         .define("WG", super::ROW_WG)
-        .flag("ADD", matches!(out, NormOut::Add | NormOut::AddScaled(_)))
-        .flag("THEN_NORM", then_norm)
         .flag("LAST_ROW", out == NormOut::LastRow)
 }
 
-/// The next block's input norm, computed by a post-norm's dispatch on the row it just updated
-/// ([`RmsNorm::with_next_norm`]): saves a dispatch (and a pass over the row) per block.
-pub struct NextNorm<'a> {
-    /// `[len]` f32
-    pub weight: wgpu::BindingResource<'a>,
-    /// `[n_tokens, len]` f32: `rms(h)·weight` of the updated residual row
-    pub y: wgpu::BindingResource<'a>,
+fn residual_spec(len: u32, terms: u32, next: bool) -> KernelSpec {
+    KernelSpec::new(
+        format!("residual_{len}_t{terms}{}", if next { "_next" } else { "" }),
+        RESIDUAL,
+    )
+    .define("WG", super::ROW_WG)
+    .define("LEN", len)
+    .define("TERMS", terms)
+    .flag("NEXT", next)
+}
+
+/// Mirrors `struct Params` in residual.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ResidualParams {
+    h: u32,
+    o: [u32; 3],
+    w: [u32; 3],
+    wn: u32,
+    eps: f32,
+    out_scale: f32,
+    _pad: [u32; 2],
+}
+
+/// `rms(o)·w`: a block output's row `o` (element offset of row 0 in the arena) and its norm
+/// weight (element offset in the norm table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub o: u32,
+    pub w: u32,
+}
+
+/// What a [`Residual`] computes, per token row of `len` elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResidualConfig {
+    pub len: u32,
+    /// Element offset of h's row 0 in the arena.
+    pub h: u32,
+    /// `h = (h + Σ rms(o_i)·w_i)·out_scale` over these (at most three; none: h is only read).
+    pub terms: Vec<Term>,
+    pub out_scale: f32,
+    /// `y = rms(h)·w_next`: the element offset of `w_next` in the norm table.
+    pub next: Option<u32>,
+    pub eps: f32,
+}
+
+/// Buffers a [`Residual`] reads and writes.
+pub struct ResidualIo<'a> {
+    /// The residual arena (h and the blocks' outputs, rows of `len` f32)
+    pub arena: wgpu::BindingResource<'a>,
+    /// The norm table (`[len]` f32 weights at element offsets)
+    pub norms: wgpu::BindingResource<'a>,
+    /// `[n_tokens, len]` f32 for the next block's input (with `next`)
+    pub y: Option<wgpu::BindingResource<'a>>,
+    /// the step parameters (`gpu::StepParams`): `n_tokens` rows
+    pub step: wgpu::BindingResource<'a>,
+}
+
+/// The residual update of a block (or several deferred ones) and the next input norm, one
+/// workgroup per token.
+pub struct Residual {
+    kernel: Arc<Kernel>,
+    bind_group: wgpu::BindGroup,
+    _params: wgpu::Buffer,
+    max_per_dim: u32,
+}
+
+impl Residual {
+    pub fn new(ctx: &GpuContext, io: ResidualIo<'_>, cfg: &ResidualConfig) -> Result<Self> {
+        if cfg.terms.len() > 3 || (cfg.terms.is_empty() && cfg.next.is_none()) {
+            return Err(Error::InvalidArgument(format!(
+                "residual: {} terms{}",
+                cfg.terms.len(),
+                if cfg.next.is_none() {
+                    " and no next norm"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if cfg.next.is_some() != io.y.is_some() {
+            return Err(Error::InvalidArgument(
+                "residual: a next norm needs an output and only it".into(),
+            ));
+        }
+        let kernel = ctx.kernel(&residual_spec(
+            cfg.len,
+            cfg.terms.len() as u32,
+            cfg.next.is_some(),
+        ))?;
+        let mut p = ResidualParams {
+            h: cfg.h,
+            wn: cfg.next.unwrap_or(0),
+            eps: cfg.eps,
+            out_scale: cfg.out_scale,
+            ..Default::default()
+        };
+        for (i, t) in cfg.terms.iter().enumerate() {
+            p.o[i] = t.o;
+            p.w[i] = t.w;
+        }
+        let params = ctx.params_init("residual.params", &p);
+        let mut entries = vec![(0, io.arena), (1, io.norms)];
+        if let Some(y) = io.y {
+            entries.push((2, y));
+        }
+        entries.push((3, params.as_entire_binding()));
+        entries.push((4, io.step));
+        let bind_group = ctx.bind_at(&kernel, &entries);
+        Ok(Self {
+            kernel,
+            bind_group,
+            _params: params,
+            max_per_dim: ctx.caps.max_workgroups_per_dim,
+        })
+    }
+}
+
+impl Op for Residual {
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        crate::gpu::dispatch(pass, grid(step.n_tokens, self.max_per_dim));
+    }
 }
 
 /// `rows_per_token` rows of `len` elements per token.
@@ -97,37 +208,7 @@ impl RmsNorm {
         eps: f32,
         out: NormOut,
     ) -> Result<Self> {
-        Self::build(ctx, io, None, len, rows_per_token, eps, out)
-    }
-
-    /// `h = (h + rms(x)·w)·s` (`out`: `Add` or `AddScaled`), then `next.y = rms(h)·next.weight`
-    /// in the same dispatch. One row per token (the residual stream).
-    pub fn with_next_norm(
-        ctx: &GpuContext,
-        io: RmsNormIo<'_>,
-        next: NextNorm<'_>,
-        len: u32,
-        eps: f32,
-        out: NormOut,
-    ) -> Result<Self> {
-        if !matches!(out, NormOut::Add | NormOut::AddScaled(_)) || io.weight.is_none() {
-            return Err(crate::Error::InvalidArgument(
-                "rmsnorm: a fused next norm follows a weighted residual add".into(),
-            ));
-        }
-        Self::build(ctx, io, Some(next), len, 1, eps, out)
-    }
-
-    fn build(
-        ctx: &GpuContext,
-        io: RmsNormIo<'_>,
-        next: Option<NextNorm<'_>>,
-        len: u32,
-        rows_per_token: u32,
-        eps: f32,
-        out: NormOut,
-    ) -> Result<Self> {
-        let kernel = ctx.kernel(&spec(out, next.is_some()))?;
+        let kernel = ctx.kernel(&spec(out))?;
         let params = ctx.params_init(
             "rmsnorm.params",
             &Params {
@@ -135,19 +216,14 @@ impl RmsNorm {
                 rows_per_token,
                 eps,
                 has_weight: io.weight.is_some() as u32,
-                out_scale: match out {
-                    NormOut::AddScaled(s) => s,
-                    _ => 1.0,
-                },
-                _pad: [0; 3],
+                _pad: [0; 4],
             },
         );
         let weight = io.weight.unwrap_or_else(|| io.x.clone());
-        let mut resources = vec![io.x, weight, io.y, params.as_entire_binding(), io.step];
-        if let Some(n) = next {
-            resources.extend([n.weight, n.y]);
-        }
-        let bind_group = ctx.bind(&kernel, &resources);
+        let bind_group = ctx.bind(
+            &kernel,
+            &[io.x, weight, io.y, params.as_entire_binding(), io.step],
+        );
         Ok(Self {
             kernel,
             bind_group,
