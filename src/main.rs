@@ -242,16 +242,17 @@ struct BenchArgs {
     synthetic: Option<String>,
     #[command(flatten)]
     quant: SynthQuantArg,
-    /// Prompt tokens of the prefill.
+    /// Prompt tokens of the prefill (at least 1).
     #[arg(long, default_value_t = 512)]
     prompt_len: u32,
-    /// Tokens decoded per run.
+    /// Tokens decoded per run (at least 1).
     #[arg(long, default_value_t = 128)]
     gen: u32,
-    /// Timed runs (medians are reported), after one warm-up run.
+    /// Timed runs (medians are reported), after one warm-up run (at least 1).
     #[arg(long, default_value_t = 3)]
     repeat: u32,
-    /// Decode steps profiled with GPU timestamps for the per-kernel breakdown (0: none).
+    /// Decode steps profiled with GPU timestamps for the per-kernel breakdown (0: none). The KV
+    /// cache holds the prompt plus the larger of this and --gen, unless --context is larger.
     #[arg(long, default_value_t = 32)]
     profile_tokens: u32,
     /// Skip measuring the device's copy bandwidth.
@@ -830,20 +831,6 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let synthetic = a.synthetic.clone();
-    if let Some(arch) = &synthetic {
-        a.model.model = Some(synthetic_model(arch, &a.quant.quant)?);
-    }
-    // Like llama-bench's 512-token batches (a big GPU wants them; phones want the default).
-    a.model.prefill_chunk.get_or_insert(BENCH_PREFILL_CHUNK);
-    // The KV cache must hold the prompt and every decoded token.
-    let needed = a.prompt_len + a.gen + 1;
-    a.model.context = Some(a.model.context.unwrap_or(0).max(needed));
-    let t0 = std::time::Instant::now();
-    let mut l = load_with(&a.model, a.json, gpu)?;
-    let load_s = t0.elapsed().as_secs_f64();
-    let ctx = l.model.gpu().clone();
-    let (pipelines, compile_s) = ctx.compile_stats();
     let opts = model_bench::ModelBenchOptions {
         prompt_len: a.prompt_len,
         gen: a.gen,
@@ -852,6 +839,40 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         kv_elem_bytes: if a.model.kv_f32 { 4 } else { 2 },
         copy_bandwidth: !a.no_copy_bandwidth,
     };
+    // Everything is checked before a synthetic model is written or the model loaded, so a bench
+    // that cannot finish is refused with one line instead of failing midway.
+    opts.check()?;
+    // The KV cache holds the longest run (the prompt, then the longer of --gen and
+    // --profile-tokens) unless --context asks for more.
+    let needed = opts.context_needed()?;
+    let chosen = a.model.context.is_some();
+    let context = match a.model.context {
+        Some(c) => {
+            opts.check_context(c)?;
+            c
+        }
+        None => needed,
+    };
+    a.model.context = Some(context);
+    let synthetic = a.synthetic.clone();
+    if let Some(arch) = &synthetic {
+        a.model.model = Some(synthetic_model(arch, &a.quant.quant)?);
+    }
+    // Like llama-bench's 512-token batches (a big GPU wants them; phones want the default).
+    a.model.prefill_chunk.get_or_insert(BENCH_PREFILL_CHUNK);
+    // A context the user did not choose is explained.
+    let why = (!chosen).then(|| {
+        format!(
+            "bench needs {needed} tokens of context ({})",
+            opts.context_reason()
+        )
+    });
+    check_header_limits(&a.model, why)?;
+    let t0 = std::time::Instant::now();
+    let mut l = load_with(&a.model, a.json, gpu)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let ctx = l.model.gpu().clone();
+    let (pipelines, compile_s) = ctx.compile_stats();
     let result = pollster::block_on(model_bench::run(&mut l.model, &l.tok, &opts))?;
     let mut types: std::collections::BTreeMap<&str, u32> = Default::default();
     for t in &l.gguf.tensors {
@@ -879,6 +900,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
             "prompt_len": a.prompt_len,
             "gen": a.gen,
             "repeat": a.repeat,
+            "profile_tokens": a.profile_tokens,
             "context": l.model.context,
             "prefill_chunk": a.model.prefill_chunk,
             "kv_f32": a.model.kv_f32,
@@ -896,6 +918,32 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         println!("{json}");
     }
     Ok(())
+}
+
+/// The model's own checks that need only the file's header (above all its longest context),
+/// so that `bench` refuses what the model cannot run before the GPU is set up. The device's
+/// limits are not known yet: the load checks them against the adapter. `why`: what the
+/// context asked for is made of, prefixed to the model's refusal.
+fn check_header_limits(args: &ModelArgs, why: Option<String>) -> Result<()> {
+    let path = model_path(args)?;
+    let (gguf, _) = gguf::open(&path)?;
+    gemma_wgpu::model::check(&gguf).with_context(|| format!("{}", path.display()))?;
+    let no_device_limits = gemma_wgpu::gpu::Caps {
+        max_binding: u64::MAX,
+        max_buffer: u64::MAX,
+        ..gemma_wgpu::gpu::Caps::webgpu_defaults(false, false)
+    };
+    let opts = LoadOptions {
+        context: args.context,
+        prefill_chunk: args.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK),
+        kv_f32: args.kv_f32,
+        ..Default::default()
+    };
+    let checked = gemma_wgpu::model::preflight(&gguf, &no_device_limits, &opts);
+    match why {
+        Some(why) => checked.context(why).map(|_| ()),
+        None => checked.map(|_| ()).map_err(Into::into),
+    }
 }
 
 fn adapter_json(ctx: &GpuContext) -> serde_json::Value {

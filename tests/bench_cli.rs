@@ -1,5 +1,7 @@
 //! `gemma-wgpu bench --json` emits every field BENCHMARKS.md documents, with sane values, on a
-//! tiny model, on a synthetic model written on first use, and for the kernel microbenchmarks.
+//! tiny model, on a synthetic model written on first use, and for the kernel microbenchmarks;
+//! small combinations of the run options run with a KV cache sized for the longest run, and
+//! options no run can honour are refused with one line before anything is loaded.
 //! These runs check the output, not the speed: no figure is compared with a threshold other
 //! than "finite and positive" (speed is measured on real GPUs, see BENCHMARKS.md).
 
@@ -70,6 +72,7 @@ const MODEL_FIELDS: &[&str] = &[
     "/options/prompt_len",
     "/options/gen",
     "/options/repeat",
+    "/options/profile_tokens",
     "/options/context",
     "/options/prefill_chunk",
     "/options/kv_f32",
@@ -319,4 +322,167 @@ fn bench_bad_arguments_fail_with_one_line() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
+}
+
+const TINY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/gemma4/gemma4_tiny_a.gguf"
+);
+
+/// Every run bench performs fits the KV cache it sizes: the profiled decode steps may be more
+/// than --gen (the context follows the longer), and the smallest runs work.
+#[test]
+fn bench_sizes_the_context_for_its_longest_run() {
+    let cache = cache_dir("small");
+    // (args, prompt, gen, profiled steps, expected context)
+    let cases: [(&[&str], u64, u64, u64, u64); 3] = [
+        // --profile-tokens defaults to 32, more than --gen.
+        (&["--prompt-len", "16", "--gen", "4"], 16, 4, 32, 48),
+        // The smallest run: one prompt token, one decoded, nothing profiled.
+        (
+            &["--prompt-len", "1", "--gen", "1", "--profile-tokens", "0"],
+            1,
+            1,
+            0,
+            2,
+        ),
+        // A larger --context is kept.
+        (
+            &[
+                "--prompt-len",
+                "3",
+                "--gen",
+                "2",
+                "--profile-tokens",
+                "5",
+                "--context",
+                "40",
+            ],
+            3,
+            2,
+            5,
+            40,
+        ),
+    ];
+    for (args, prompt, gen, profiled, context) in cases {
+        let args = [
+            args,
+            &["--model", TINY, "--repeat", "1", "--no-copy-bandwidth"],
+        ]
+        .concat();
+        let j = bench(&args, &cache);
+        // The fields inside `copy_bandwidth` (not measured) and `breakdown` (when nothing is
+        // profiled) are absent: those objects are null.
+        let absent =
+            |f: &str| f.contains("copy_bandwidth/") || (profiled == 0 && f.contains("breakdown/"));
+        for f in MODEL_FIELDS.iter().filter(|f| !absent(f)) {
+            at(&j, f);
+        }
+        assert_eq!(at(&j, "/results/prompt_tokens"), prompt, "{args:?}");
+        assert_eq!(at(&j, "/results/generated_tokens"), gen, "{args:?}");
+        assert_eq!(at(&j, "/options/profile_tokens"), profiled, "{args:?}");
+        assert_eq!(at(&j, "/options/context"), context, "{args:?}");
+        positive(&j, "/results/decode/tokens_per_s");
+        positive(&j, "/results/prefill/tokens_per_s");
+        positive(&j, "/results/dispatches_per_decode_token");
+        if profiled == 0 {
+            assert!(at(&j, "/results/breakdown").is_null());
+            assert_eq!(at(&j, "/results/breakdown_note"), "not requested");
+        } else {
+            check_breakdown(&j, at(&j, "/model/layers").as_f64().unwrap());
+        }
+    }
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// Options no run can honour fail at once: exit status 1, nothing on stdout, and one line on
+/// stderr (no adapter line: neither the GPU nor the model was touched; no synthetic model
+/// written).
+#[test]
+fn bench_refuses_impossible_runs_before_loading() {
+    let cache = cache_dir("refuse");
+    let synthetic = ["--synthetic", "gemma3-270m", "--quant", "q4_0"];
+    let cases: [(&[&str], &str); 10] = [
+        (
+            &["--prompt-len", "0"],
+            "--prompt-len must be at least 1: the prefill needs a prompt",
+        ),
+        (
+            &["--gen", "0"],
+            "--gen must be at least 1: the decode speed needs a decoded token",
+        ),
+        (
+            &["--repeat", "0"],
+            "--repeat must be at least 1: medians need a timed run",
+        ),
+        (
+            &["--prompt-len", "16", "--gen", "4", "--context", "20"],
+            "a context of 20 tokens is too small for this bench, which needs 48 \
+             (--prompt-len 16 + --profile-tokens 32 profiled decode steps)",
+        ),
+        (
+            &[
+                "--prompt-len",
+                "16",
+                "--gen",
+                "40",
+                "--profile-tokens",
+                "2",
+                "--context",
+                "55",
+            ],
+            "a context of 55 tokens is too small for this bench, which needs 56 \
+             (--prompt-len 16 + --gen 40 decode steps)",
+        ),
+        (
+            &["--prompt-len", "8", "--gen", "1", "--context", "0"],
+            "a context of 0 tokens is too small for this bench, which needs 40",
+        ),
+        // The model's own limit, from its header.
+        (
+            &["--prompt-len", "8", "--gen", "1", "--context", "200000"],
+            "a context of 200000 tokens is larger than the model's maximum of 131072 \
+             (gemma4.context_length)",
+        ),
+        (
+            &["--prompt-len", "131000", "--gen", "100"],
+            "bench needs 131100 tokens of context (--prompt-len 131000 + --gen 100 decode \
+             steps): invalid argument: a context of 131100 tokens is larger than the model's \
+             maximum of 131072 (gemma4.context_length)",
+        ),
+        (
+            &["--prompt-len", "4294967295", "--gen", "1"],
+            "this bench needs a context of 4294967327 tokens (--prompt-len 4294967295 + \
+             --profile-tokens 32 profiled decode steps), more than any model holds",
+        ),
+        // Refused before the synthetic model is written.
+        (
+            &[&synthetic[..], &["--gen", "0"]].concat(),
+            "--gen must be at least 1",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemma-wgpu"));
+        cmd.arg("bench");
+        if !args.contains(&"--synthetic") {
+            cmd.args(["--model", TINY]);
+        }
+        let out = cmd
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    assert!(
+        !cache.join("gemma-wgpu").exists(),
+        "a refused bench wrote to the cache"
+    );
+    let _ = std::fs::remove_dir_all(cache);
 }

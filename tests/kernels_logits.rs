@@ -377,3 +377,144 @@ fn rejects_bad_settings() {
         assert!(op.set_sampling(ctx, &s).is_err(), "{s:?}");
     }
 }
+
+/// Rows whose top k sit in one slice, in one invocation's entries (every 256th position, the
+/// shader's per-invocation stride) or at the end, ascending and descending rows: the bound the
+/// first level derives from invocation-group maxima must never drop a true candidate.
+#[test]
+fn adversarial_layouts() {
+    let mut rng = Rng::new(8);
+    let vocab = 3 * 4096 + 100;
+    let base = rng.vec(vocab, 1.0);
+    let mut one_slice = base.clone();
+    for i in 0..100 {
+        one_slice[4096 + 37 * i] = 10.0 + rng.unit();
+    }
+    let mut one_invocation = base.clone();
+    for j in 0..16 {
+        one_invocation[2 * 4096 + 17 + 256 * j] = 20.0 + j as f32;
+    }
+    let mut at_end = base.clone();
+    for v in &mut at_end[vocab - 70..] {
+        *v += 5.0;
+    }
+    let ascending: Vec<f32> = (0..vocab).map(|i| i as f32 * 1e-3).collect();
+    let descending: Vec<f32> = (0..vocab).map(|i| -(i as f32) * 1e-3).collect();
+    let rows = vec![one_slice, one_invocation, at_end, ascending, descending];
+    for k in [1, 2, 16, 37, 63, 64] {
+        check(&Case {
+            name: "adversarial",
+            vocab,
+            rows: rows.clone(),
+            k,
+            ..Default::default()
+        });
+    }
+}
+
+/// Ties across slices and levels: equal rows, few distinct values and a row of -inf over the
+/// whole Gemma vocabulary (the ties resolve by id through the merge level too), signed zeros
+/// and the extremes of f32.
+#[test]
+fn ties_across_slices() {
+    let mut rng = Rng::new(9);
+    let vocab = 262_144;
+    let few: Vec<f32> = (0..vocab).map(|_| rng.below(4) as f32).collect();
+    let equal = vec![-1.25f32; vocab];
+    let all_inf = vec![f32::NEG_INFINITY; vocab];
+    for k in [1, 64] {
+        check(&Case {
+            name: "full-vocabulary ties",
+            vocab,
+            rows: vec![few.clone(), equal.clone(), all_inf.clone()],
+            k,
+            ..Default::default()
+        });
+    }
+    let vocab = 9000;
+    let zeros: Vec<f32> = (0..vocab)
+        .map(|i| if i % 3 == 0 { -0.0 } else { 0.0 })
+        .collect();
+    let mut extremes: Vec<f32> = (0..vocab)
+        .map(|i| match i % 5 {
+            0 => f32::MAX,
+            1 => -f32::MAX,
+            2 => f32::MIN_POSITIVE / 4.0, // subnormal
+            3 => -f32::MIN_POSITIVE / 4.0,
+            _ => f32::NEG_INFINITY,
+        })
+        .collect();
+    extremes[8999] = f32::MAX;
+    check(&Case {
+        name: "signed zeros",
+        vocab,
+        rows: vec![zeros],
+        k: 64,
+        ..Default::default()
+    });
+    check(&Case {
+        name: "extremes, softcap",
+        vocab,
+        rows: vec![extremes],
+        k: 64,
+        softcap: Some(30.0),
+        ..Default::default()
+    });
+}
+
+/// Vocabularies around the slice length (4096) and the two-level bound (64 slices of 4096 at
+/// k = 64): one real entry in the last slice, a third level, V below k, V = 1.
+#[test]
+fn vocabulary_sizes_around_the_slice() {
+    let mut rng = Rng::new(10);
+    for (vocab, ks) in [
+        (1usize, &[1u32, 64][..]),
+        (63, &[64][..]),
+        (4095, &[1, 64][..]),
+        (4096, &[1, 64][..]),
+        (4097, &[1, 64][..]),
+        (64 * 4096 + 1, &[1, 40, 64][..]),
+    ] {
+        let rows = random_rows(&mut rng, 2, vocab, 10.0);
+        for &k in ks {
+            check(&Case {
+                name: "slice edges",
+                vocab,
+                rows: rows.clone(),
+                k,
+                temperature: 0.8,
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// Penalty ids at slice edges and on the winners, with the softcap, at k = 1 and 64: the
+/// penalised values must take their new ranks.
+#[test]
+fn penalty_at_slice_edges() {
+    let mut rng = Rng::new(11);
+    let vocab = 3 * 4096 + 5;
+    let mut row = rng.vec(vocab, 4.0);
+    let winners = [0usize, 4095, 4096, 8191, 8192, vocab - 1];
+    for (i, &w) in winners.iter().enumerate() {
+        row[w] = 50.0 - i as f32;
+    }
+    let mut ids: Vec<u32> = winners.iter().map(|&w| w as u32).collect();
+    ids.extend(ids.clone());
+    ids.extend((0..100).map(|_| rng.below(vocab as u64) as u32));
+    for k in [1, 64] {
+        for softcap in [None, Some(30.0)] {
+            check(&Case {
+                name: "penalty at slice edges",
+                vocab,
+                rows: vec![row.clone()],
+                k,
+                penalty: 3.0,
+                softcap,
+                ids: ids.clone(),
+                ..Default::default()
+            });
+        }
+    }
+}

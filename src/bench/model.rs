@@ -11,7 +11,7 @@ use crate::gpu::{dispatch_count, OpTime, Profile};
 use crate::model::{Candidates, Model};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Version of the JSON layout (BENCHMARKS.md documents it); bumped on any incompatible change.
 pub const SCHEMA: u32 = 1;
@@ -19,13 +19,15 @@ pub const SCHEMA: u32 = 1;
 /// Phone memory bandwidths the decode figure is extrapolated to (GB/s): iPhone-class GPUs.
 pub const PHONE_BANDWIDTHS_GB_S: [f64; 2] = [60.0, 76.0];
 
+/// What to measure. [`ModelBenchOptions::check`] says whether [`run`] can honour it, and
+/// [`ModelBenchOptions::context_needed`] how many tokens the model's KV cache must hold.
 #[derive(Clone, Debug)]
 pub struct ModelBenchOptions {
-    /// Prompt tokens of the prefill.
+    /// Prompt tokens of the prefill (at least 1).
     pub prompt_len: u32,
-    /// Tokens decoded per run.
+    /// Tokens decoded per run (at least 1).
     pub gen: u32,
-    /// Timed runs (after one untimed warm-up run).
+    /// Timed runs (after one untimed warm-up run; at least 1).
     pub repeat: u32,
     /// Decode steps run with per-op timestamps (0: no breakdown).
     pub profile_tokens: u32,
@@ -45,6 +47,65 @@ impl Default for ModelBenchOptions {
             kv_elem_bytes: 2,
             copy_bandwidth: true,
         }
+    }
+}
+
+impl ModelBenchOptions {
+    /// Refuses options [`run`] cannot honour, with a one-line reason naming the CLI option.
+    pub fn check(&self) -> Result<()> {
+        let bad = |msg: &str| Err(Error::InvalidArgument(msg.into()));
+        if self.prompt_len == 0 {
+            return bad("--prompt-len must be at least 1: the prefill needs a prompt");
+        }
+        if self.gen == 0 {
+            return bad("--gen must be at least 1: the decode speed needs a decoded token");
+        }
+        if self.repeat == 0 {
+            return bad("--repeat must be at least 1: medians need a timed run");
+        }
+        self.context_needed().map(|_| ())
+    }
+
+    /// Decode steps after the prompt in the longest run: the timed runs decode `gen` tokens
+    /// (the warm-up and the dispatch count at most that), the profile `profile_tokens`; the
+    /// time-to-first-token requests only prefill.
+    fn decode_steps(&self) -> u32 {
+        self.gen.max(self.profile_tokens)
+    }
+
+    /// Tokens the KV cache must hold for every run [`run`] performs: the prompt plus the
+    /// longest decode after it.
+    pub fn context_needed(&self) -> Result<u32> {
+        let needed = self.prompt_len as u64 + self.decode_steps() as u64;
+        u32::try_from(needed).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "this bench needs a context of {needed} tokens ({}), more than any model holds",
+                self.context_reason()
+            ))
+        })
+    }
+
+    /// Refuses a KV cache of `context` tokens that is too small for this bench.
+    pub fn check_context(&self, context: u32) -> Result<()> {
+        let needed = self.context_needed()?;
+        if context < needed {
+            return Err(Error::InvalidArgument(format!(
+                "a context of {context} tokens is too small for this bench, which needs {needed} ({})",
+                self.context_reason()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where [`ModelBenchOptions::context_needed`] comes from, in CLI options.
+    pub fn context_reason(&self) -> String {
+        let (g, t) = (self.gen, self.profile_tokens);
+        let steps = if t > g {
+            format!("--profile-tokens {t} profiled decode steps")
+        } else {
+            format!("--gen {g} decode steps")
+        };
+        format!("--prompt-len {} + {steps}", self.prompt_len)
     }
 }
 
@@ -231,14 +292,17 @@ fn kv_bytes_at(model: &Model, pos: u32, elem: u32) -> u64 {
         .sum()
 }
 
-/// Runs the benchmark on a loaded model (its KV cache must hold `prompt_len + gen + 1`).
+/// Runs the benchmark on a loaded model, whose KV cache must hold
+/// [`ModelBenchOptions::context_needed`] tokens (refused at once otherwise).
 pub async fn run(
     model: &mut Model,
     tok: &Tokenizer,
     opts: &ModelBenchOptions,
 ) -> Result<ModelBench> {
-    let prompt = bench_prompt(opts.prompt_len.max(1), model.cfg.vocab);
-    let repeat = opts.repeat.max(1);
+    opts.check()?;
+    opts.check_context(model.context)?;
+    let prompt = bench_prompt(opts.prompt_len, model.cfg.vocab);
+    let repeat = opts.repeat;
 
     let ttft_cold = first_token(model, tok, &prompt).await?;
     run_once(model, &prompt, opts.gen.min(8)).await?; // warm-up
@@ -270,7 +334,7 @@ pub async fn run(
     let d0 = dispatch_count();
     let c = model.forward(&prompt, &[], 1.0).await?;
     let d1 = dispatch_count();
-    let steps = opts.gen.clamp(1, 8);
+    let steps = opts.gen.min(8);
     decode_greedy(model, c, steps).await?;
     let d2 = dispatch_count();
 

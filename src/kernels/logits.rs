@@ -2,8 +2,10 @@
 //! `30·tanh(x/30)`), the repetition penalty, and per row the k best candidates plus the row's
 //! logsumexp, so a decode step reads back `8·(k+1)` bytes per row instead of the vocabulary.
 //!
-//! The op chains one `first` dispatch (one workgroup per 1024 logits, so a 262144-wide row
-//! keeps 256 workgroups busy) and `merge` dispatches until one workgroup per row remains.
+//! The op chains one `first` dispatch (one workgroup per 4096 logits, so a 262144-wide row
+//! keeps 64 workgroups busy) and `merge` dispatches until one workgroup per row remains: two
+//! dispatches for a 262144-token vocabulary at any k. Workgroups select their k best with a
+//! radix select over a bounded set of survivors, not a sort (see the shader's header).
 //! Softcap and penalty rewrite `logits` in place: encode the op once per step.
 //!
 //! Result layout (`[R, 1 + k]` pairs of u32, see [`Logits::parse`]): entry 0 of a row is
@@ -17,9 +19,12 @@ use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/logits.wgsl");
 
-/// Logits sorted per workgroup (`S` in the shader).
-const SLICE: u32 = 1024;
-/// Largest supported k: a merge workgroup must take at least 16 candidate lists (1024 / 64).
+/// Entries per workgroup (`S` in the shader).
+const SLICE: u32 = 4096;
+/// Invocations per workgroup: the shader's histograms have one bin per invocation.
+const WG: u32 = 256;
+/// Largest supported k: a merge workgroup must take at least 64 candidate lists (4096 / 64), so
+/// a 262144-token vocabulary needs one merge level.
 pub const MAX_K: u32 = 64;
 
 #[repr(C)]
@@ -136,7 +141,7 @@ pub fn specs() -> Vec<KernelSpec> {
 fn spec(entry: &'static str) -> KernelSpec {
     KernelSpec::new(format!("logits_{entry}"), SOURCE)
         .entry(entry)
-        .define("WG", super::ROW_WG)
+        .define("WG", WG)
 }
 
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
@@ -373,5 +378,20 @@ impl Op for Logits {
             pass.set_bind_group(0, &self.bind_groups[l], &[]);
             crate::gpu::dispatch(pass, [x, y, z]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemma_vocabulary_takes_two_dispatches_at_every_k() {
+        for k in 1..=MAX_K {
+            assert_eq!(levels(262_144, k).len(), 2, "k = {k}");
+        }
+        assert_eq!(levels(4096, 64).len(), 1);
+        assert_eq!(levels(4097, 64), vec![(4097, 2, 0), (2, 1, 64)]);
+        assert_eq!(levels(262_145, 64).len(), 3);
     }
 }
