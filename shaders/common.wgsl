@@ -81,6 +81,39 @@ fn workgroup_sum(v: f32, inv: Invocation, n: u32) -> f32 {
 #endif
 }
 
+// Scratch for `workgroup_sum3` (only counted against the limit when used).
+var<workgroup> reduce_scratch3: array<vec3<f32>, 256>;
+
+// Three sums at once (one round of barriers instead of three); contract as `workgroup_sum`.
+fn workgroup_sum3(v: vec3<f32>, inv: Invocation, n: u32) -> vec3<f32> {
+#if SUBGROUPS
+    let s = subgroupAdd(v);
+    let size = min(inv.sg_size, n);
+    if inv.sg_lane == 0u {
+        reduce_scratch3[inv.lid / size] = s;
+    }
+    workgroupBarrier();
+    var total = vec3<f32>(0.0);
+    for (var i = 0u; i < n / size; i++) {
+        total += reduce_scratch3[i];
+    }
+    workgroupBarrier();
+    return total;
+#else
+    reduce_scratch3[inv.lid] = v;
+    workgroupBarrier();
+    for (var stride = n / 2u; stride > 0u; stride /= 2u) {
+        if inv.lid < stride {
+            reduce_scratch3[inv.lid] += reduce_scratch3[inv.lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = reduce_scratch3[0];
+    workgroupBarrier();
+    return total;
+#endif
+}
+
 // Maximum of `v` over the workgroup; same contract as `workgroup_sum`.
 fn workgroup_max(v: f32, inv: Invocation, n: u32) -> f32 {
 #if SUBGROUPS

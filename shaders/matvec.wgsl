@@ -233,10 +233,10 @@ fn prologue(inv: Invocation) {
 #endif
     }
 #if PRO_T1
-    let s1 = inverseSqrt(workgroup_sum(ss.x, inv, WG) / f32(K) + p.eps);
-#endif
-#if PRO_T2
-    let s2 = inverseSqrt(workgroup_sum(ss.y, inv, WG) / f32(K) + p.eps);
+    // Both terms' sums of squares in one round of barriers.
+    let total = workgroup_sum3(vec3<f32>(ss, 0.0), inv, WG);
+    let s1 = inverseSqrt(total.x / f32(K) + p.eps);
+    let s2 = inverseSqrt(total.y / f32(K) + p.eps);
 #endif
     var sx = 0.0;
     for (var i = inv.lid; i < K4; i += WG) {

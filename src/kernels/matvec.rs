@@ -242,8 +242,9 @@ impl MatvecShape {
         } else {
             0
         };
-        // reduce_scratch (common.wgsl) is counted only when the prologue uses it.
-        let scratch = if self.prologue.is_some() { 1024 } else { 0 };
+        // reduce_scratch and reduce_scratch3 (common.wgsl) count only when the prologue
+        // uses them.
+        let scratch = if self.prologue.is_some() { 1024 + 4096 } else { 0 };
         while wg > 32 && self.nv() * wg * 4 + vector + scratch > WORKGROUP_BYTES {
             wg /= 2;
         }
@@ -610,7 +611,7 @@ impl Matvec {
                 if terms[..n as usize].len() != terms.iter().filter(|t| t.is_some()).count() {
                     return bad("prologue terms must come first".into());
                 }
-                if k % 4 != 0 || k * 4 + 1024 + 256 > WORKGROUP_BYTES {
+                if k % 4 != 0 || k * 4 + 1024 + 4096 + 256 > WORKGROUP_BYTES {
                     return bad(format!("no prologue for rows of {k} elements"));
                 }
                 Some((n, norm.is_some()))

@@ -142,16 +142,26 @@ impl Residual {
             cfg.terms.len() as u32,
             cfg.next.is_some(),
         ))?;
+        let offsets = std::iter::once(cfg.h)
+            .chain(cfg.next)
+            .chain(cfg.terms.iter().flat_map(|t| [t.o, t.w]));
+        if cfg.len % 4 != 0 || offsets.clone().any(|o| o % 4 != 0) {
+            return Err(Error::InvalidArgument(format!(
+                "residual: rows of {} and offsets {:?} must be multiples of 4 elements",
+                cfg.len,
+                offsets.collect::<Vec<_>>()
+            )));
+        }
         let mut p = ResidualParams {
-            h: cfg.h,
-            wn: cfg.next.unwrap_or(0),
+            h: cfg.h / 4,
+            wn: cfg.next.unwrap_or(0) / 4,
             eps: cfg.eps,
             out_scale: cfg.out_scale,
             ..Default::default()
         };
         for (i, t) in cfg.terms.iter().enumerate() {
-            p.o[i] = t.o;
-            p.w[i] = t.w;
+            p.o[i] = t.o / 4;
+            p.w[i] = t.w / 4;
         }
         let params = ctx.params_init("residual.params", &p);
         let mut entries = vec![(0, io.arena), (1, io.norms)];
