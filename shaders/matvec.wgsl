@@ -66,15 +66,19 @@ const U: u32 = K / UNIT;       // units per row
 const UV: u32 = UNIT / 4u;     // activation vec4s per unit
 const K4: u32 = K / 4u;
 const WG: u32 = {{WG}}u;
+#if LANE_ROWS
+const R: u32 = WG;             // output rows per group: one per invocation
+#else
 const R: u32 = 4u;             // output rows per group (one vec4 of partial sums)
+#endif
 const G: u32 = {{G}}u;         // row groups per workgroup (more with PRO: one prologue serves them)
 const NT: u32 = {{NT}}u;       // tokens (1 … NT per step: 1 or 4)
 const N0: u32 = {{N0}}u;       // rows of slot 0 (multi-slot dispatches)
 const N1: u32 = {{N1}}u;       // rows of slot 1
 #if PAIR
-const RW: u32 = 2u * R;        // weight rows per workgroup: R gate rows, R up rows
+const RW: u32 = 8u;            // weight rows per group: 4 gate rows, 4 up rows
 #else
-const RW: u32 = R;
+const RW: u32 = 4u;
 #endif
 const NV: u32 = RW * NT;       // partial sums per invocation
 
@@ -178,6 +182,7 @@ fn load_x(u: u32, t: u32, nt: u32) -> XUnit {
 
 // One row's unit dotted with one token's activations.
 #if UNIT32
+alias UnitT = Packed;
 fn unit_dot(un: Packed, xu: XUnit) -> f32 {
     let s0 = dot(quant_bytes(un.lo.x), xu.v0) + dot(quant_bytes(un.hi.x), xu.v1)
         + dot(quant_bytes(un.lo.y), xu.v2) + dot(quant_bytes(un.hi.y), xu.v3);
@@ -186,17 +191,23 @@ fn unit_dot(un: Packed, xu: XUnit) -> f32 {
     return un.a.x * s0 + un.a.y * s1 - dot(un.b, xu.s);
 }
 #else
+alias UnitT = Chunk;
 fn unit_dot(un: Chunk, xu: XUnit) -> f32 {
     return dot(un.ev, xu.v0) + dot(un.od, xu.v1);
 }
 #endif
 
-// Four rows' units dotted with every token's activations.
-#if UNIT32
-fn rows_dot(u0: Packed, u1: Packed, u2: Packed, u3: Packed, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> Acc {
+// One row's unit dotted with every token's activations.
+fn tokens_dot(un: UnitT, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> vec4<f32> {
+#if NT4
+    return vec4<f32>(unit_dot(un, x0), unit_dot(un, x1), unit_dot(un, x2), unit_dot(un, x3));
 #else
-fn rows_dot(u0: Chunk, u1: Chunk, u2: Chunk, u3: Chunk, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> Acc {
+    return vec4<f32>(unit_dot(un, x0), 0.0, 0.0, 0.0);
 #endif
+}
+
+// Four rows' units dotted with every token's activations.
+fn rows_dot(u0: UnitT, u1: UnitT, u2: UnitT, u3: UnitT, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> Acc {
     var a: Acc;
     a.t0 = vec4<f32>(unit_dot(u0, x0), unit_dot(u1, x0), unit_dot(u2, x0), unit_dot(u3, x0));
 #if NT4
@@ -273,6 +284,15 @@ fn main(inv: Invocation, grp: Workgroup) {
 #else
     let nt = min(step.n_tokens, NT);
 #endif
+#if LANE_ROWS
+    for (var g = 0u; g < G; g++) {
+        let r0 = first + g * R;
+        if r0 >= p.rows {
+            break;
+        }
+        lane_row(r0 + inv.lid, nt);
+    }
+#else
     for (var g = 0u; g < G; g++) {
         let r0 = first + g * R;
         if r0 >= p.rows {
@@ -282,7 +302,75 @@ fn main(inv: Invocation, grp: Workgroup) {
         // `red` is reused by the next group.
         workgroupBarrier();
     }
+#endif
 }
+
+#if LANE_ROWS
+// Row r, whole, by one invocation (the mapping for CPU adapters: every invocation of a SIMD batch
+// reads the same activations, so the emulated GPU loads them once instead of gathering them per
+// lane, and no reduction is needed).
+fn lane_row(r: u32, nt: u32) {
+    var acc = vec4<f32>(0.0);  // per token
+#if PAIR
+    var acc_up = vec4<f32>(0.0);
+#endif
+    for (var u = 0u; u < U; u++) {
+        let x0 = load_x(u, 0u, nt);
+#if NT4
+        let x1 = load_x(u, 1u, nt);
+        let x2 = load_x(u, 2u, nt);
+        let x3 = load_x(u, 3u, nt);
+#else
+        let x1 = x0;
+        let x2 = x0;
+        let x3 = x0;
+#endif
+#if PAIR
+        acc += row0(r, p.rows - 1u, u, x0, x1, x2, x3);
+        acc_up += row1(r, p.rows - 1u, u, x0, x1, x2, x3);
+#else
+#if SLOT2
+        if r < N0 {
+            acc += row0(r, N0 - 1u, u, x0, x1, x2, x3);
+        } else if r < N0 + N1 {
+            acc += row1(r - N0, N1 - 1u, u, x0, x1, x2, x3);
+        } else {
+            acc += row2(r - N0 - N1, p.rows - N0 - N1 - 1u, u, x0, x1, x2, x3);
+        }
+#else
+#if SLOT1
+        if r < N0 {
+            acc += row0(r, N0 - 1u, u, x0, x1, x2, x3);
+        } else {
+            acc += row1(r - N0, p.rows - N0 - 1u, u, x0, x1, x2, x3);
+        }
+#else
+        acc += row0(r, p.rows - 1u, u, x0, x1, x2, x3);
+#endif
+#endif
+#endif
+    }
+    if r >= p.rows {
+        return;
+    }
+    for (var t = 0u; t < nt; t++) {
+        let o = p.y_offset + t * p.y_stride + r;
+#if PAIR
+        y[o] = gelu_tanh(acc[t]) * acc_up[t];
+#else
+#if GELU_Z
+        y[o] = gelu_tanh(acc[t]) * z[p.z_offset + t * p.z_stride + r];
+#else
+#if ACC
+        y[o] += acc[t];
+#else
+        y[o] = acc[t];
+#endif
+#endif
+#endif
+    }
+}
+#else
 
 // The R output rows from r0: every invocation's partial sums, then the reduction and the write.
 fn row_group(inv: Invocation, r0: u32, nt: u32) {
@@ -401,3 +489,4 @@ fn row_group(inv: Invocation, r0: u32, nt: u32) {
         }
     }
 }
+#endif

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{block, variants, Rng};
+use common::{block, matvec_variants as variants, Rng};
 use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::gpu::{GpuContext, GpuOptions, Op, StepParams};
 use gemma_wgpu::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MATVEC_MAX_TOKENS, TYPES};

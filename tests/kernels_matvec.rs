@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{block, variants, Rng};
+use common::{block, matvec_variants as variants, Rng};
 use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::gpu::{GpuContext, Op, StepParams};
 use gemma_wgpu::kernels::matvec::{Matvec, MatvecIn, MatvecIo, MatvecOut, NormTerm};

@@ -38,6 +38,10 @@ pub struct GpuOptions {
     /// Keep compiled pipelines in a file in this directory, where the backend supports a
     /// pipeline cache (Vulkan): later loads skip most of the driver's compilation. Native only.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
+    /// How the mat-vec maps rows to invocations: `Some(true)` one row per invocation (what a
+    /// CPU adapter runs fastest), `Some(false)` a workgroup per 4 rows (GPUs); `None` picks by
+    /// the adapter's device type. Tests force each to cover both.
+    pub matvec_lane_rows: Option<bool>,
     /// Fault injection for tests: buffer creation through the context's helpers fails with
     /// [`Error::OutOfMemory`] once the bytes of buffers created since the budget was set would
     /// exceed this (see [`GpuContext::set_memory_budget`]). `None`: only the device's limits.
@@ -76,6 +80,9 @@ pub struct Caps {
     pub browser: bool,
     /// Timestamp queries may be written inside compute passes (per-kernel GPU times).
     pub timestamps: bool,
+    /// The mat-vec gives each invocation whole rows (CPU adapters; see
+    /// `GpuOptions::matvec_lane_rows`).
+    pub matvec_lane_rows: bool,
 }
 
 impl Caps {
@@ -97,6 +104,7 @@ impl Caps {
             max_storage_buffers: l.max_storage_buffers_per_shader_stage,
             browser: false,
             timestamps: false,
+            matvec_lane_rows: false,
         }
     }
 }
@@ -352,6 +360,9 @@ impl GpuContext {
             max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
             browser: info.backend == wgpu::Backend::BrowserWebGpu,
             timestamps: features.contains(timestamps),
+            matvec_lane_rows: opts
+                .matvec_lane_rows
+                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
         };
         let pipeline_cache = cache_file.map(|file| {
             let data = std::fs::read(&file).ok();

@@ -31,6 +31,9 @@ pub const MATVEC_MAX_TOKENS: u32 = 4;
 /// each activation load serves this many rows.
 pub const MATVEC_ROWS: u32 = 4;
 
+/// Invocations (= rows) per workgroup of the one-row-per-invocation mapping.
+const LANE_ROWS_WG: u32 = 64;
+
 /// Rows from which a mat-vec runs as many waves of workgroups (see `MatvecShape::wg`).
 const MANY_ROWS: u32 = 32768;
 
@@ -207,6 +210,8 @@ pub struct MatvecShape {
     pub groups: u32,
     /// Rows of the largest bound matrix (the dispatch's size picks the workgroup size).
     pub rows: u32,
+    /// One row per invocation (`Caps::matvec_lane_rows`).
+    pub lane_rows: bool,
 }
 
 impl MatvecShape {
@@ -224,6 +229,15 @@ impl MatvecShape {
         unit_elems(self.types[0])
     }
 
+    /// Output rows of one group of a workgroup.
+    fn group_rows(&self) -> u32 {
+        if self.lane_rows {
+            LANE_ROWS_WG
+        } else {
+            MATVEC_ROWS
+        }
+    }
+
     /// Invocations per workgroup: enough to take each unit of a row in one pass where that
     /// fits (a power of two from 32 to 256), which keeps a dispatch short when the next one
     /// waits for it; for a matrix with more rows than a GPU holds workgroups at once (an LM
@@ -231,6 +245,9 @@ impl MatvecShape {
     /// E2B's 262144-row head in Q4_0: 193 µs at 32, 233 at 64, 332 at 128); within the
     /// workgroup memory the reduction (and the prologue's vector) leaves.
     fn wg(&self) -> u32 {
+        if self.lane_rows {
+            return LANE_ROWS_WG;
+        }
         let units = self.k / self.unit();
         let mut wg = if self.rows >= MANY_ROWS {
             32
@@ -244,7 +261,11 @@ impl MatvecShape {
         };
         // reduce_scratch and reduce_scratch3 (common.wgsl) count only when the prologue
         // uses them.
-        let scratch = if self.prologue.is_some() { 1024 + 4096 } else { 0 };
+        let scratch = if self.prologue.is_some() {
+            1024 + 4096
+        } else {
+            0
+        };
         while wg > 32 && self.nv() * wg * 4 + vector + scratch > WORKGROUP_BYTES {
             wg /= 2;
         }
@@ -279,10 +300,11 @@ impl MatvecShape {
         let (terms, norm) = self.prologue.unwrap_or((0, false));
         KernelSpec::new(
             format!(
-                "matvec_{}_k{}_nt{}_wg{wg}{out}{pro}",
+                "matvec_{}_k{}_nt{}_wg{wg}{}{out}{pro}",
                 names.join("_"),
                 self.k,
-                self.nt
+                self.nt,
+                if self.lane_rows { "_lanes" } else { "" }
             ),
             SOURCE,
         )
@@ -296,6 +318,7 @@ impl MatvecShape {
         .define("QUANT", quant_wgsl(&self.types, &MATVEC_SLOTS[..slots]))
         .define("ROWS", rows)
         .flag("UNIT32", self.unit() == 32)
+        .flag("LANE_ROWS", self.lane_rows)
         .flag("NT4", self.nt > 1)
         .flag("SLOT1", slots > 1)
         .flag("SLOT2", slots > 2)
@@ -309,75 +332,81 @@ impl MatvecShape {
     }
 }
 
-/// Kernel specs covering every type, token count and output mode on a small row length
-/// (shader validation; the model builds the shapes it needs).
+/// Kernel specs covering every type, token count and output mode on a small row length, in
+/// both row mappings (shader validation; the model builds the shapes it needs).
 pub fn specs() -> Vec<KernelSpec> {
+    let shapes = cooperative_shapes();
+    let lanes = shapes.iter().map(|s| MatvecShape {
+        lane_rows: true,
+        ..s.clone()
+    });
+    shapes
+        .iter()
+        .cloned()
+        .chain(lanes)
+        .map(|s| s.spec())
+        .collect()
+}
+
+fn cooperative_shapes() -> Vec<MatvecShape> {
     let mut v = Vec::new();
     for ty in TYPES {
         let k = 256;
         for nt in [1, MATVEC_MAX_TOKENS] {
             for out in [MatvecOut::Store, MatvecOut::Accumulate, MatvecOut::GeluZ] {
-                v.push(
-                    MatvecShape {
-                        types: vec![ty],
-                        k,
-                        n0: 0,
-                        n1: 0,
-                        nt,
-                        out,
-                        prologue: None,
-                        groups: 1,
-                        rows: 64,
-                    }
-                    .spec(),
-                );
+                v.push(MatvecShape {
+                    types: vec![ty],
+                    k,
+                    n0: 0,
+                    n1: 0,
+                    nt,
+                    out,
+                    prologue: None,
+                    groups: 1,
+                    rows: 64,
+                    lane_rows: false,
+                });
             }
         }
-        v.push(
-            MatvecShape {
-                types: vec![ty, ty],
-                k,
-                n0: 0,
-                n1: 0,
-                nt: 1,
-                out: MatvecOut::GeluPair,
-                prologue: Some((1, true)),
-                groups: 2,
-                rows: 64,
-            }
-            .spec(),
-        );
+        v.push(MatvecShape {
+            types: vec![ty, ty],
+            k,
+            n0: 0,
+            n1: 0,
+            nt: 1,
+            out: MatvecOut::GeluPair,
+            prologue: Some((1, true)),
+            groups: 2,
+            rows: 64,
+            lane_rows: false,
+        });
     }
     // Mixed types in one dispatch (a Q4_K_M q/k/v), and the other prologues.
-    v.push(
-        MatvecShape {
-            types: vec![GgmlType::Q4K, GgmlType::Q5_0, GgmlType::Q6K],
-            k: 256,
-            n0: 8,
-            n1: 8,
-            nt: MATVEC_MAX_TOKENS,
-            out: MatvecOut::Store,
-            prologue: None,
-            groups: 1,
-            rows: 64,
-        }
-        .spec(),
-    );
+    v.push(MatvecShape {
+        types: vec![GgmlType::Q4K, GgmlType::Q5_0, GgmlType::Q6K],
+        k: 256,
+        n0: 8,
+        n1: 8,
+        nt: MATVEC_MAX_TOKENS,
+        out: MatvecOut::Store,
+        prologue: None,
+        groups: 1,
+        rows: 64,
+        lane_rows: false,
+    });
     for prologue in [(2, false), (0, true)] {
-        v.push(
-            MatvecShape {
-                types: vec![GgmlType::Q8_0],
-                k: 256,
-                n0: 0,
-                n1: 0,
-                nt: 1,
-                out: MatvecOut::GeluZ,
-                prologue: Some(prologue),
-                groups: 1,
-                rows: MANY_ROWS,
-            }
-            .spec(),
-        );
+        v.push(MatvecShape {
+            types: vec![GgmlType::Q8_0],
+            k: 256,
+            n0: 0,
+            n1: 0,
+            nt: 1,
+            out: MatvecOut::GeluZ,
+            prologue: Some(prologue),
+            groups: 1,
+            rows: MANY_ROWS,
+            lane_rows: false,
+        });
     }
     v
 }
@@ -451,7 +480,7 @@ impl Matvec {
         nt: u32,
         io: MatvecIo<'_>,
     ) -> Result<Self> {
-        let shape = Self::shape(slots, input, out, nt)?;
+        let shape = Self::shape(slots, input, out, nt, ctx.caps.matvec_lane_rows)?;
         let kernel = ctx.kernel(&shape.spec())?;
         let k = shape.k;
         let mut base = Params {
@@ -544,7 +573,7 @@ impl Matvec {
             kernel,
             parts,
             nt: shape.nt,
-            rows_per_workgroup: MATVEC_ROWS * shape.groups,
+            rows_per_workgroup: shape.group_rows() * shape.groups,
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
     }
@@ -552,7 +581,7 @@ impl Matvec {
     /// Whether `slots` can run as one dispatch with this input and output (else the caller
     /// runs them as separate mat-vecs).
     pub fn fuses(slots: &[&QuantMatrix], input: MatvecIn, out: MatvecOut) -> bool {
-        Self::shape(slots, input, out, 1).is_ok()
+        Self::shape(slots, input, out, 1, false).is_ok()
     }
 
     /// `nt`: 1, or up to [`MATVEC_MAX_TOKENS`] (one pipeline serves 2 to 4 tokens).
@@ -561,6 +590,7 @@ impl Matvec {
         input: MatvecIn,
         out: MatvecOut,
         nt: u32,
+        lane_rows: bool,
     ) -> Result<MatvecShape> {
         let bad = |m: String| Err(Error::InvalidArgument(format!("mat-vec: {m}")));
         let Some(first) = slots.first() else {
@@ -627,6 +657,7 @@ impl Matvec {
             _ => 0,
         };
         let rows = slots.iter().map(|m| m.n).max().unwrap_or(0);
+        let group_rows = if lane_rows { LANE_ROWS_WG } else { MATVEC_ROWS };
         // Row groups per workgroup: one, or with a prologue enough that all workgroups
         // together read at most PROLOGUE_READ_BUDGET bytes of the residual stream.
         let groups = match prologue {
@@ -634,7 +665,7 @@ impl Matvec {
             Some((terms, _)) => {
                 let per_workgroup = k as u64 * 4 * (terms as u64 + 1);
                 let workgroups = (PROLOGUE_READ_BUDGET / per_workgroup).max(1);
-                (rows.div_ceil(MATVEC_ROWS) as u64).div_ceil(workgroups) as u32
+                (rows.div_ceil(group_rows) as u64).div_ceil(workgroups) as u32
             }
         };
         Ok(MatvecShape {
@@ -647,6 +678,7 @@ impl Matvec {
             prologue,
             groups,
             rows,
+            lane_rows,
         })
     }
 

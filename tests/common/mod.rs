@@ -13,11 +13,16 @@ pub struct Variant {
 }
 
 fn make(name: &'static str, portable: bool) -> Variant {
+    make_with(name, portable, None)
+}
+
+fn make_with(name: &'static str, portable: bool, lane_rows: Option<bool>) -> Variant {
     let opts = GpuOptions {
         webgpu_default_limits: true,
         disable_f16: portable,
         disable_subgroups: portable,
         backends: Some(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
+        matvec_lane_rows: lane_rows,
         ..Default::default()
     };
     let ctx = pollster::block_on(GpuContext::new(&opts)).unwrap_or_else(|e| {
@@ -39,6 +44,34 @@ pub fn variants() -> &'static [Variant] {
             eprintln!(
                 "adapter offers neither shader-f16 nor subgroups: testing the portable path only"
             );
+        }
+        v
+    })
+}
+
+/// [`variants`], plus each with the mat-vec's other row mapping (one row per invocation on a
+/// GPU, a workgroup per 4 rows on a CPU adapter): the mat-vec tests cover both wherever they
+/// run.
+pub fn matvec_variants() -> &'static [Variant] {
+    static V: OnceLock<Vec<Variant>> = OnceLock::new();
+    V.get_or_init(|| {
+        let base = variants();
+        let lanes = !base[0].ctx.caps.matvec_lane_rows;
+        let (portable, full) = if lanes {
+            ("portable, row per lane", "f16+subgroups, row per lane")
+        } else {
+            (
+                "portable, 4 rows per workgroup",
+                "f16+subgroups, 4 rows per workgroup",
+            )
+        };
+        let mut v = vec![
+            make_with("portable", true, None),
+            make_with(portable, true, Some(lanes)),
+        ];
+        if base.len() > 1 {
+            v.push(make_with("f16+subgroups", false, None));
+            v.push(make_with(full, false, Some(lanes)));
         }
         v
     })
