@@ -104,7 +104,15 @@ const NV: u32 = RW * NT;       // partial sums per invocation
 
 var<workgroup> red: array<f32, NV * WG>;  // [NV, WG] partial sums
 #if PRO
-var<workgroup> xs: array<vec4<f32>, K4>;  // [K] the prologue's input vector
+// [K] the prologue's input vector, unit-major: vec4 j of unit u at xs[j·U + u], so the
+// invocations of a warp, each reading its own unit, read consecutive addresses (unit by unit
+// they would all hit one bank: the first version's prologue kernels ran 5-10x slower).
+var<workgroup> xs: array<vec4<f32>, K4>;
+
+// Where vec4 i of the vector lives in `xs`.
+fn xs_at(i: u32) -> u32 {
+    return (i % UV) * U + i / UV;
+}
 #endif
 
 // The activations of one unit for one token, in the order of `Unit`: v{2c} / v{2c+1} are chunk
@@ -132,7 +140,7 @@ struct Acc {
 
 fn x_vec(t: u32, i: u32) -> vec4<f32> {
 #if PRO
-    return xs[i];
+    return xs[xs_at(i)];
 #else
     return x[p.x_offset + t * p.x_stride + i];
 #endif
@@ -258,13 +266,13 @@ fn prologue(inv: Invocation) {
 #if PRO_T2
         v = v + x[row + p.pro_o2 + i] * s2 * nw[p.pro_w2 + i];
 #endif
-        xs[i] = v;
+        xs[xs_at(i)] = v;
         sx += dot(v, v);
     }
 #if PRO_NORM
     let sn = inverseSqrt(workgroup_sum(sx, inv, WG) / f32(K) + p.eps);
     for (var i = inv.lid; i < K4; i += WG) {
-        xs[i] = xs[i] * sn * nw[p.pro_wn + i];
+        xs[xs_at(i)] = xs[xs_at(i)] * sn * nw[p.pro_wn + i];
     }
 #endif
     workgroupBarrier();
