@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::gguf::{read_tensor_data, Gguf, RowSource, TensorInfo, TensorSource};
 use crate::gpu::{GpuContext, Profile, Profiler, Recorder, StepParams};
 use crate::kernels::attention::{
-    kv_bytes_per_elem, Attention, AttentionIo, AttentionParams, KvStore, KvStoreIo,
+    kv_bytes_per_elem, Attention, AttentionIo, AttentionKernel, AttentionParams, KvStore, KvStoreIo,
 };
 use crate::kernels::embed::{Embed, EmbedIo};
 use crate::kernels::gelu::{GeluMul, GeluMulIo};
@@ -260,11 +260,10 @@ impl LayerOps {
         if let Some(kv) = &self.kv {
             rec.op("k_norm_rope", &kv.k_prep, step);
             rec.op("v_norm", &kv.v_prep, step);
-        }
-        rec.op("attention", &self.attention, step);
-        if let Some(kv) = &self.kv {
+            // Attention reads every key from the cache, this step's included.
             rec.op("kv_store", &kv.store, step);
         }
+        rec.op("attention", &self.attention, step);
         rec.op("attn_output", &self.o, step);
         rec.op("post_attn_norm+ffn_norm", &self.post_attn, step);
         let fused = MatvecGeluMul::covers(step.n_tokens);
@@ -1045,8 +1044,6 @@ impl Model {
                 &ctx,
                 AttentionIo {
                     q: a.qp.as_entire_binding(),
-                    k_new: (!shared).then(|| a.k_new.as_entire_binding()),
-                    v_new: (!shared).then(|| a.v_new.as_entire_binding()),
                     k_cache: k_cache.as_entire_binding(),
                     v_cache: v_cache.as_entire_binding(),
                     out: a.attn.as_entire_binding(),
@@ -1652,10 +1649,10 @@ impl PleInput {
 }
 
 /// Cache slots of KV-owning layer `l`. A full layer's cache holds the whole context; a sliding
-/// layer's is a ring of `W` slots (the step's own keys are read from staging). A ring that
-/// KV-shared layers read grows by one `score` step: those layers read every key from the
-/// cache after the owner stored the step, and row `t` of a `T`-row step still needs the keys
-/// from `pos0 + t − W + 1` on, so `W + T − 1` slots are needed.
+/// layer's is a ring of `W + chunk − 1` slots (or the context, when that is fewer): each step
+/// stores its K/V rows before attention reads every key from the cache, and row 0 of a
+/// `chunk`-row step still needs the keys from `pos0 − W + 1` on
+/// ([`AttentionParams::min_cap`]). KV-shared layers read these caches the same way.
 fn cache_slots(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> u32 {
     let lc = &cfg.layers[l];
     let w = cfg.sliding_window;
@@ -1664,20 +1661,11 @@ fn cache_slots(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> u32 {
     if !lc.sliding || context <= w {
         return context;
     }
-    let shared = cfg
-        .layers
-        .iter()
-        .enumerate()
-        .any(|(j, other)| j != l && other.kv_source == l);
-    if shared {
-        (w + chunk.min(SCORE_ROWS) - 1).min(context)
-    } else {
-        w
-    }
+    AttentionParams::min_cap(w, chunk, context)
 }
 
 /// Attention shape of layer `l`: its own cache, or for a KV-shared layer the cache of the
-/// layer it reads, every key taken from that cache.
+/// layer it reads.
 fn attention_params(
     cfg: &ModelConfig,
     l: usize,
@@ -1693,11 +1681,12 @@ fn attention_params(
         head_dim: lc.head_dim,
         cap: cache_slots(cfg, lc.kv_source, context, chunk),
         window: if sliding { cfg.sliding_window } else { 0 },
+        context,
         scale: cfg.attn_scale,
-        keys_from_cache_only: lc.shares_kv(l),
         max_tokens: chunk,
         split_keys: 0,
         kv_f32,
+        kernel: AttentionKernel::Auto,
     }
 }
 
