@@ -15,22 +15,24 @@
 // cache, and only the query tile (≤ 8 KiB, read once) and one block of scores live in
 // workgroup memory.
 //
-// Dispatch: one workgroup of WG invocations (128; 256 at d = 512) per (row tile, KV head) on x/y (linear index
-// tile · nkv + g, split by gpu::grid) and one per key split on z. A KV head's query rows are the
-// T·G pairs (token t, head h of its group) in order R = t·G + (h mod G); a tile is RQ rows.
+// Dispatch: one workgroup of WG invocations (128; 256 at d = 512) per (row tile, KV head) on
+// x/y (linear index tile · nkv + g, split by gpu::grid) and one per key split on z. A KV
+// head's query rows are the T·G pairs (token t, head h of its group) in order
+// R = t·G + (h mod G); a tile is RQ rows.
 // The workgroup walks its split's keys in blocks of NB:
 //   1. scores S[NB, RQ], BK keys per pass: lane (key kk, slot s) of LS lanes per key owns the
 //      head's 8-dim chunks c = e·LS + s (so the LS lanes of a key read 16·LS contiguous bytes
-//      per load) and forms RQ partial dot products with the query tile; the next pass's K
-//      chunks are loaded before this pass's arithmetic (two passes in flight). The LS partials
+//      per load) and forms RQ partial dot products with the query tile; each pass's K chunks
+//      are loaded one pass ahead (the first before the block's barrier). The LS partials
 //      are summed by a subgroup butterfly (SUBGROUPS: subgroupShuffleXor, no barrier; needs
 //      subgroups of ≥ LS consecutive invocations, which Rust checks) or through workgroup
 //      memory (portable);
 //   2. online softmax per row (running max m, sum l; α rescales the earlier blocks);
 //   3. O = α·O + P·V: lane (key group kg, row group rg, chunk c) owns RPL rows of dims
-//      8c..8c+7 for the keys kg, kg + KG, …; its first VU V chunks of the block were loaded
-//      before step 1, so they arrive while the scores are computed, and later ones are loaded
-//      VU at a time before they are used.
+//      8c..8c+7 for the keys kg, kg + KG, …; its first VU V chunks of the block are loaded
+//      before step 1, so they arrive while the scores are computed, and later ones VU at a
+//      time before they are used. For a block of ≤ 32 keys (d = 256) or ≤ 32 with WG = 256
+//      (d = 512) every K and V load of the block is in flight at once.
 // After the last block the KG key groups' outputs are summed through workgroup memory (the
 // query tile's, free by then). With nwg.z = 1 the normalised output goes straight to `out`;
 // otherwise each split writes (o unnormalised, m, l) to `part` and attention_merge.wgsl
@@ -65,12 +67,15 @@ const WG: u32 = {{WG}}u;           // invocations per workgroup
 const NC: u32 = D / 8u;            // 8-dim chunks per head row
 const NE: u32 = NC / LS;           // chunks per lane and key in the score phase
 const BK: u32 = WG / LS;           // keys per score pass
-const NP: u32 = NB / BK;           // score passes per block
 const LPR: u32 = WG / RQ;          // softmax lanes per row
 const NRG: u32 = RQ / RPL;         // row groups of the P·V phase
 const PV_LANES: u32 = KG * NRG * NC;  // lanes busy in the P·V phase (≤ WG)
 const VU: u32 = 8u;                // V chunks loaded before use in the P·V phase
 const LPT: u32 = (LS + RQ - 1u) / RQ;  // lanes holding one row's total when RQ < LS
+// Values live in the score butterfly after its mask-4, mask-2 and mask-1 steps.
+const BN2: u32 = {{BN2}}u;
+const BN1: u32 = {{BN1}}u;
+const BN0: u32 = {{BN0}}u;
 const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real score
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;          // [T, nq, d] f32
@@ -158,15 +163,22 @@ fn masked(total: f32, r: u32, j: u32, r0: u32, rows: u32, group: u32, hi: u32) -
 }
 
 #if SUBGROUPS
-// One halving step of the butterfly over the LS lanes of a key: of the n live values, a lane
-// keeps the half its bit `m` selects and adds its partner's copy of that half.
-fn halve(v: array<f32, RQ>, n: u32, m: u32, upper: bool) -> array<f32, RQ> {
+// One step of the butterfly over the LS lanes of a key, partner = lane ^ m: with n > 1 values
+// live, a lane keeps the half its bit `m` selects and adds its partner's copy of that half;
+// with one value live, the two lanes add theirs. Called with constant n and m, so the
+// compiler unrolls it and `v` stays in registers.
+fn bfly(v: array<f32, RQ>, n: u32, m: u32, s: u32) -> array<f32, RQ> {
     var w = v;
-    let half = n / 2u;
-    for (var i = 0u; i < half; i++) {
-        let send = select(v[i + half], v[i], upper);
-        let keep = select(v[i], v[i + half], upper);
-        w[i] = keep + subgroupShuffleXor(send, m);
+    if n > 1u {
+        let half = n / 2u;
+        let upper = (s & m) != 0u;
+        for (var i = 0u; i < half; i++) {
+            let send = select(v[i + half], v[i], upper);
+            let keep = select(v[i], v[i + half], upper);
+            w[i] = keep + subgroupShuffleXor(send, m);
+        }
+    } else {
+        w[0] = v[0] + subgroupShuffleXor(v[0], m);
     }
     return w;
 }
@@ -235,12 +247,11 @@ fn main(inv: Invocation, grp: Workgroup) {
 
     var par = 0u;  // block parity: m_sh[par] holds the running max
     for (var j0 = lo; j0 < hi; j0 += NB) {
-        // The previous block's P·V has read `ss` (and the first block needs the query tile).
-        workgroupBarrier();
         let n_keys = min(NB, hi - j0);
         let n_pass = (n_keys + BK - 1u) / BK;
 
-        // This lane's first VU V chunks of the block, in flight during steps 1 and 2.
+        // This lane's first VU V chunks of the block and its K chunks of the first score pass,
+        // in flight during the barrier and steps 1 and 2 (registers only: no barrier needed).
         var vpre: array<Raw, VU>;
         if in_pv {
             for (var u = 0u; u < VU; u++) {
@@ -250,9 +261,6 @@ fn main(inv: Invocation, grp: Workgroup) {
                 }
             }
         }
-
-        // 1. Scores of this block, BK keys per pass; the next pass's K chunks are in flight
-        // while this one's are used.
         var next: array<Raw, NE>;
         if kk < n_keys {
             let row = cache_row(j0 + kk, g);
@@ -260,6 +268,11 @@ fn main(inv: Invocation, grp: Workgroup) {
                 next[e] = k_raw(row, e * LS + s);
             }
         }
+        // The previous block's P·V has read `ss` (and the first block needs the query tile).
+        workgroupBarrier();
+
+        // 1. Scores of this block, BK keys per pass; the next pass's K chunks are in flight
+        // while this one's are used.
         for (var ps = 0u; ps < n_pass; ps++) {
             let kb = ps * BK + kk;   // key within the block
             let j = j0 + kb;
@@ -285,22 +298,22 @@ fn main(inv: Invocation, grp: Workgroup) {
                 }
             }
 #if SUBGROUPS
-            // Butterfly over the LS lanes: halve while more than one value is live, then
-            // plain sums. Lane s ends with the total of row s·RQ/LS (RQ ≤ LS) or of rows
-            // s·RQ/LS + i, i < RQ/LS (RQ > LS).
+            // Butterfly over the LS lanes (masks 4, 2, 1 as LS allows; BN2, BN1, BN0 values
+            // live after each): lane s ends with the total of row s·RQ/LS (RQ ≤ LS) or of
+            // rows s·RQ/LS + i, i < RQ/LS (RQ > LS).
             var v = acc;
-            var n = RQ;
-            for (var m = LS / 2u; m > 0u; m /= 2u) {
-                if n > 1u {
-                    v = halve(v, n, m, (s & m) != 0u);
-                    n /= 2u;
-                } else {
-                    v[0] += subgroupShuffleXor(v[0], m);
-                }
+            if LS > 4u {
+                v = bfly(v, RQ, 4u, s);
+            }
+            if LS > 2u {
+                v = bfly(v, BN2, 2u, s);
+            }
+            if LS > 1u {
+                v = bfly(v, BN1, 1u, s);
             }
             if RQ >= LS {
-                for (var i = 0u; i < n; i++) {
-                    let r = s * n + i;
+                for (var i = 0u; i < BN0; i++) {
+                    let r = s * BN0 + i;
                     ss[kb * RQ + r] = masked(v[i], r, j, r0, rows, group, hi);
                 }
             } else if s % LPT == 0u {

@@ -124,9 +124,10 @@ fn main(inv: Invocation, grp: Workgroup) {
 
     if kind == 0u {
         let out_base = (t * p.n_q_heads + head) * d;
+        let w_off = p.q_norm_offset;
         for (var m = inv.lid; m < d / 2u; m += WG) {
-            q_out[out_base + 2u * m] = rotated(base, t, 2u * m, scale, p.q_norm_offset) * p.q_scale;
-            q_out[out_base + 2u * m + 1u] = rotated(base, t, 2u * m + 1u, scale, p.q_norm_offset) * p.q_scale;
+            q_out[out_base + 2u * m] = rotated(base, t, 2u * m, scale, w_off) * p.q_scale;
+            q_out[out_base + 2u * m + 1u] = rotated(base, t, 2u * m + 1u, scale, w_off) * p.q_scale;
         }
         return;
     }

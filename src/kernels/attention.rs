@@ -289,6 +289,12 @@ fn main_spec(head_dim: u32, t: Tile, kv_f32: bool) -> KernelSpec {
 
 fn decode_spec(head_dim: u32, s: DecodeShape, kv_f32: bool) -> KernelSpec {
     let kv = if kv_f32 { "_kvf32" } else { "" };
+    // Values live in the score butterfly after each of its steps (masks 4, 2, 1, where
+    // ls > mask): halved while more than one.
+    let after = |n: u32, mask: u32| if s.ls > mask { (n / 2).max(1) } else { n };
+    let bn2 = after(s.rq, 4);
+    let bn1 = after(bn2, 2);
+    let bn0 = after(bn1, 1);
     KernelSpec::new(
         format!("attention_decode_d{head_dim}_r{}_l{}{kv}", s.rq, s.ls),
         DECODE_SOURCE,
@@ -300,6 +306,9 @@ fn decode_spec(head_dim: u32, s: DecodeShape, kv_f32: bool) -> KernelSpec {
     .define("NB", s.nb)
     .define("KG", s.kg)
     .define("RPL", s.rpl)
+    .define("BN2", bn2)
+    .define("BN1", bn1)
+    .define("BN0", bn0)
     .flag("KV_F32", kv_f32)
 }
 
@@ -587,7 +596,8 @@ impl Op for Attention {
         pass.set_bind_group(0, kernel.1, &[]);
         crate::gpu::dispatch(pass, [x, y, plan.splits]);
         if plan.splits > 1 {
-            let blocks = p.head_dim.div_ceil(128);
+            // attention_merge.wgsl: one workgroup per (row, 64 dims).
+            let blocks = p.head_dim.div_ceil(64);
             let [x, y, z] = grid(step.n_tokens * p.n_q_heads * blocks, self.max_per_dim);
             pass.set_pipeline(&self.merge.0.pipeline);
             pass.set_bind_group(0, &self.merge.1, &[]);
