@@ -1,11 +1,12 @@
-// Tiled flash attention over a KV cache plus this step's staging rows (decode and prefill).
+// Tiled flash attention over the KV cache (prefill-sized steps; decode-sized ones run
+// attention_decode.wgsl).
 //
 //   o[t, h] = Σ_j softmax_j(scale · q[t, h] · k[j, g]) · v[j, g],   g = h / (nq / nkv)
 //   over keys j with j ≤ p and, on sliding layers (window W > 0), j > p − W, where p = pos0 + t.
 //
-// Where key j lives: j < pos0 → cache slot j % cap; j ≥ pos0 → staging row j − pos0 (k_new,
-// v_new). With `cache_only` every key comes from the cache (Gemma 4 KV-shared layers: the
-// producer already stored this step's rows).
+// Key j lives in cache slot j % cap: the step's own rows were stored before this runs, and the
+// ring is large enough that none of them overwrote a key the step still needs (see
+// AttentionParams).
 //
 // Dispatch: one workgroup of 256 invocations per (row tile, KV head) on x/y (linear index
 // tile · nkv + g, split by gpu::grid) and one per key split on z. A KV head's query rows are the
@@ -21,7 +22,7 @@
 // With nwg.z = 1 the normalised output goes straight to `out`; otherwise each split writes
 // (o unnormalised, m, l) to `part` and attention_merge.wgsl combines the splits.
 //
-// Specialisation: HEAD_DIM ∈ {64, 128, 256, 512}; BQ ∈ {8, 16}; BK·BQ ∈ {256, 512}; DC | HEAD_DIM,
+// Specialisation: HEAD_DIM ∈ {8, …, 512}; BQ ≥ 16; BK·BQ ∈ {256, 512}; DC | HEAD_DIM,
 // 4 | DC. Workgroup memory: (BQ + BK)·DC + BQ·BK + 3·BQ + 256 floats = 15.2 KiB at most
 // (WebGPU's default is 16 KiB).
 // Assumptions: nq % nkv == 0; positions < 2³²; cap ≥ the keys a step needs (see AttentionParams).
@@ -36,9 +37,9 @@ struct Params {
     cap: u32,         // cache slots; key j lives in slot j % cap
     window: u32,      // sliding window W, 0 = full attention
     scale: f32,       // multiplies q·k
-    cache_only: u32,  // 1: read every key from the cache
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const D: u32 = {{HEAD_DIM}}u;
@@ -56,28 +57,22 @@ const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real scor
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;         // [T, nq, d] f32
 #if KV_F32
-@group(0) @binding(1) var<storage, read> k_new: array<vec2<f32>>;     // [T, nkv, d/2] f32 pairs
-@group(0) @binding(2) var<storage, read> v_new: array<vec2<f32>>;     // [T, nkv, d/2] f32 pairs
-@group(0) @binding(3) var<storage, read> k_cache: array<vec2<f32>>;   // [cap, nkv, d/2] f32 pairs
-@group(0) @binding(4) var<storage, read> v_cache: array<vec2<f32>>;   // [cap, nkv, d/2] f32 pairs
+@group(0) @binding(1) var<storage, read> k_cache: array<vec2<f32>>;   // [cap, nkv, d/2] f32 pairs
+@group(0) @binding(2) var<storage, read> v_cache: array<vec2<f32>>;   // [cap, nkv, d/2] f32 pairs
 #else
 #if F16
-@group(0) @binding(1) var<storage, read> k_new: array<vec2<f16>>;     // [T, nkv, d] f16
-@group(0) @binding(2) var<storage, read> v_new: array<vec2<f16>>;     // [T, nkv, d] f16
-@group(0) @binding(3) var<storage, read> k_cache: array<vec2<f16>>;   // [cap, nkv, d] f16
-@group(0) @binding(4) var<storage, read> v_cache: array<vec2<f16>>;   // [cap, nkv, d] f16
+@group(0) @binding(1) var<storage, read> k_cache: array<vec2<f16>>;   // [cap, nkv, d] f16
+@group(0) @binding(2) var<storage, read> v_cache: array<vec2<f16>>;   // [cap, nkv, d] f16
 #else
-@group(0) @binding(1) var<storage, read> k_new: array<u32>;           // [T, nkv, d/2] f16 pairs
-@group(0) @binding(2) var<storage, read> v_new: array<u32>;           // [T, nkv, d/2] f16 pairs
-@group(0) @binding(3) var<storage, read> k_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
-@group(0) @binding(4) var<storage, read> v_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
+@group(0) @binding(1) var<storage, read> k_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
+@group(0) @binding(2) var<storage, read> v_cache: array<u32>;         // [cap, nkv, d/2] f16 pairs
 #endif
 #endif
-@group(0) @binding(5) var<storage, read_write> out: array<vec2<f32>>; // [T, nq, d] f32
+@group(0) @binding(3) var<storage, read_write> out: array<vec2<f32>>; // [T, nq, d] f32
 // Split partials: [0] = number of splits S, then o [S, T·nq, d], then (m, l) [S, T·nq, 2].
-@group(0) @binding(6) var<storage, read_write> part: array<f32>;
-@group(0) @binding(7) var<uniform> p: Params;
-@group(0) @binding(8) var<storage, read> step: Step;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+@group(0) @binding(5) var<storage, read> p: Params;
+@group(0) @binding(6) var<storage, read> step: Step;
 
 var<workgroup> qs: array<vec4<f32>, BQ * DC4>;   // Q chunk [BQ, DC]
 var<workgroup> ks: array<vec4<f32>, BK * DC4>;   // K chunk [BK, DC]
@@ -88,10 +83,6 @@ var<workgroup> alpha_sh: array<f32, BQ>;         // rescale of this tile per row
 var<workgroup> red: array<f32, WG>;              // per-invocation row max / sum partials
 
 // Index of pair w (one array element: an f16 word or an f32 pair) of key j, KV head g.
-fn new_word(j: u32, g: u32, w: u32) -> u32 {
-    return ((j - step.pos0) * p.n_kv_heads + g) * DW + w;
-}
-
 fn cache_word(j: u32, g: u32, w: u32) -> u32 {
     return ((j % p.cap) * p.n_kv_heads + g) * DW + w;
 }
@@ -115,16 +106,10 @@ fn kv_pair(x: u32) -> vec2<f32> {
 
 // Dims (2w, 2w+1) of key j, KV head g.
 fn load_k(j: u32, g: u32, w: u32) -> vec2<f32> {
-    if p.cache_only == 0u && j >= step.pos0 {
-        return kv_pair(k_new[new_word(j, g, w)]);
-    }
     return kv_pair(k_cache[cache_word(j, g, w)]);
 }
 
 fn load_v(j: u32, g: u32, w: u32) -> vec2<f32> {
-    if p.cache_only == 0u && j >= step.pos0 {
-        return kv_pair(v_new[new_word(j, g, w)]);
-    }
     return kv_pair(v_cache[cache_word(j, g, w)]);
 }
 

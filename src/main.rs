@@ -258,13 +258,15 @@ struct BenchArgs {
     /// Skip measuring the device's copy bandwidth.
     #[arg(long)]
     no_copy_bandwidth: bool,
-    /// Kernel microbenchmarks (mat-vec GB/s, mat-mat TFLOP/s at model shapes) instead of a model.
+    /// Kernel microbenchmarks (mat-vec GB/s, mat-mat TFLOP/s at model shapes, decode attention
+    /// µs) instead of a model.
     #[arg(long)]
     kernels: bool,
     /// Timed dispatch rounds per kernel shape (--kernels).
     #[arg(long, default_value_t = 50)]
     iterations: u32,
-    /// Only shapes whose name contains one of these (--kernels; e.g. `gemma4-e2b,lm_head`).
+    /// Only shapes whose name contains one of these (--kernels; e.g. `gemma4-e2b,lm_head`, or
+    /// `attention` for the attention cases only).
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
     /// Only these weight types (--kernels; e.g. `q4_0,q4_k`; default: every type the models use).
@@ -1069,10 +1071,22 @@ fn write_ops(out: &mut dyn Write, ops: &serde_json::Value, most: usize) -> std::
     Ok(())
 }
 
-/// The human-readable summary of the kernel microbenchmarks.
+/// The human-readable summary of the kernel microbenchmarks: the report, then one line per
+/// attention case.
 fn print_kernel_report(j: &serde_json::Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(&j["kernels"]).unwrap_or_default()
     );
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    for a in j["kernels"]["attention"].as_array().into_iter().flatten() {
+        println!(
+            "{:<38} {:>8.1} us/call (attention + merge, {} splits, {:.1} GB/s of K/V); tiled kernel {:.1} us",
+            a["shape"].as_str().unwrap_or(""),
+            f(&a["us_per_call"]),
+            a["splits"],
+            f(&a["gb_per_s"]),
+            f(&a["tiled_us_per_call"])
+        );
+    }
 }

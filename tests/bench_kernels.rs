@@ -1,5 +1,6 @@
-//! Kernel microbenchmarks (`bench::kernels`) on one small case: the copy bandwidth and the
-//! mat-vec / mat-mat of Gemma 3 270M's `attn_q` in Q4_0, 2 rounds. Checks that every figure is
+//! Kernel microbenchmarks (`bench::kernels`) on small cases: the copy bandwidth, the mat-vec /
+//! mat-mat of Gemma 3 270M's `attn_q` in Q4_0 and Gemma 4 E2B's sliding-layer decode attention
+//! over 512 positions, 2 rounds. Checks that every figure is
 //! finite and positive and that the JSON carries every documented field (BENCHMARKS.md), so
 //! the benchmark keeps working on any adapter, a software one included (seconds on lavapipe).
 
@@ -109,6 +110,7 @@ fn check_quick(ctx: &GpuContext, copy: &CopyBandwidth, timing: &str) {
             "copy",
             "matvec",
             "matmul",
+            "attention",
             "skipped",
         ],
     );
@@ -137,14 +139,63 @@ fn check_quick(ctx: &GpuContext, copy: &CopyBandwidth, timing: &str) {
     has_fields("matmul[0]", &json["matmul"][0], &common);
     has_fields("matmul[0]", &json["matmul"][0], &["tokens", "tflop_per_s"]);
 
+    assert_eq!(report.attention.len(), 1);
+    let a = &report.attention[0];
+    assert_eq!(a.shape, "gemma4-e2b attention sliding ctx512");
+    // A 512-position context fits the 512-key window: a full layer over 512 keys, as in the model.
+    assert_eq!(
+        (
+            a.n_q_heads,
+            a.n_kv_heads,
+            a.head_dim,
+            a.window,
+            a.context,
+            a.keys
+        ),
+        (8, 1, 256, 0, 512, 512)
+    );
+    assert_eq!(a.kv_bytes, 2 * 512 * 256 * 2);
+    assert_eq!((a.kernel, a.kv_type, a.timing), ("decode", "f16", timing));
+    assert!(a.splits > 1 && a.workgroups >= a.splits, "{a:?}");
+    assert!(a.copies > 1, "K/V caches are rotated through copies");
+    positive("attention.us_per_call", a.us_per_call);
+    positive("attention.tiled_us_per_call", a.tiled_us_per_call);
+    let implied = a.kv_bytes as f64 / (a.us_per_call * 1e-6) / 1e9;
+    assert!((implied / a.gb_per_s - 1.0).abs() < 1e-9);
+    has_fields(
+        "attention[0]",
+        &json["attention"][0],
+        &[
+            "shape",
+            "n_q_heads",
+            "n_kv_heads",
+            "head_dim",
+            "window",
+            "context",
+            "keys",
+            "kv_type",
+            "kv_bytes",
+            "kernel",
+            "splits",
+            "workgroups",
+            "copies",
+            "us_per_call",
+            "gb_per_s",
+            "tiled_us_per_call",
+            "tiled_splits",
+            "timing",
+        ],
+    );
+
     // A row length that is not a whole number of blocks is reported as skipped, not an error
     // (Q4_K needs multiples of 256; 270M's hidden size is 640).
     let opts = KernelBenchOptions {
         types: vec![gemma_wgpu::gguf::GgmlType::Q4K],
+        shapes: vec!["gemma3-270m attn_q".into()],
         ..opts
     };
     let report = block(run(ctx, &opts)).unwrap();
-    assert!(report.matvec.is_empty() && report.matmul.is_empty());
+    assert!(report.matvec.is_empty() && report.matmul.is_empty() && report.attention.is_empty());
     assert_eq!(report.skipped.len(), 1);
     let s = &report.skipped[0];
     assert_eq!((s.kernel, s.weight_type, s.k), ("both", "Q4_K", 640));

@@ -104,10 +104,12 @@ fn e2b_q4_0_runs_and_fits_the_phone_budget() {
     // The 20 KV-shared layers' K/V projections are in the file but not uploaded.
     let attn = group(mem, "attention");
     assert!(attn["gpu_bytes"].as_u64().unwrap() < attn["file_bytes"].as_u64().unwrap());
-    // KV caches: 12 sliding rings (+ one score step on the ring others read) and 3 full
-    // layers, f16 K and V, 1 KV head.
+    // KV caches: 12 sliding rings of W + chunk − 1 = 639 slots (a step stores its K/V before
+    // attention reads the cache, so a 128-token chunk's first row still finds the window) and
+    // 3 full layers, f16 K and V, 1 KV head.
     let kv_per_token_full = 3 * 2 * 512 * 2;
-    assert!(u("kv_cache") < (4096 * kv_per_token_full + 13 * 576 * 2 * 256 * 2) as u64);
+    let ring = 512 + 128 - 1;
+    assert!(u("kv_cache") <= (4096 * kv_per_token_full + 12 * ring * 2 * 256 * 2) as u64);
 }
 
 #[test]

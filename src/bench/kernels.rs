@@ -1,6 +1,8 @@
 //! Kernel microbenchmarks: the quantized mat-vec (decode) and mat-mat (prefill) kernels of
 //! `kernels::matmul` at the real projection shapes of Gemma 3 (270M, 1B) and Gemma 4 (E2B, E4B),
-//! for every weight type those models use, set against the device's copy bandwidth.
+//! for every weight type those models use, set against the device's copy bandwidth; and decode
+//! attention (`kernels::attention`, attention + split merge) at Gemma 4 E2B's sliding and full
+//! layer shapes over 512, 1,024 and 4,096 positions, next to the tiled kernel on the same step.
 //!
 //! Why these numbers: decoding one token reads every weight once, so a mat-vec can go no faster
 //! than memory bandwidth, and its GB/s divided by the copy bandwidth says how much of the
@@ -15,7 +17,8 @@
 //!   measure the cache, not DRAM: the mat-vec cycles through enough copies of the matrix that
 //!   they total at least [`KernelBenchOptions::rotate_bytes`] (256 MiB; at most
 //!   [`MAX_COPIES`]), as a model cycles through its layers. The copies are GPU-side copies of
-//!   one upload, and only one shape's copies are alive at a time;
+//!   one upload, and only one shape's copies are alive at a time. Attention cycles through
+//!   copies of the K/V cache the same way (at most [`MAX_ATTENTION_COPIES`]);
 //! * with GPU timestamps (`GpuOptions { timestamps: true, .. }`) every round is one compute
 //!   pass with begin/end timestamps and the result is the median round; otherwise all rounds
 //!   go in one submit timed by the wall clock, and the result is their mean. Pipelines are
@@ -25,6 +28,9 @@ use serde::Serialize;
 
 use crate::gguf::GgmlType;
 use crate::gpu::{GpuContext, Op, StepParams};
+use crate::kernels::attention::{
+    kv_bytes_per_elem, Attention, AttentionIo, AttentionKernel, AttentionParams,
+};
 use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MATMUL_TILE, MATVEC_MAX_TOKENS};
 use crate::quant::{part_sizes, GpuLayout, MatrixUpload, QuantMatrix, QuantPart};
 use crate::reference::quant::synthetic_blocks;
@@ -50,6 +56,9 @@ pub const DEFAULT_ROTATE_BYTES: u64 = 256 << 20;
 /// round).
 pub const MAX_COPIES: u32 = 64;
 
+/// Most copies of one attention case's K/V cache (a 512-key sliding layer is 0.5 MiB).
+pub const MAX_ATTENTION_COPIES: u32 = 256;
+
 /// Size of the buffers [`copy_bandwidth`] copies between: far above any L2 cache.
 const COPY_BYTES: u64 = 256 << 20;
 
@@ -72,8 +81,9 @@ pub struct KernelBenchOptions {
     pub prefill_tokens: u32,
     /// Weight types (empty: [`DEFAULT_TYPES`]).
     pub types: Vec<GgmlType>,
-    /// Only shapes whose name (e.g. `gemma4-e2b ffn_gate`, see [`shapes`]) contains one of
-    /// these strings, case-insensitively (empty: every shape).
+    /// Only shapes whose name (e.g. `gemma4-e2b ffn_gate`, see [`shapes`], or
+    /// `gemma4-e2b attention full ctx1024`, see [`attention_shapes`]) contains one of these
+    /// strings, case-insensitively (empty: every shape).
     pub shapes: Vec<String>,
     /// The mat-vec cycles through copies of the matrix totalling at least this many bytes
     /// (default [`DEFAULT_ROTATE_BYTES`]; copies capped at [`MAX_COPIES`]).
@@ -97,14 +107,18 @@ impl Default for KernelBenchOptions {
 }
 
 impl KernelBenchOptions {
-    /// One small shape (Gemma 3 270M `attn_q`, 1024 × 640), Q4_0, 2 rounds, 64 prefill tokens
-    /// and 8 MiB of copies: finishes in seconds on a software GPU (tests, smoke runs).
+    /// One small shape (Gemma 3 270M `attn_q`, 1024 × 640), Q4_0, one attention case (E2B's
+    /// sliding layer over 512 positions), 2 rounds, 64 prefill tokens and 8 MiB of copies:
+    /// finishes in seconds on a software GPU (tests, smoke runs).
     pub fn quick() -> Self {
         Self {
             iterations: 2,
             prefill_tokens: 64,
             types: vec![GgmlType::Q4_0],
-            shapes: vec!["gemma3-270m attn_q".into()],
+            shapes: vec![
+                "gemma3-270m attn_q".into(),
+                "gemma4-e2b attention sliding ctx512".into(),
+            ],
             rotate_bytes: 8 << 20,
             copy: None,
         }
@@ -192,6 +206,45 @@ pub struct MatmulResult {
     pub timing: &'static str,
 }
 
+/// One decode-attention measurement: a single-token step at the last position of the context.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttentionResult {
+    /// Model, layer kind and context, e.g. `gemma4-e2b attention full ctx1024`.
+    pub shape: String,
+    pub n_q_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// Sliding window (0: full attention; a sliding layer whose context fits in its window is
+    /// a full one, as in the model).
+    pub window: u32,
+    /// Positions of the cache; the step is at position `context − 1`.
+    pub context: u32,
+    /// Keys the step attends to.
+    pub keys: u32,
+    /// `f16` (the default cache).
+    pub kv_type: &'static str,
+    /// K and V bytes the step reads.
+    pub kv_bytes: u64,
+    /// Kernel that runs the step (`decode`), its key splits and workgroups.
+    pub kernel: &'static str,
+    pub splits: u32,
+    pub workgroups: u32,
+    /// Distinct K/V caches cycled through (cache busting).
+    pub copies: u32,
+    /// Microseconds per call, attention + split merge: the median round over the copies in it
+    /// (`gpu-timestamps`), or the mean over all rounds (`wall-clock`).
+    pub us_per_call: f64,
+    /// `kv_bytes` per second / 1e9.
+    pub gb_per_s: f64,
+    /// The same step through the tiled kernel (the decode path before the decode kernel), for
+    /// comparison on the same device.
+    pub tiled_us_per_call: f64,
+    /// Key splits of the tiled kernel.
+    pub tiled_splits: u32,
+    /// `gpu-timestamps` or `wall-clock`.
+    pub timing: &'static str,
+}
+
 /// A (shape, type, kernel) that was not measured, and why.
 #[derive(Clone, Debug, Serialize)]
 pub struct SkippedCase {
@@ -222,6 +275,7 @@ pub struct KernelReport {
     pub dispatch: DispatchCost,
     pub matvec: Vec<MatvecResult>,
     pub matmul: Vec<MatmulResult>,
+    pub attention: Vec<AttentionResult>,
     pub skipped: Vec<SkippedCase>,
 }
 
@@ -249,6 +303,45 @@ pub struct BenchShape {
     pub rows: u32,
     /// Row length `k`.
     pub k: u32,
+}
+
+/// One benchmarked decode-attention shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttentionBenchShape {
+    /// `<model> attention <sliding|full> ctx<context>`.
+    pub name: String,
+    pub n_q_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// The layer kind's sliding window (0: full attention).
+    pub window: u32,
+    pub context: u32,
+}
+
+/// Gemma 4 E2B's decode attention (8 query heads, 1 KV head, f16 cache): sliding layers
+/// (d = 256, window 512) and full layers (d = 512) over 512, 1,024 and 4,096 positions.
+pub fn attention_shapes() -> Vec<AttentionBenchShape> {
+    let s = SynthArch::Gemma4E2b.spec(SynthQuant::Q4_0, 0);
+    let mut v = Vec::new();
+    for (kind, head_dim, window) in [
+        ("sliding", s.head_dim, s.sliding_window),
+        ("full", s.head_dim_full, 0),
+    ] {
+        for context in [512, 1024, 4096] {
+            v.push(AttentionBenchShape {
+                name: format!(
+                    "{} attention {kind} ctx{context}",
+                    SynthArch::Gemma4E2b.name()
+                ),
+                n_q_heads: s.n_heads,
+                n_kv_heads: s.n_kv_heads,
+                head_dim,
+                window,
+                context,
+            });
+        }
+    }
+    v
 }
 
 const GPU_TIMESTAMPS: &str = "gpu-timestamps";
@@ -470,20 +563,23 @@ pub async fn run_with_progress(
         )));
     }
     let filters: Vec<String> = opts.shapes.iter().map(|s| s.to_lowercase()).collect();
-    let selected: Vec<BenchShape> = shapes()
+    let wanted = |name: &str| {
+        let name = name.to_lowercase();
+        filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+    };
+    let selected: Vec<BenchShape> = shapes().into_iter().filter(|s| wanted(&s.name)).collect();
+    let attention: Vec<AttentionBenchShape> = attention_shapes()
         .into_iter()
-        .filter(|s| {
-            let name = s.name.to_lowercase();
-            filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
-        })
+        .filter(|s| wanted(&s.name))
         .collect();
-    if selected.is_empty() {
+    if selected.is_empty() && attention.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "kernel benchmark: no shape matches {:?} (shapes: {})",
             opts.shapes,
             shapes()
                 .iter()
-                .map(|s| s.name.as_str())
+                .map(|s| s.name.clone())
+                .chain(attention_shapes().into_iter().map(|s| s.name))
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
@@ -512,6 +608,7 @@ pub async fn run_with_progress(
         dispatch,
         matvec: Vec::new(),
         matmul: Vec::new(),
+        attention: Vec::new(),
         skipped: Vec::new(),
     };
     let mut seed = 0x6765_6d6d_6100_0001u64;
@@ -523,11 +620,16 @@ pub async fn run_with_progress(
             ctx.wait().await?;
         }
     }
+    for shape in &attention {
+        bench_attention(ctx, opts, shape, &mut report, &mut progress).await?;
+        ctx.wait().await?;
+    }
     let timings = report
         .matvec
         .iter()
         .map(|r| r.timing)
-        .chain(report.matmul.iter().map(|r| r.timing));
+        .chain(report.matmul.iter().map(|r| r.timing))
+        .chain(report.attention.iter().map(|r| r.timing));
     let (mut ts, mut wall) = (false, false);
     for t in timings {
         ts |= t == GPU_TIMESTAMPS;
@@ -720,6 +822,146 @@ async fn bench_case(
         }
     }
     progress(&line);
+    Ok(())
+}
+
+/// Times one decode step (T = 1 at position `context − 1`) of `shape` through the decode
+/// kernel (what the model runs) and the tiled kernel, cycling through copies of a random f16
+/// K/V cache, and appends the result to `report`.
+async fn bench_attention(
+    ctx: &GpuContext,
+    opts: &KernelBenchOptions,
+    shape: &AttentionBenchShape,
+    report: &mut KernelReport,
+    progress: &mut impl FnMut(&str),
+) -> Result<()> {
+    let (nq, nkv, d) = (shape.n_q_heads, shape.n_kv_heads, shape.head_dim);
+    // As the model does: a sliding layer whose context fits in the window is a full layer.
+    let window = if shape.context > shape.window {
+        shape.window
+    } else {
+        0
+    };
+    let pos0 = shape.context - 1;
+    let cap = AttentionParams::min_cap(window, 1, shape.context);
+    let keys = if window > 0 {
+        window.min(shape.context)
+    } else {
+        shape.context
+    };
+    let elem = kv_bytes_per_elem(false);
+    let cache_bytes = cap as u64 * (nkv * d) as u64 * elem;
+    let kv_bytes = 2 * keys as u64 * (nkv * d) as u64 * elem;
+    let copies = opts
+        .rotate_bytes
+        .div_ceil(2 * cache_bytes)
+        .clamp(1, MAX_ATTENTION_COPIES as u64) as u32;
+
+    let mut rng = crate::reference::quant::Rng(0x6174_746e ^ shape.context as u64 ^ d as u64);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit()).collect() };
+    let q = ctx.storage_init("bench.attention.q", &random((nq * d) as usize))?; // [1, nq, d] f32
+                                                                                // [cap, nkv, d] f16 pairs: the first copy uploaded, the others copied on the GPU.
+    let k0: Vec<u32> = crate::reference::attention::pack_f16(&random((cap * nkv * d) as usize));
+    let v0: Vec<u32> = crate::reference::attention::pack_f16(&random((cap * nkv * d) as usize));
+    let k_first = ctx.storage_init("bench.attention.k", &k0)?;
+    let v_first = ctx.storage_init("bench.attention.v", &v0)?;
+    drop((k0, v0));
+    let mut caches = vec![(k_first, v_first)];
+    {
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("bench.attention.replicate"),
+            });
+        for c in 1..copies {
+            let k = ctx.storage(&format!("bench.attention.k#{c}"), cache_bytes)?;
+            let v = ctx.storage(&format!("bench.attention.v#{c}"), cache_bytes)?;
+            encoder.copy_buffer_to_buffer(&caches[0].0, 0, &k, 0, cache_bytes);
+            encoder.copy_buffer_to_buffer(&caches[0].1, 0, &v, 0, cache_bytes);
+            caches.push((k, v));
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.wait().await?;
+    }
+    let out = ctx.storage("bench.attention.out", (nq * d) as u64 * 4)?; // [1, nq, d] f32
+    let step = StepParams::new(1, pos0);
+    let step_buf = ctx.params_init("bench.attention.step", &step); // StepParams, 1 token
+    let params = |kernel| AttentionParams {
+        n_q_heads: nq,
+        n_kv_heads: nkv,
+        head_dim: d,
+        cap,
+        window,
+        context: shape.context,
+        scale: 1.0,
+        max_tokens: 1,
+        split_keys: 0,
+        kv_f32: false,
+        kernel,
+    };
+    // One scratch for every copy, as a model shares one across layers.
+    let scratch_bytes = Attention::scratch_bytes(&params(AttentionKernel::Decode))
+        .max(Attention::scratch_bytes(&params(AttentionKernel::Tiled)));
+    let scratch = ctx.storage("bench.attention.partials", scratch_bytes)?;
+    let build = |kernel| {
+        caches
+            .iter()
+            .map(|(k, v)| {
+                Attention::new(
+                    ctx,
+                    AttentionIo {
+                        q: q.as_entire_binding(),
+                        k_cache: k.as_entire_binding(),
+                        v_cache: v.as_entire_binding(),
+                        out: out.as_entire_binding(),
+                        step: step_buf.as_entire_binding(),
+                        scratch: Some(scratch.as_entire_binding()),
+                    },
+                    params(kernel),
+                )
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let time = |ops: Vec<Attention>| async move {
+        let plan = ops[0].plan(&step);
+        let (secs, timing) = measure(ctx, opts.iterations, copies, |pass, _| {
+            for op in &ops {
+                op.encode(pass, &step);
+            }
+        })
+        .await?;
+        Ok::<_, Error>((secs, timing, plan))
+    };
+    let (secs, timing, plan) = time(build(AttentionKernel::Decode)?).await?;
+    let (tiled_secs, _, tiled_plan) = time(build(AttentionKernel::Tiled)?).await?;
+    let gb_per_s = kv_bytes as f64 / secs / 1e9;
+    progress(&format!(
+        "{}: attention {:.1} µs ({} splits, {gb_per_s:.1} GB/s of K/V); tiled kernel {:.1} µs",
+        shape.name,
+        secs * 1e6,
+        plan.splits,
+        tiled_secs * 1e6
+    ));
+    report.attention.push(AttentionResult {
+        shape: shape.name.clone(),
+        n_q_heads: nq,
+        n_kv_heads: nkv,
+        head_dim: d,
+        window,
+        context: shape.context,
+        keys,
+        kv_type: "f16",
+        kv_bytes,
+        kernel: plan.kernel,
+        splits: plan.splits,
+        workgroups: plan.workgroups,
+        copies,
+        us_per_call: secs * 1e6,
+        gb_per_s,
+        tiled_us_per_call: tiled_secs * 1e6,
+        tiled_splits: tiled_plan.splits,
+        timing,
+    });
     Ok(())
 }
 
@@ -927,6 +1169,25 @@ mod tests {
         assert_eq!((head.rows, head.k), (262_144, 2560));
         let e2b = s.iter().find(|s| s.name == "gemma4-e2b ffn_gate").unwrap();
         assert_eq!((e2b.rows, e2b.k), (6144, 1536));
+    }
+
+    #[test]
+    fn attention_shapes_are_e2b_decode() {
+        let s = attention_shapes();
+        assert_eq!(s.len(), 6);
+        let full = s
+            .iter()
+            .find(|s| s.name == "gemma4-e2b attention full ctx1024")
+            .unwrap();
+        assert_eq!(
+            (full.n_q_heads, full.n_kv_heads, full.head_dim, full.window),
+            (8, 1, 512, 0)
+        );
+        let sliding = s
+            .iter()
+            .find(|s| s.name == "gemma4-e2b attention sliding ctx4096")
+            .unwrap();
+        assert_eq!((sliding.head_dim, sliding.window), (256, 512));
     }
 
     #[test]

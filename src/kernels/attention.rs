@@ -1,31 +1,39 @@
-//! Attention over the KV cache (`shaders/attention.wgsl`, `attention_merge.wgsl`) and the
-//! KV-cache store (`shaders/kv_store.wgsl`).
+//! Attention over the KV cache (`shaders/attention_decode.wgsl`, `attention.wgsl`,
+//! `attention_merge.wgsl`) and the KV-cache store of the staging layout
+//! (`shaders/kv_store.wgsl`).
 //!
-//! One tiled flash-attention kernel serves decode and prefill: a workgroup owns a tile of query
-//! rows of one KV head (the (token, head) pairs of its GQA group, so grouped heads share every
-//! K/V read) and walks its key range with an online softmax; the causal and sliding masks are
-//! computed in the shader, so neither a mask nor a score matrix ever exists in memory. Two tile
-//! shapes are built: 8 rows × 32 keys for decode-sized steps (T·G ≤ 8) and 16 rows × 32 keys
-//! otherwise. When a step has few row tiles and a long key range (decode at long context), the
-//! key range is split across workgroups (flash-decoding) and a merge pass combines the splits.
+//! Every key is read from the cache: the step's own K/V rows are stored before attention runs
+//! (by [`crate::kernels::qkv_prep::QkvPrep`], or [`KvStore`] after `HeadPrep`). That is correct
+//! only if storing row `t` of a step never overwrites a key an earlier row of the same step
+//! still needs, so the ring of a sliding layer (window `W`) must hold
+//! `min(context, W + T_max − 1)` slots: row 0 of a `T`-row step reads keys from `pos0 − W + 1`
+//! while the step writes up to `pos0 + T − 1` ([`AttentionParams::min_cap`], checked by
+//! [`Attention::new`]). A full layer's cache holds the whole context.
 //!
-//! Keys `j < pos0` come from the cache slot `j % cap`, keys `j ≥ pos0` from this step's staging
-//! rows (`k_new`/`v_new`), which is why a sliding layer's ring needs only `W` slots even during
-//! prefill: the model runs [`KvStore`] after the layer's attention. With
-//! `keys_from_cache_only` (Gemma 4 KV-shared layers) every key is read from a cache that the
-//! producer layer has already updated this step.
+//! Two kernels, chosen per step by the rows each KV head has (`T·nq/nkv`):
+//! - decode-sized steps (≤ [`DECODE_MAX_ROWS`] rows): flash-decoding. The key range is split
+//!   across many workgroups so even one KV head fills a big GPU at long context (at decode the
+//!   whole K/V of a layer, 0.5–2 MB for Gemma 4 E2B, must be in flight at once); lanes read K/V
+//!   rows straight from the cache with 16-byte loads, and only the query tile and a block of
+//!   scores live in workgroup memory;
+//! - everything else: the tiled flash-attention kernel (a workgroup owns a tile of query rows
+//!   of one KV head and walks its keys, staging K through workgroup memory), with the same key
+//!   splitting when a step has few row tiles and a long key range.
 //!
-//! K/V storage (cache and staging alike) is f16 pairs packed in u32 by default, or f32 with
+//! Either way, a merge pass combines the splits when there is more than one.
+//!
+//! The causal and sliding masks are computed in the shaders, so neither a mask nor a score
+//! matrix ever exists in memory. K/V storage is f16 pairs packed in u32 by default, or f32 with
 //! [`AttentionParams::kv_f32`] (twice the memory, no K/V rounding; [`kv_bytes_per_elem`] sizes
-//! the buffers). The f32 staging layout `[T, nkv, d]` f32 is exactly what
-//! `HeadPrep` writes with `HeadOut::F32`.
+//! the buffers).
 
 use std::sync::Arc;
 
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, Caps, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
+const DECODE_SOURCE: &str = include_str!("../../shaders/attention_decode.wgsl");
 const MERGE_SOURCE: &str = include_str!("../../shaders/attention_merge.wgsl");
 const STORE_SOURCE: &str = include_str!("../../shaders/kv_store.wgsl");
 
@@ -33,15 +41,39 @@ const STORE_SOURCE: &str = include_str!("../../shaders/kv_store.wgsl");
 /// two that other configurations (and tiny test models) use.
 pub const HEAD_DIMS: [u32; 7] = [8, 16, 32, 64, 128, 256, 512];
 
-/// Most key splits of one step (bounds the partials scratch).
+/// Steps with at most this many query rows per KV head (`T·nq/nkv`) run the decode kernel.
+pub const DECODE_MAX_ROWS: u32 = 8;
+/// Most key splits of a decode step (bounds the partials scratch): 128 splits of 32 keys cover
+/// 4,096 keys; longer contexts get longer splits.
+const DECODE_MAX_SPLITS: u32 = 128;
+/// Aim for this many decode workgroups (two per SM of an H100) before splitting stops paying.
+const DECODE_TARGET_WORKGROUPS: u32 = 256;
+/// Default least number of keys per split of the decode kernel: two score passes. Below it the
+/// partials (`rows·d` floats per split) outweigh the split's own K/V.
+pub const DEFAULT_DECODE_SPLIT_KEYS: u32 = 32;
+
+/// Most key splits of one tiled step (bounds the partials scratch).
 const MAX_SPLITS: u32 = 32;
-/// Steps of up to this many tokens get the full `MAX_SPLITS` of scratch; longer steps split
-/// less (they already have many row tiles).
+/// Tiled steps of up to this many tokens get the full `MAX_SPLITS` of scratch; longer steps
+/// split less (they already have many row tiles).
 const SPLIT_TOKENS: u32 = 4;
-/// Aim for at least this many workgroups before splitting stops paying.
+/// Aim for at least this many tiled workgroups before splitting stops paying.
 const TARGET_WORKGROUPS: u32 = 128;
-/// Default least number of keys per split: below it the merge costs more than it saves.
+/// Default least number of keys per split of the tiled kernel: below it the merge costs more
+/// than it saves.
 pub const DEFAULT_SPLIT_KEYS: u32 = 256;
+
+/// Which kernel runs a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The decode kernel for steps of ≤ [`DECODE_MAX_ROWS`] rows per KV head, else the tiled one.
+    #[default]
+    Auto,
+    /// Always the decode kernel (correct for any step; slower than the tiled one for long ones).
+    Decode,
+    /// Always the tiled kernel (the pre-decode-kernel path; benchmarks compare against it).
+    Tiled,
+}
 
 /// Layer geometry and masking, fixed when the op is built.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,29 +84,30 @@ pub struct AttentionParams {
     pub n_kv_heads: u32,
     /// Head dimension `d`, one of [`HEAD_DIMS`].
     pub head_dim: u32,
-    /// Cache slots: key `j` lives in slot `j % cap`. Full layers: the context length. Sliding
-    /// layers: a ring of at least `window` slots. A KV-shared consumer of a sliding ring sees
-    /// correct keys for every row only if `cap ≥ window + T − 1` (Gemma 4 runs those layers on
-    /// the last row only, where `cap = window` suffices).
+    /// Cache slots: key `j` lives in slot `j % cap`. At least [`AttentionParams::min_cap`]:
+    /// the context for a full layer, `min(context, window + max_tokens − 1)` for a sliding one.
     pub cap: u32,
     /// Sliding window `W` (0 = full attention): `p − W < j ≤ p`.
     pub window: u32,
-    /// Multiplies `q·k`: Gemma 3 `query_pre_attn_scalar^−0.5`, Gemma 4 1.0.
+    /// Positions the cache serves: every step has `pos0 + T ≤ context`.
+    pub context: u32,
+    /// Multiplies `q·k`: Gemma 3 `query_pre_attn_scalar^−0.5`, Gemma 4 1.0 (or 1.0 when the
+    /// queries were scaled already, e.g. by `QkvPrepConfig::q_scale`).
     pub scale: f32,
-    /// Read every key from the cache (this step's rows included) instead of staging.
-    pub keys_from_cache_only: bool,
-    /// Most tokens of one step (sizes the split scratch).
+    /// Most tokens of one step (sizes the split scratch and the sliding ring).
     pub max_tokens: u32,
-    /// Least keys per split of the flash-decoding path (0: [`DEFAULT_SPLIT_KEYS`]).
+    /// Least keys per split (0: [`DEFAULT_DECODE_SPLIT_KEYS`] for the decode kernel,
+    /// [`DEFAULT_SPLIT_KEYS`] for the tiled one).
     pub split_keys: u32,
-    /// K/V cache and staging rows hold f32 instead of f16 pairs: twice the memory, no f16
-    /// rounding of K/V (like llama.cpp's `--cache-type-k f32`). See [`kv_bytes_per_elem`].
+    /// K/V cache rows hold f32 instead of f16 pairs: twice the memory, no f16 rounding of K/V
+    /// (like llama.cpp's `--cache-type-k f32`). See [`kv_bytes_per_elem`].
     pub kv_f32: bool,
+    /// Which kernel runs a step ([`AttentionKernel::Auto`] outside benchmarks and tests).
+    pub kernel: AttentionKernel,
 }
 
-/// Bytes one K/V element takes in the cache and staging buffers: 2 (f16) or 4 (`kv_f32`).
-/// A cache holds `cap · n_kv_heads · head_dim` elements, a staging buffer
-/// `max_tokens · n_kv_heads · head_dim`.
+/// Bytes one K/V element takes in the cache (and the staging rows of [`KvStore`]): 2 (f16) or
+/// 4 (`kv_f32`). A cache holds `cap · n_kv_heads · head_dim` elements.
 pub fn kv_bytes_per_elem(kv_f32: bool) -> u64 {
     if kv_f32 {
         4
@@ -84,28 +117,60 @@ pub fn kv_bytes_per_elem(kv_f32: bool) -> u64 {
 }
 
 impl AttentionParams {
+    /// Least cache slots for a layer with sliding `window` (0: full attention) whose steps have
+    /// up to `max_tokens` rows over `context` positions. The step's K/V rows are stored before
+    /// attention runs, so row 0 of a `T`-row step still needs the keys from `pos0 − W + 1` on
+    /// while row `T − 1` has been written: `W + T − 1` slots, or the whole context when that
+    /// is fewer (a ring that never wraps). A full layer needs the context.
+    pub fn min_cap(window: u32, max_tokens: u32, context: u32) -> u32 {
+        if window == 0 {
+            context
+        } else {
+            context.min(window.saturating_add(max_tokens.max(1) - 1))
+        }
+    }
+
     fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(format!("attention: {m}")));
-        if self.n_kv_heads == 0 || self.n_q_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || self.n_q_heads == 0 || self.n_q_heads % self.n_kv_heads != 0 {
             return bad(format!(
-                "{} query heads are not a multiple of {} KV heads",
+                "{} query heads are not a positive multiple of {} KV heads",
                 self.n_q_heads, self.n_kv_heads
             ));
         }
         if !HEAD_DIMS.contains(&self.head_dim) {
             return bad(format!("head_dim {} not in {HEAD_DIMS:?}", self.head_dim));
         }
-        if self.cap == 0 || self.cap < self.window {
-            return bad(format!("cap {} below window {}", self.cap, self.window));
-        }
         if self.max_tokens == 0 {
             return bad("max_tokens is 0".into());
+        }
+        if self.context == 0 {
+            return bad("context is 0".into());
+        }
+        if !self.scale.is_finite() {
+            return bad(format!("scale {} is not finite", self.scale));
+        }
+        let need = Self::min_cap(self.window, self.max_tokens, self.context);
+        if self.cap < need {
+            return bad(if self.window == 0 {
+                format!(
+                    "a full-attention cache of {} slots cannot hold a context of {}",
+                    self.cap, self.context
+                )
+            } else {
+                format!(
+                    "a sliding ring of {} slots is too small for window {} and steps of {} \
+                     tokens over a context of {}: it needs min(context, window + tokens − 1) = \
+                     {need} slots, or a step's own keys overwrite ones it still reads",
+                    self.cap, self.window, self.max_tokens, self.context
+                )
+            });
         }
         Ok(())
     }
 }
 
-/// Mirrors `struct Params` in attention.wgsl and attention_merge.wgsl.
+/// Mirrors `struct Params` in attention.wgsl, attention_decode.wgsl and attention_merge.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -114,11 +179,10 @@ struct Params {
     cap: u32,
     window: u32,
     scale: f32,
-    cache_only: u32,
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
-/// A tile shape of the flash kernel: `bq` query rows × `bk` keys, head dim staged `dc` at a time.
+/// A tile shape of the tiled kernel: `bq` query rows × `bk` keys, head dim staged `dc` at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tile {
     bq: u32,
@@ -126,35 +190,88 @@ struct Tile {
     dc: u32,
 }
 
-/// Decode-sized steps (T·G ≤ 8 rows): a split is one such tile (see `n_splits`), and 32 keys
-/// spread a context over twice the workgroups of 64, staging 64 head dims per pass halves the
-/// barriers of 32 (E2B decode on the H100: attention 66 µs per layer, 94 with 64 × 32).
-const SMALL: Tile = Tile {
-    bq: 8,
-    bk: 32,
-    dc: 64,
-};
-/// Everything else: 15.2 KiB of workgroup memory.
-const LARGE: Tile = Tile {
-    bq: 16,
-    bk: 32,
-    dc: 64,
-};
-
-/// The (decode-sized, everything else) tiles for head size `d`. Each output column pair is
-/// shared by `512 / d` invocations, so a tile needs at least that many rows; below d = 64 the
-/// tile grows taller and narrower (`bq · bk = 512`) and stages the whole head at once.
-fn tiles(d: u32) -> (Tile, Tile) {
+/// The tiled kernel's tile for head size `d`: 16 rows × 32 keys, 64 head dims staged per pass
+/// (15.2 KiB of workgroup memory). Each output column pair is shared by `512 / d` invocations,
+/// so a tile needs at least that many rows; below d = 64 the tile grows taller and narrower
+/// (`bq · bk = 512`) and stages the whole head at once.
+fn tile(d: u32) -> Tile {
     if d >= 64 {
-        return (SMALL, LARGE);
+        return Tile {
+            bq: 16,
+            bk: 32,
+            dc: 64,
+        };
     }
     let bq = (512 / d).max(16);
-    let t = Tile {
+    Tile {
         bq,
         bk: 512 / bq,
         dc: d.min(32),
-    };
-    (t, t)
+    }
+}
+
+/// The decode kernel's shape for one head size (see attention_decode.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DecodeShape {
+    /// Invocations per workgroup: 128, or 256 at d = 512 (where 128 would leave each P·V lane
+    /// half a block of keys, two rounds of V loads).
+    wg: u32,
+    /// Query rows per workgroup: 8, or 4 at d = 512 (the f32 query tile stays ≤ 8 KiB).
+    rq: u32,
+    /// Lanes per key in the score phase (each reads every `ls`-th 8-dim chunk of the row).
+    ls: u32,
+    /// Keys per block (scores held in workgroup memory).
+    nb: u32,
+    /// Key groups of the P·V phase (≤ 4: their outputs are summed one group at a time).
+    kg: u32,
+    /// Output rows per lane in the P·V phase.
+    rpl: u32,
+}
+
+impl DecodeShape {
+    /// For head size `d`; `max_ls` caps the lanes per key (a subgroup butterfly needs subgroups
+    /// of at least that many invocations).
+    fn new(d: u32, max_ls: u32) -> Self {
+        let nc = d / 8;
+        let wg = if d >= 512 { 256 } else { 128 };
+        let rq = (2048 / d).min(8);
+        let ls = nc.min(8).min(max_ls.max(1));
+        let nb = (wg / ls).max(64);
+        // P·V lanes: every row of a chunk in one lane where the lanes allow (one V load feeds
+        // all rows), the rest of the workgroup splitting the keys.
+        let kg = (wg / nc).clamp(1, 4);
+        let row_groups = (wg / (nc * kg)).clamp(1, rq);
+        Self {
+            wg,
+            rq,
+            ls,
+            nb,
+            kg,
+            rpl: rq / row_groups,
+        }
+    }
+
+    /// Keys per score pass.
+    #[cfg(test)]
+    fn bk(&self) -> u32 {
+        self.wg / self.ls
+    }
+
+    /// Bytes of workgroup memory (see attention_decode.wgsl), `portable`: without subgroups.
+    fn workgroup_bytes(&self, d: u32, portable: bool) -> u32 {
+        let floats = self.rq * d + self.rq * self.nb + 2 * self.wg + 4 * self.rq;
+        4 * (floats + if portable { self.wg * self.rq } else { 0 })
+    }
+}
+
+/// Lanes per key the decode kernel may use on a device: with subgroups, no more than its
+/// smallest subgroup (WebGPU guarantees at least 4, assumed when the adapter does not say).
+fn max_lanes_per_key(caps: &Caps) -> u32 {
+    if caps.subgroups {
+        caps.subgroup_min_size.max(4)
+    } else {
+        8
+    }
 }
 
 fn main_spec(head_dim: u32, t: Tile, kv_f32: bool) -> KernelSpec {
@@ -170,6 +287,31 @@ fn main_spec(head_dim: u32, t: Tile, kv_f32: bool) -> KernelSpec {
     .flag("KV_F32", kv_f32)
 }
 
+fn decode_spec(head_dim: u32, s: DecodeShape, kv_f32: bool) -> KernelSpec {
+    let kv = if kv_f32 { "_kvf32" } else { "" };
+    // Values live in the score butterfly after each of its steps (masks 4, 2, 1, where
+    // ls > mask): halved while more than one.
+    let after = |n: u32, mask: u32| if s.ls > mask { (n / 2).max(1) } else { n };
+    let bn2 = after(s.rq, 4);
+    let bn1 = after(bn2, 2);
+    let bn0 = after(bn1, 1);
+    KernelSpec::new(
+        format!("attention_decode_d{head_dim}_r{}_l{}{kv}", s.rq, s.ls),
+        DECODE_SOURCE,
+    )
+    .define("HEAD_DIM", head_dim)
+    .define("WG", s.wg)
+    .define("RQ", s.rq)
+    .define("LS", s.ls)
+    .define("NB", s.nb)
+    .define("KG", s.kg)
+    .define("RPL", s.rpl)
+    .define("BN2", bn2)
+    .define("BN1", bn1)
+    .define("BN0", bn0)
+    .flag("KV_F32", kv_f32)
+}
+
 fn merge_spec(head_dim: u32) -> KernelSpec {
     KernelSpec::new(format!("attention_merge_d{head_dim}"), MERGE_SOURCE)
         .define("HEAD_DIM", head_dim)
@@ -179,15 +321,18 @@ fn store_spec() -> KernelSpec {
     KernelSpec::new("kv_store", STORE_SOURCE).define("WG", super::ROW_WG)
 }
 
-/// Kernel specs this module can build (for shader validation).
+/// Kernel specs this module can build (for shader validation): every head size and K/V type,
+/// and the decode kernel with 8 lanes per key and with 4 (devices with 4-wide subgroups).
 pub fn specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for d in HEAD_DIMS {
-        let (small, large) = tiles(d);
         for kv_f32 in [false, true] {
-            v.push(main_spec(d, small, kv_f32));
-            if large != small {
-                v.push(main_spec(d, large, kv_f32));
+            v.push(main_spec(d, tile(d), kv_f32));
+            let wide = DecodeShape::new(d, 8);
+            v.push(decode_spec(d, wide, kv_f32));
+            let narrow = DecodeShape::new(d, 4);
+            if narrow != wide {
+                v.push(decode_spec(d, narrow, kv_f32));
             }
         }
         v.push(merge_spec(d));
@@ -198,17 +343,11 @@ pub fn specs() -> Vec<KernelSpec> {
 
 /// Buffers an [`Attention`] reads and writes.
 pub struct AttentionIo<'a> {
-    /// `[T, nq, d]` f32, normed and RoPE'd, not yet scaled
+    /// `[T, nq, d]` f32, normed and RoPE'd
     pub q: wgpu::BindingResource<'a>,
-    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`): this step's keys (`None` with
-    /// `keys_from_cache_only`)
-    pub k_new: Option<wgpu::BindingResource<'a>>,
-    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`): this step's values (`None` with
-    /// `keys_from_cache_only`)
-    pub v_new: Option<wgpu::BindingResource<'a>>,
-    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
+    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`), this step's rows included
     pub k_cache: wgpu::BindingResource<'a>,
-    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
+    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`), this step's rows included
     pub v_cache: wgpu::BindingResource<'a>,
     /// `[T, nq, d]` f32 (must not alias `q`)
     pub out: wgpu::BindingResource<'a>,
@@ -216,16 +355,30 @@ pub struct AttentionIo<'a> {
     pub step: wgpu::BindingResource<'a>,
     /// Split partials of at least [`Attention::scratch_bytes`] bytes, or `None` to allocate
     /// one. Layers run one after another in the pass, so every layer of a model may share
-    /// one scratch (sized for the largest `nq·(d + 2)`) instead of holding its own.
+    /// one scratch (sized for the largest) instead of holding its own.
     pub scratch: Option<wgpu::BindingResource<'a>>,
 }
 
-/// Attention of one layer: `out = softmax(scale·q·kᵀ + mask)·v` with GQA, over cache + staging.
+/// How a step runs: which kernel, over how many workgroups and key splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionPlan {
+    /// `"decode"` or `"tiled"`.
+    pub kernel: &'static str,
+    /// Row tiles per KV head.
+    pub row_tiles: u32,
+    /// Key splits (a merge pass runs when above 1).
+    pub splits: u32,
+    /// Workgroups of the attention dispatch (`row_tiles · nkv · splits`).
+    pub workgroups: u32,
+}
+
+/// Attention of one layer: `out = softmax(scale·q·kᵀ + mask)·v` with GQA, over the cache.
 pub struct Attention {
     params: AttentionParams,
-    /// Tile and kernel for decode-sized steps, and for everything else.
-    small: (Tile, (Arc<Kernel>, wgpu::BindGroup)),
-    large: (Tile, (Arc<Kernel>, wgpu::BindGroup)),
+    /// The decode kernel, when a step may use it.
+    decode: Option<(DecodeShape, Arc<Kernel>, wgpu::BindGroup)>,
+    /// The tiled kernel, when a step may use it.
+    tiled: Option<(Tile, Arc<Kernel>, wgpu::BindGroup)>,
     merge: (Arc<Kernel>, wgpu::BindGroup),
     /// Partial rows (split × token × head) the scratch holds.
     split_rows: u32,
@@ -236,6 +389,7 @@ impl Attention {
     pub fn new(ctx: &GpuContext, io: AttentionIo<'_>, params: AttentionParams) -> Result<Self> {
         params.check()?;
         let d = params.head_dim;
+        let (use_decode, use_tiled) = Self::kernels_used(&params);
         let split_rows = Self::split_rows(&params);
         let owned;
         let scratch = match io.scratch {
@@ -245,113 +399,177 @@ impl Attention {
                 owned.as_entire_binding()
             }
         };
-        let p = Params {
-            n_q_heads: params.n_q_heads,
-            n_kv_heads: params.n_kv_heads,
-            cap: params.cap,
-            window: params.window,
-            scale: params.scale,
-            cache_only: params.keys_from_cache_only as u32,
-            _pad: [0; 2],
-        };
-        // The flash kernel already binds 8 storage buffers (WebGPU's default limit), so its
-        // parameters stay a uniform buffer; the merge pass reads the same values from storage.
-        let uniform = {
-            use wgpu::util::DeviceExt;
-            ctx.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("attention.params"),
-                    contents: bytemuck::bytes_of(&p),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
-        };
-        let merge_params = ctx.params_init("attention.merge_params", &p);
-        let (k_new, v_new) = match (io.k_new, io.v_new) {
-            (Some(k), Some(v)) => (k, v),
-            (None, None) if params.keys_from_cache_only => (io.k_cache.clone(), io.v_cache.clone()),
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "attention: k_new/v_new are required unless keys_from_cache_only".into(),
-                ))
-            }
-        };
-        let main = |tile: Tile| -> Result<(Arc<Kernel>, wgpu::BindGroup)> {
-            let kernel = ctx.kernel(&main_spec(d, tile, params.kv_f32))?;
-            let bind_group = ctx.bind(
-                &kernel,
+        let p = ctx.params_init(
+            "attention.params",
+            &Params {
+                n_q_heads: params.n_q_heads,
+                n_kv_heads: params.n_kv_heads,
+                cap: params.cap,
+                window: params.window,
+                scale: params.scale,
+                _pad: [0; 3],
+            },
+        );
+        let bind = |kernel: &Kernel| {
+            ctx.bind(
+                kernel,
                 &[
                     io.q.clone(),
-                    k_new.clone(),
-                    v_new.clone(),
                     io.k_cache.clone(),
                     io.v_cache.clone(),
                     io.out.clone(),
                     scratch.clone(),
-                    uniform.as_entire_binding(),
+                    p.as_entire_binding(),
                     io.step.clone(),
                 ],
-            );
-            Ok((kernel, bind_group))
+            )
         };
-        let (small_tile, large_tile) = tiles(d);
-        let small = (small_tile, main(small_tile)?);
-        let large = (large_tile, main(large_tile)?);
+        let decode = if use_decode {
+            let shape = DecodeShape::new(d, max_lanes_per_key(&ctx.caps));
+            let bytes = shape.workgroup_bytes(d, !ctx.caps.subgroups);
+            if bytes > ctx.caps.max_workgroup_storage {
+                return Err(Error::InvalidArgument(format!(
+                    "attention: the decode kernel for head_dim {d} needs {bytes} bytes of \
+                     workgroup memory, the device allows {}",
+                    ctx.caps.max_workgroup_storage
+                )));
+            }
+            let kernel = ctx.kernel(&decode_spec(d, shape, params.kv_f32))?;
+            let bg = bind(&kernel);
+            Some((shape, kernel, bg))
+        } else {
+            None
+        };
+        let tiled = if use_tiled {
+            let t = tile(d);
+            let kernel = ctx.kernel(&main_spec(d, t, params.kv_f32))?;
+            let bg = bind(&kernel);
+            Some((t, kernel, bg))
+        } else {
+            None
+        };
         let merge_kernel = ctx.kernel(&merge_spec(d))?;
         let merge_bg = ctx.bind(
             &merge_kernel,
             &[
                 scratch,
                 io.out.clone(),
-                merge_params.as_entire_binding(),
+                p.as_entire_binding(),
                 io.step.clone(),
             ],
         );
         Ok(Self {
             params,
-            small,
-            large,
+            decode,
+            tiled,
             merge: (merge_kernel, merge_bg),
             split_rows,
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
     }
 
+    /// Whether steps of `params` may run the (decode, tiled) kernels.
+    fn kernels_used(params: &AttentionParams) -> (bool, bool) {
+        let group = params.n_q_heads / params.n_kv_heads.max(1);
+        match params.kernel {
+            AttentionKernel::Decode => (true, false),
+            AttentionKernel::Tiled => (false, true),
+            AttentionKernel::Auto => (true, params.max_tokens * group > DECODE_MAX_ROWS),
+        }
+    }
+
     /// Partial rows (split × token × head) the scratch must hold.
     fn split_rows(params: &AttentionParams) -> u32 {
-        MAX_SPLITS * params.max_tokens.min(SPLIT_TOKENS) * params.n_q_heads
+        let (decode, tiled) = Self::kernels_used(params);
+        let group = params.n_q_heads / params.n_kv_heads.max(1);
+        let mut rows = 0;
+        if decode {
+            // Tokens of the longest step the decode kernel runs.
+            let tokens = match params.kernel {
+                AttentionKernel::Auto => (DECODE_MAX_ROWS / group).max(1),
+                _ => params.max_tokens,
+            };
+            rows = DECODE_MAX_SPLITS * params.max_tokens.min(tokens) * params.n_q_heads;
+        }
+        if tiled {
+            rows = rows.max(MAX_SPLITS * params.max_tokens.min(SPLIT_TOKENS) * params.n_q_heads);
+        }
+        rows
     }
 
     /// Bytes of split scratch an op with `params` needs: a 4-float header, then the
-    /// unnormalised outputs `[S·T·nq, d]` and the `(m, l)` pairs `[S·T·nq, 2]`, f32.
+    /// unnormalised outputs `[S·T·nq, d]` and the `(m, l)` pairs `[S·T·nq, 2]`, f32, in whole
+    /// 16-byte words (the merge reads it as `vec4`s).
     pub fn scratch_bytes(params: &AttentionParams) -> u64 {
-        4 * (4 + Self::split_rows(params) as u64 * (params.head_dim as u64 + 2))
+        (4 * (4 + Self::split_rows(params) as u64 * (params.head_dim as u64 + 2)))
+            .next_multiple_of(16)
     }
 
-    /// Key splits for a step with `tiles` row tiles per KV head: enough workgroups to fill the
-    /// GPU, at least `split_keys` keys each, within the scratch.
-    fn n_splits(&self, step: &StepParams, tiles: u32, tile: Tile) -> u32 {
+    /// Keys the step's first row may see through its last row's position.
+    fn span(&self, step: &StepParams) -> u32 {
         let p = &self.params;
         let first = if p.window > 0 {
             (step.pos0 + 1).saturating_sub(p.window)
         } else {
             0
         };
-        let span = step.pos0 + step.n_tokens - first;
-        // Decode-sized steps have one row tile per KV head: a handful of workgroups, each
-        // alone on its SM and bound by load latency. There a split is one key tile, so the
-        // keys spread over as many workgroups as the scratch allows.
-        let split_keys = match p.split_keys {
-            0 if tile == self.small.0 && tiles == 1 => tile.bk,
-            0 => DEFAULT_SPLIT_KEYS,
-            n => n,
+        step.pos0 + step.n_tokens - first
+    }
+
+    /// Splits of `span` keys for `tiles` row tiles per KV head: enough workgroups to fill the
+    /// GPU (`target`), at least `least` keys each, within the scratch and `max`.
+    fn n_splits(&self, step: &StepParams, tiles: u32, least: u32, target: u32, max: u32) -> u32 {
+        let p = &self.params;
+        let by_keys = self.span(step).div_ceil(least.max(1));
+        let by_occupancy = target.div_ceil(tiles * p.n_kv_heads);
+        let by_scratch = self.split_rows / (step.n_tokens * p.n_q_heads).max(1);
+        by_keys.min(by_occupancy).min(by_scratch).clamp(1, max)
+    }
+
+    /// How a step of `step.n_tokens` rows at `step.pos0` runs.
+    pub fn plan(&self, step: &StepParams) -> AttentionPlan {
+        let p = &self.params;
+        let rows = step.n_tokens.max(1) * (p.n_q_heads / p.n_kv_heads);
+        let decode = match (&self.decode, &self.tiled) {
+            (Some(_), None) => true,
+            (Some(_), Some(_)) => rows <= DECODE_MAX_ROWS,
+            _ => false,
         };
-        let by_keys = span.div_ceil(split_keys);
-        let by_occupancy = TARGET_WORKGROUPS.div_ceil(tiles * p.n_kv_heads);
-        let by_scratch = self.split_rows / (step.n_tokens * p.n_q_heads);
-        by_keys
-            .min(by_occupancy)
-            .min(by_scratch)
-            .clamp(1, MAX_SPLITS)
+        let step = StepParams::new(step.n_tokens.max(1), step.pos0);
+        let (kernel, row_tiles, splits) = match (&self.decode, &self.tiled) {
+            (Some((shape, ..)), _) if decode => {
+                let tiles = rows.div_ceil(shape.rq);
+                let least = match p.split_keys {
+                    0 => DEFAULT_DECODE_SPLIT_KEYS,
+                    n => n,
+                };
+                let splits = self.n_splits(
+                    &step,
+                    tiles,
+                    least,
+                    DECODE_TARGET_WORKGROUPS,
+                    DECODE_MAX_SPLITS,
+                );
+                ("decode", tiles, splits)
+            }
+            (_, Some((t, ..))) => {
+                let tiles = rows.div_ceil(t.bq);
+                let least = match p.split_keys {
+                    0 => DEFAULT_SPLIT_KEYS,
+                    n => n,
+                };
+                let splits = self.n_splits(&step, tiles, least, TARGET_WORKGROUPS, MAX_SPLITS);
+                ("tiled", tiles, splits)
+            }
+            // `new` builds at least one kernel.
+            _ => ("none", 0, 0),
+        };
+        AttentionPlan {
+            kernel,
+            row_tiles,
+            splits,
+            workgroups: row_tiles * p.n_kv_heads * splits,
+        }
     }
 }
 
@@ -363,25 +581,24 @@ impl Op for Attention {
         }
         debug_assert!(step.n_tokens <= p.max_tokens);
         debug_assert!(
-            p.window > 0 || step.pos0 + step.n_tokens <= p.cap,
-            "full-attention cache of {} slots cannot hold position {}",
-            p.cap,
-            step.pos0 + step.n_tokens - 1
+            step.pos0 + step.n_tokens <= p.context,
+            "positions up to {} beyond the context of {}",
+            step.pos0 + step.n_tokens - 1,
+            p.context
         );
-        let rows = step.n_tokens * (p.n_q_heads / p.n_kv_heads);
-        let (tile, (kernel, bind_group)) = if rows <= self.small.0.bq {
-            &self.small
-        } else {
-            &self.large
+        let plan = self.plan(step);
+        let kernel = match (plan.kernel, &self.decode, &self.tiled) {
+            ("decode", Some((_, k, bg)), _) | ("tiled", _, Some((_, k, bg))) => (k, bg),
+            _ => return,
         };
-        let tiles = rows.div_ceil(tile.bq);
-        let splits = self.n_splits(step, tiles, *tile);
-        let [x, y, _] = grid(tiles * p.n_kv_heads, self.max_per_dim);
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        crate::gpu::dispatch(pass, [x, y, splits]);
-        if splits > 1 {
-            let [x, y, z] = grid(step.n_tokens * p.n_q_heads, self.max_per_dim);
+        let [x, y, _] = grid(plan.row_tiles * p.n_kv_heads, self.max_per_dim);
+        pass.set_pipeline(&kernel.0.pipeline);
+        pass.set_bind_group(0, kernel.1, &[]);
+        crate::gpu::dispatch(pass, [x, y, plan.splits]);
+        if plan.splits > 1 {
+            // attention_merge.wgsl: one workgroup per (row, 64 dims).
+            let blocks = p.head_dim.div_ceil(64);
+            let [x, y, z] = grid(step.n_tokens * p.n_q_heads * blocks, self.max_per_dim);
             pass.set_pipeline(&self.merge.0.pipeline);
             pass.set_bind_group(0, &self.merge.1, &[]);
             crate::gpu::dispatch(pass, [x, y, z]);
@@ -413,9 +630,11 @@ struct StoreParams {
     _pad: u32,
 }
 
-/// Writes this step's K/V rows into cache slots `(pos0 + t) % cap`. Rows a later row of the
-/// same step would overwrite (T − t > cap) are skipped. A pure u32 copy: one kernel serves
-/// f16 and f32 (`kv_f32`) rows, which differ only in words per row.
+/// Writes this step's K/V rows, as `HeadPrep` stages them, into cache slots `(pos0 + t) % cap`;
+/// it must run before the step's [`Attention`]. Rows a later row of the same step would
+/// overwrite (T − t > cap) are skipped. A pure u32 copy: one kernel serves f16 and f32
+/// (`kv_f32`) rows, which differ only in words per row. Superseded by
+/// [`crate::kernels::qkv_prep::QkvPrep`], which writes the cache directly.
 pub struct KvStore {
     kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
@@ -424,8 +643,15 @@ pub struct KvStore {
 }
 
 impl KvStore {
+    /// Uses the cache geometry of `params` (`n_kv_heads`, `head_dim`, `cap`, `kv_f32`).
     pub fn new(ctx: &GpuContext, io: KvStoreIo<'_>, params: &AttentionParams) -> Result<Self> {
-        params.check()?;
+        if params.n_kv_heads == 0 || params.cap == 0 || !HEAD_DIMS.contains(&params.head_dim) {
+            return Err(Error::InvalidArgument(format!(
+                "kv_store: needs KV heads, cache slots and a head_dim in {HEAD_DIMS:?} \
+                 (n_kv_heads {}, cap {}, head_dim {})",
+                params.n_kv_heads, params.cap, params.head_dim
+            )));
+        }
         // u32 words per head row: an f16 pair or one f32 each.
         let words = if params.kv_f32 {
             params.head_dim
@@ -488,15 +714,50 @@ mod tests {
     #[test]
     fn tiles_fit_webgpu_workgroup_memory() {
         for d in HEAD_DIMS {
-            let (small, large) = tiles(d);
-            for t in [small, large] {
-                let floats = (t.bq + t.bk) * t.dc + t.bq * t.bk + 3 * t.bq + 256;
-                assert!(floats * 4 <= 16384, "{t:?}: {} bytes", floats * 4);
-                assert_eq!(t.bq * t.bk % 256, 0);
-                assert_eq!(d % t.dc, 0);
-                assert_eq!(t.dc % 4, 0);
-                assert_eq!(t.bq % (256 / (d / 2)), 0, "rows per column pair, d {d}");
+            let t = tile(d);
+            let floats = (t.bq + t.bk) * t.dc + t.bq * t.bk + 3 * t.bq + 256;
+            assert!(floats * 4 <= 16384, "{t:?}: {} bytes", floats * 4);
+            assert_eq!(t.bq * t.bk % 256, 0);
+            assert_eq!(d % t.dc, 0);
+            assert_eq!(t.dc % 4, 0);
+            assert_eq!(t.bq % (256 / (d / 2)), 0, "rows per column pair, d {d}");
+        }
+    }
+
+    /// The decode kernel's constraints (attention_decode.wgsl's header) for every head size and
+    /// lane count, within WebGPU's 16 KiB of workgroup memory with and without subgroups.
+    #[test]
+    fn decode_shapes_fit_webgpu_limits() {
+        for d in HEAD_DIMS {
+            // What `max_lanes_per_key` can return.
+            for max_ls in [4, 8, 16, 32, 64, 128] {
+                let s = DecodeShape::new(d, max_ls);
+                let nc = d / 8;
+                assert!(s.rq <= 8 && s.rq * d <= 2048, "{s:?}");
+                assert!(s.ls <= 8 && s.ls <= max_ls && nc % s.ls == 0, "{s:?}");
+                assert!(s.ls.is_power_of_two() && s.rq.is_power_of_two());
+                assert_eq!(s.nb % s.bk(), 0, "{s:?}");
+                assert!(s.wg <= 256 && s.wg % s.rq == 0, "{s:?}");
+                assert_eq!(s.rq % s.rpl, 0, "{s:?}");
+                let pv = s.kg * (s.rq / s.rpl) * nc;
+                assert!(pv <= s.wg && s.kg <= 4, "{s:?}");
+                let bytes = s.workgroup_bytes(d, true);
+                assert!(bytes <= 16384, "d {d} {s:?}: {bytes} bytes");
             }
         }
+        // Gemma 4 E2B: 8 rows of d = 256, 4 of d = 512.
+        let s = DecodeShape::new(256, 32);
+        assert_eq!((s.wg, s.rq, s.ls, s.kg, s.rpl), (128, 8, 8, 4, 8));
+        let s = DecodeShape::new(512, 32);
+        assert_eq!((s.wg, s.rq, s.ls, s.kg, s.rpl), (256, 4, 8, 4, 4));
+    }
+
+    #[test]
+    fn min_cap_holds_the_window_and_a_step() {
+        assert_eq!(AttentionParams::min_cap(0, 128, 4096), 4096);
+        assert_eq!(AttentionParams::min_cap(512, 1, 4096), 512);
+        assert_eq!(AttentionParams::min_cap(512, 128, 4096), 639);
+        assert_eq!(AttentionParams::min_cap(512, 128, 600), 600);
+        assert_eq!(AttentionParams::min_cap(512, 128, 100), 100);
     }
 }

@@ -5,6 +5,9 @@
 //! One op per (layer, projection); the modes used by the models:
 //! - Gemma 3: q = rope(rms(q)·w_q)·query_pre_attn_scalar^−0.5, k = rope(rms(k)·w_k), v = v;
 //! - Gemma 4: q = rope(rms(q)·w_q), k = rope(rms(k)·w_k), v = rms(v) (no weight, no RoPE).
+//!
+//! [`crate::kernels::qkv_prep::QkvPrep`] does all three and the KV-cache store in one dispatch,
+//! with the same arithmetic; this op stays while the model still runs the per-projection ops.
 
 use std::sync::Arc;
 

@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod matvec;
 pub mod norm;
 pub mod ple;
+pub mod qkv_prep;
 
 /// Workgroup size of row-wise kernels (norms, elementwise): within WebGPU's 256-invocation
 /// default and a power of two, as the reductions require.
@@ -21,6 +22,7 @@ pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     let mut v = Vec::new();
     v.extend(norm::specs());
     v.extend(head_prep::specs());
+    v.extend(qkv_prep::specs());
     v.extend(gelu::specs());
     v.extend(logits::specs());
     v.extend(attention::specs());

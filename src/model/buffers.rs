@@ -10,7 +10,7 @@
 use super::config::ModelConfig;
 use super::plan::attention_params;
 use crate::gpu::{GpuContext, StepParams};
-use crate::kernels::attention::{kv_bytes_per_elem, Attention};
+use crate::kernels::attention::Attention;
 use crate::rope::RopeTable;
 use crate::{Error, Result};
 
@@ -51,8 +51,6 @@ pub(super) struct Activations {
     pub xn: wgpu::Buffer,           // [chunk, H] f32 normed input of a layer's attention
     pub qkv: wgpu::Buffer,          // [chunk, (nq + 2·nkv)·d] f32 projections, q|k|v per token
     pub qp: wgpu::Buffer,           // [chunk, nq, d] f32 normed + RoPE'd queries
-    pub k_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) or f32 staging keys
-    pub v_new: wgpu::Buffer,        // [chunk, nkv, d] f16 (packed u32) or f32 staging values
     pub attn: wgpu::Buffer,         // [chunk, nq·d] f32 attention output
     pub gate: wgpu::Buffer,         // [chunk, I] f32
     pub up: wgpu::Buffer,           // [chunk, I] f32
@@ -93,12 +91,6 @@ impl Activations {
         let hidden = cfg.hidden as u64;
         let nq = cfg.n_heads as u64;
         let d_max = cfg.layers.iter().map(|l| l.head_dim).max().unwrap_or(0) as u64;
-        let kv_max = cfg
-            .layers
-            .iter()
-            .map(|l| (l.n_kv_heads * l.head_dim) as u64)
-            .max()
-            .unwrap_or(0);
         let qkv_max = cfg
             .layers
             .iter()
@@ -107,7 +99,6 @@ impl Activations {
             .unwrap_or(0);
         let ff_max = cfg.layers.iter().map(|l| l.ff_len).max().unwrap_or(0) as u64;
         let ple_width = cfg.n_layers as u64 * cfg.ple_dim as u64;
-        let kv_elem = kv_bytes_per_elem(kv_f32);
         let mut bytes = 0u64;
         let mut buf = |label: &str, size: u64| -> Result<wgpu::Buffer> {
             bytes += size;
@@ -143,8 +134,6 @@ impl Activations {
             xn: buf("xn", c * hidden * f)?,
             qkv: buf("qkv", c * qkv_max * f)?,
             qp: buf("qp", c * nq * d_max * f)?,
-            k_new: buf("k_new", c * kv_max * kv_elem)?,
-            v_new: buf("v_new", c * kv_max * kv_elem)?,
             attn: buf("attn", c * nq * d_max * f)?,
             gate: buf("gate", c * ff_max * f)?,
             up: buf("up", c * ff_max * f)?,

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! q|k|v = W_qkv · xn                      one dispatch (up to three matrices, any types)
-//! q, k, v: per-head norm, RoPE; k, v → this step's staging rows
-//! attention over the cache and the staging rows; k, v → the cache
+//! q, k, v: per-head norm, RoPE; k, v → the cache   one dispatch
+//! attention over the cache (+ the merge of its key splits)
 //! o_attn = W_o · attn
 //! ── one token (decode): every post-norm is deferred to the end of the layer ──
 //! act = gelu(W_gate·m) ⊙ (W_up·m),  m = rms(h + rms(o_attn)·w_pa)·w_ffn   (prologue)
@@ -27,12 +27,12 @@ use super::config::{Arch, ModelConfig};
 use super::plan::{attention_params, layer_tensor};
 use super::weights::Weights;
 use crate::gpu::{GpuContext, Op, Recorder, StepParams};
-use crate::kernels::attention::{kv_bytes_per_elem, Attention, AttentionIo, KvStore, KvStoreIo};
+use crate::kernels::attention::{kv_bytes_per_elem, Attention, AttentionIo};
 use crate::kernels::gelu::{GeluMul, GeluMulIo};
-use crate::kernels::head_prep::{HeadNorm, HeadOut, HeadPrep, HeadPrepConfig, HeadPrepIo};
 use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MATVEC_MAX_TOKENS};
 use crate::kernels::matvec::{Matvec, MatvecIn, MatvecIo, MatvecOut, NormTerm};
 use crate::kernels::norm::{Residual, ResidualConfig, ResidualIo, Term};
+use crate::kernels::qkv_prep::{QkvPrep, QkvPrepConfig, QkvPrepIo};
 use crate::quant::QuantMatrix;
 use crate::{Error, Result};
 
@@ -137,13 +137,6 @@ impl Op for GatedMlp {
     }
 }
 
-/// K/V side of a layer that owns a KV cache.
-struct KvOps {
-    k_prep: HeadPrep,
-    v_prep: HeadPrep,
-    store: KvStore,
-}
-
 /// Gemma 4's per-layer-input block: `act = gelu(W_gate·h) ⊙ ple_l`, `o_ple = W_proj·act`.
 struct PleOps {
     /// Decode: the gate's input `h + rms(o_attn)·w_pa + rms(o_ffn)·w_pf` recomputed in its
@@ -165,8 +158,8 @@ pub(super) struct LayerOps {
     /// (which runs on a different step than the layer before it).
     attn_norm: Option<Residual>,
     qkv: Projections,
-    q_prep: HeadPrep,
-    kv: Option<KvOps>,
+    /// Per-head norms and RoPE of q (and k), k and v into the cache.
+    prep: QkvPrep,
     attention: Attention,
     o: Matmul,
     /// Decode: the gate/up pair with the post-attention and FFN norms in its prologue.
@@ -197,15 +190,8 @@ impl LayerOps {
             rec.op("attn_norm", n, step);
         }
         rec.op("attn_qkv", &self.qkv, step);
-        rec.op("q_norm_rope", &self.q_prep, step);
-        if let Some(kv) = &self.kv {
-            rec.op("k_norm_rope", &kv.k_prep, step);
-            rec.op("v_norm", &kv.v_prep, step);
-        }
+        rec.op("qkv_norm_rope_store", &self.prep, step);
         rec.op("attention", &self.attention, step);
-        if let Some(kv) = &self.kv {
-            rec.op("kv_store", &kv.store, step);
-        }
         rec.op("attn_output", &self.o, step);
         if self.fused(step.n_tokens) {
             let mlp = self.mlp_fused.as_ref().expect("checked by fused()");
@@ -327,80 +313,48 @@ pub(super) fn build_layer(
     } else {
         vec![wq, m("attn_k")?, m("attn_v")?]
     };
-    let q_rows = cfg.n_heads * d;
     let kv_rows = lc.n_kv_heads * d;
     let qkv_stride: u32 = qkv_mats.iter().map(|w| w.n).sum();
     let qkv = Projections::new(ctx, &qkv_mats, &a.xn, &a.qkv, (0, qkv_stride), step_buf)?;
-    let prep = |offset: u32, weight: Option<&str>, out: &wgpu::Buffer, mut pc: HeadPrepConfig| {
-        pc.in_stride = Some(qkv_stride);
-        pc.in_offset = offset;
-        HeadPrep::new(
-            ctx,
-            HeadPrepIo {
-                x: a.qkv.as_entire_binding(),
-                weight: weight.map(|w| weights.norms.binding(&t(w))).transpose()?,
-                rope: pc.rope.then(|| rope.as_entire_binding()),
-                y: out.as_entire_binding(),
-                step: step(),
-            },
-            &pc,
-        )
-    };
-    let kv_out = if env.kv_f32 {
-        HeadOut::F32
-    } else {
-        HeadOut::F16Packed
-    };
-    let q_prep = prep(
-        0,
-        Some("attn_q_norm"),
-        &a.qp,
-        HeadPrepConfig::qk(d, cfg.n_heads, eps, 1.0, HeadOut::F32),
-    )?;
     let params = attention_params(cfg, l, env.context, env.chunk, env.kv_f32);
     let mut cache_bytes = 0;
-    let kv = if shared {
-        caches.push(None);
+    let own_cache = if shared {
         None
     } else {
         let bytes = params.cap as u64 * kv_rows as u64 * kv_bytes_per_elem(env.kv_f32);
-        let k_cache = ctx.storage(&format!("blk.{l}.k_cache"), bytes)?;
-        let v_cache = ctx.storage(&format!("blk.{l}.v_cache"), bytes)?;
         cache_bytes = 2 * bytes;
-        let store = KvStore::new(
-            ctx,
-            KvStoreIo {
-                k_new: a.k_new.as_entire_binding(),
-                v_new: a.v_new.as_entire_binding(),
-                k_cache: k_cache.as_entire_binding(),
-                v_cache: v_cache.as_entire_binding(),
-                step: step(),
-            },
-            &params,
-        )?;
-        // Gemma 3 keeps V as projected; Gemma 4 normalises it with no weight.
-        let v_norm = match cfg.arch {
-            Arch::Gemma3 => HeadNorm::None,
-            Arch::Gemma4 => HeadNorm::Weightless,
-        };
-        let ops = KvOps {
-            k_prep: prep(
-                q_rows,
-                Some("attn_k_norm"),
-                &a.k_new,
-                HeadPrepConfig::qk(d, lc.n_kv_heads, eps, 1.0, kv_out),
-            )?,
-            v_prep: prep(
-                q_rows + kv_rows,
-                None,
-                &a.v_new,
-                HeadPrepConfig::v(d, lc.n_kv_heads, eps, v_norm, kv_out),
-            )?,
-            store,
-        };
-        caches.push(Some((k_cache, v_cache)));
-        Some(ops)
+        Some((
+            ctx.storage(&format!("blk.{l}.k_cache"), bytes)?,
+            ctx.storage(&format!("blk.{l}.v_cache"), bytes)?,
+        ))
     };
+    let prep = QkvPrep::new(
+        ctx,
+        QkvPrepIo {
+            qkv: a.qkv.as_entire_binding(),
+            norms: weights.norms.all(),
+            rope: rope.as_entire_binding(),
+            q_out: a.qp.as_entire_binding(),
+            k_cache: own_cache.as_ref().map(|(k, _)| k.as_entire_binding()),
+            v_cache: own_cache.as_ref().map(|(_, v)| v.as_entire_binding()),
+            step: step(),
+        },
+        &QkvPrepConfig {
+            head_dim: d,
+            n_q_heads: cfg.n_heads,
+            n_kv_heads: lc.n_kv_heads,
+            store_kv: !shared,
+            q_scale: 1.0,
+            q_norm_offset: norm("attn_q_norm")?,
+            k_norm_offset: if shared { 0 } else { norm("attn_k_norm")? },
+            // Gemma 3 keeps V as projected; Gemma 4 normalises it with no weight.
+            v_norm: cfg.arch == Arch::Gemma4,
+            eps,
+            cap: params.cap,
+            kv_f32: env.kv_f32,
+        },
+    )?;
+    caches.push(own_cache);
     let (k_cache, v_cache) = caches[lc.kv_source].as_ref().ok_or_else(|| {
         Error::InvalidArgument(format!(
             "layer {l} reads the KV cache of layer {}, which has none",
@@ -411,8 +365,6 @@ pub(super) fn build_layer(
         ctx,
         AttentionIo {
             q: a.qp.as_entire_binding(),
-            k_new: (!shared).then(|| a.k_new.as_entire_binding()),
-            v_new: (!shared).then(|| a.v_new.as_entire_binding()),
             k_cache: k_cache.as_entire_binding(),
             v_cache: v_cache.as_entire_binding(),
             out: a.attn.as_entire_binding(),
@@ -621,8 +573,7 @@ pub(super) fn build_layer(
             None
         },
         qkv,
-        q_prep,
-        kv,
+        prep,
         attention,
         o,
         mlp_fused,

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use super::config::{Arch, ModelConfig};
-use super::{LoadOptions, SCORE_ROWS};
+use super::LoadOptions;
 use crate::gguf::{Gguf, TensorInfo};
-use crate::kernels::attention::{kv_bytes_per_elem, AttentionParams};
+use crate::kernels::attention::{kv_bytes_per_elem, AttentionKernel, AttentionParams};
 use crate::{Error, Result};
 
 /// The group a tensor is reported under.
@@ -262,10 +262,10 @@ pub(super) fn layer_tensor(l: usize, what: &str) -> String {
 }
 
 /// Cache slots of KV-owning layer `l`. A full layer's cache holds the whole context; a sliding
-/// layer's is a ring of `W` slots (the step's own keys are read from staging). A ring that
-/// KV-shared layers read grows by one `score` step: those layers read every key from the
-/// cache after the owner stored the step, and row `t` of a `T`-row step still needs the keys
-/// from `pos0 + t − W + 1` on, so `W + T − 1` slots are needed.
+/// layer's is a ring of `W + chunk − 1` slots (or the context, when that is fewer): each step
+/// stores its K/V rows before attention reads every key from the cache, and row 0 of a
+/// `chunk`-row step still needs the keys from `pos0 − W + 1` on
+/// ([`AttentionParams::min_cap`]). KV-shared layers read these caches the same way.
 pub(super) fn cache_slots(cfg: &ModelConfig, l: usize, context: u32, chunk: u32) -> u32 {
     let lc = &cfg.layers[l];
     let w = cfg.sliding_window;
@@ -274,20 +274,11 @@ pub(super) fn cache_slots(cfg: &ModelConfig, l: usize, context: u32, chunk: u32)
     if !lc.sliding || context <= w {
         return context;
     }
-    let shared = cfg
-        .layers
-        .iter()
-        .enumerate()
-        .any(|(j, other)| j != l && other.kv_source == l);
-    if shared {
-        (w + chunk.min(SCORE_ROWS) - 1).min(context)
-    } else {
-        w
-    }
+    AttentionParams::min_cap(w, chunk, context)
 }
 
 /// Attention shape of layer `l`: its own cache, or for a KV-shared layer the cache of the
-/// layer it reads, every key taken from that cache.
+/// layer it reads.
 pub(super) fn attention_params(
     cfg: &ModelConfig,
     l: usize,
@@ -303,11 +294,12 @@ pub(super) fn attention_params(
         head_dim: lc.head_dim,
         cap: cache_slots(cfg, lc.kv_source, context, chunk),
         window: if sliding { cfg.sliding_window } else { 0 },
+        context,
         scale: cfg.attn_scale,
-        keys_from_cache_only: lc.shares_kv(l),
         max_tokens: chunk,
         split_keys: 0,
         kv_f32,
+        kernel: AttentionKernel::Auto,
     }
 }
 
