@@ -60,7 +60,9 @@ const WORKGROUP_BYTES: u32 = 16 << 10;
 
 /// Bytes of the residual stream all workgroups of one prologue dispatch may read between
 /// them: every workgroup reads `k` floats per input row, so a large matrix gives each
-/// workgroup several row groups rather than repeat the prologue thousands of times.
+/// workgroup several row groups rather than repeat the prologue thousands of times (H100,
+/// E2B Q4_0 decode: 142 tok/s with one group per workgroup, 149 with this budget, 104 with
+/// 1 MB).
 const PROLOGUE_READ_BUDGET: u64 = 8 << 20;
 
 /// Elements of one mat-vec unit of `ty` (mirrors `UNIT` in `shaders/quant/<type>.wgsl`).
