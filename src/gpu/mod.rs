@@ -40,18 +40,35 @@ pub trait Op {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams);
 }
 
-/// Dispatches recorded by this process (benchmarks report dispatches per token).
-static DISPATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+std::thread_local! {
+    /// Dispatches recorded on this thread (recording never crosses threads, so a recorder can
+    /// take the difference around its own encoding).
+    static RECORDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Dispatches submitted by this process (benchmarks report dispatches per token).
+static SUBMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Records one dispatch; every kernel dispatches through here so the count stays true.
 pub fn dispatch(pass: &mut wgpu::ComputePass<'_>, [x, y, z]: [u32; 3]) {
-    DISPATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    RECORDED.with(|c| c.set(c.get() + 1));
     pass.dispatch_workgroups(x, y, z);
 }
 
-/// Dispatches recorded so far by this process.
+/// Dispatches recorded so far on this thread.
+pub fn recorded_dispatches() -> u64 {
+    RECORDED.with(|c| c.get())
+}
+
+/// Counts `n` recorded dispatches as submitted. A command buffer recorded ahead of time (the
+/// next decode step) counts when it runs, not when it is recorded, and never if it is dropped.
+pub fn count_submitted(n: u64) {
+    SUBMITTED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Dispatches submitted so far by this process (those counted with `count_submitted`).
 pub fn dispatch_count() -> u64 {
-    DISPATCHES.load(std::sync::atomic::Ordering::Relaxed)
+    SUBMITTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Splits `groups` workgroups over x and y so neither exceeds `max_per_dim`; shaders recover

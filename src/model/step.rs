@@ -33,6 +33,8 @@ pub(super) struct PendingStep {
     /// Candidates per position the head was recording for (its levels depend on k).
     k: u32,
     commands: wgpu::CommandBuffer,
+    /// Dispatches in `commands`.
+    dispatches: u64,
 }
 
 impl Model {
@@ -100,11 +102,12 @@ impl Model {
         }
 
         let pending = self.pending.take();
-        let commands = match pending {
-            Some(p) if self.reuses(&p, step, head) => p.commands,
+        let (commands, dispatches) = match pending {
+            Some(p) if self.reuses(&p, step, head) => (p.commands, p.dispatches),
             _ => self.record(step, head),
         };
         q.submit([commands]);
+        crate::gpu::count_submitted(dispatches);
         self.pos += n;
         // Record the next decode step while the GPU runs this one.
         if head == StepHead::Generate
@@ -113,10 +116,12 @@ impl Model {
             && self.pos < self.context
         {
             let next = StepParams::new(1, self.pos);
+            let (commands, dispatches) = self.record(next, StepHead::Generate);
             self.pending = Some(PendingStep {
                 pos: self.pos,
                 k: self.head.logits.sampling().k,
-                commands: self.record(next, StepHead::Generate),
+                commands,
+                dispatches,
             });
         }
         self.encode_seconds += encode_started.elapsed().as_secs_f64();
@@ -177,8 +182,10 @@ impl Model {
             && self.head.logits.sampling().k == pending.k
     }
 
-    /// Records the step's dispatches (and the copy of its candidates for the CPU).
-    fn record(&mut self, step: StepParams, head: StepHead) -> wgpu::CommandBuffer {
+    /// Records the step's dispatches (and the copy of its candidates for the CPU); returns
+    /// them with their number.
+    fn record(&mut self, step: StepParams, head: StepHead) -> (wgpu::CommandBuffer, u64) {
+        let recorded = crate::gpu::recorded_dispatches();
         let tail = self.tail(step, head);
         let head_op = match head {
             StepHead::None => None,
@@ -227,6 +234,9 @@ impl Model {
             let bytes = Logits::out_bytes(rows, self.max_candidates);
             encoder.copy_buffer_to_buffer(&h.out, 0, &self.readback, 0, bytes);
         }
-        encoder.finish()
+        (
+            encoder.finish(),
+            crate::gpu::recorded_dispatches() - recorded,
+        )
     }
 }
