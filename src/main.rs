@@ -87,6 +87,10 @@ struct ModelArgs {
     /// Do not read or write the compiled-pipeline cache in the cache directory (Vulkan).
     #[arg(long)]
     no_pipeline_cache: bool,
+    /// Compile shaders with wgpu's loop bounding, as wgpu does by default (slower: the driver
+    /// stops unrolling loops; for comparison).
+    #[arg(long)]
+    loop_bounding: bool,
 }
 
 /// Prompt tokens per prefill step unless `--prefill-chunk` says otherwise.
@@ -351,6 +355,7 @@ fn gpu_options(args: &ModelArgs) -> GpuOptions {
         webgpu_default_limits: args.webgpu_limits,
         allow_large_buffers: args.large_buffers,
         pipeline_cache_dir: (!args.no_pipeline_cache).then(gguf::cache_dir),
+        shader_loop_bounding: args.loop_bounding,
         ..Default::default()
     }
 }
@@ -958,6 +963,7 @@ fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
         "f16": ctx.caps.f16,
         "subgroups": ctx.caps.subgroups,
         "timestamps": ctx.caps.timestamps,
+        "shader_loop_bounding": ctx.loop_bounding(),
         "max_binding_bytes": ctx.caps.max_binding,
         "max_buffer_bytes": ctx.caps.max_buffer,
     })

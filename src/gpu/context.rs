@@ -42,6 +42,13 @@ pub struct GpuOptions {
     /// CPU adapter runs fastest), `Some(false)` a workgroup per 4 rows (GPUs); `None` picks by
     /// the adapter's device type. Tests force each to cover both.
     pub matvec_lane_rows: Option<bool>,
+    /// Keep naga's loop bounding: a 64-bit counter it adds to every shader loop so that a loop
+    /// cannot run forever. Drivers then no longer see a loop's trip count, so they stop
+    /// unrolling it and spill every array it indexes to (slow) local memory: on an H100 this
+    /// made decode attention 4× slower (gfx-rs/wgpu#7698). Off by default: every loop in this
+    /// crate's shaders has a constant positive step and a bound set from validated shapes, so
+    /// none can run forever. Native only (a browser compiles WGSL its own way).
+    pub shader_loop_bounding: bool,
     /// Fault injection for tests: buffer creation through the context's helpers fails with
     /// [`Error::OutOfMemory`] once the bytes of buffers created since the budget was set would
     /// exceed this (see [`GpuContext::set_memory_budget`]). `None`: only the device's limits.
@@ -203,6 +210,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     kernels: Mutex<HashMap<KernelSpec, Arc<Kernel>>>,
+    /// `GpuOptions::shader_loop_bounding`.
+    loop_bounding: bool,
     /// The driver's pipeline cache and the file it is kept in (`GpuOptions::pipeline_cache_dir`).
     pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
     /// Pipelines compiled so far and the seconds spent compiling them (benchmarks report it).
@@ -385,6 +394,7 @@ impl GpuContext {
             caps,
             pipeline_cache,
             kernels: Mutex::new(HashMap::new()),
+            loop_bounding: opts.shader_loop_bounding,
             compiled: Mutex::new((0, 0.0)),
             uncaptured,
             lost,
@@ -578,6 +588,11 @@ impl GpuContext {
         )
     }
 
+    /// Whether shaders are compiled with wgpu's loop bounding (`GpuOptions::shader_loop_bounding`).
+    pub fn loop_bounding(&self) -> bool {
+        self.loop_bounding
+    }
+
     /// Compiles (or fetches from the cache) the kernel for `spec`. Shader errors become
     /// `Error::Shader` instead of wgpu's default panic.
     pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
@@ -595,12 +610,19 @@ impl GpuContext {
         // go to the uncaptured-error sink instead and surface at the first wait or readback.
         #[cfg(not(target_arch = "wasm32"))]
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&spec.name),
-                source: wgpu::ShaderSource::Wgsl(text.into()),
-            });
+        let descriptor = wgpu::ShaderModuleDescriptor {
+            label: Some(&spec.name),
+            source: wgpu::ShaderSource::Wgsl(text.into()),
+        };
+        let checks = wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: self.loop_bounding,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
+        // SAFETY: only the loop bounding may be off, and every loop in the crate's shaders ends
+        // (constant positive steps, bounds from validated shapes: see
+        // `GpuOptions::shader_loop_bounding`); buffer bounds checks and the guards on integer
+        // division stay on.
+        let module = unsafe { self.device.create_shader_module_trusted(descriptor, checks) };
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
