@@ -10,14 +10,17 @@
 // (Little's law: a decode step must keep megabytes in flight), and no loop bound comes from a
 // buffer (Mesa's lavapipe recompiles shaders whose bounds it can inline).
 //
-// Dispatch: one workgroup of WG invocations per G·R consecutive output rows, G groups of R
-// (linear index split over x/y by gpu::grid; groups past p.rows return). G > 1 only with a
-// prologue, so fewer workgroups repeat it (its reads of the residual stream are K floats per
-// term per workgroup). Invocation i takes units i, i + WG, … of
-// the row length; for each unit it loads the activations of its NT tokens once (reordered to the
+// Dispatch: one workgroup of WG invocations per G·GC·R consecutive output rows, in G rounds of
+// GC groups of R rows (linear index split over x/y by gpu::grid; groups past p.rows return).
+// G·GC > 1 only with a prologue, so fewer workgroups repeat it (its reads of the residual
+// stream are K floats per term per workgroup): the workgroup's invocations form GC lane groups
+// of LG, each computing one group of a round, so a round's loads are all in flight at once
+// (rounds run one after another, one memory latency each). Invocation i of a lane group takes
+// units i, i + LG, … of the row length; for each unit it loads the activations of its NT tokens once (reordered to the
 // units' even/odd lanes, with their per-half sums for the affine offsets) and reuses them for
-// its R rows (2R with PAIR). One batched reduction sums the R·NT partials of the workgroup
-// (subgroupAdd + one shared-memory pass with subgroups, a shared-memory tree without).
+// its R rows (2R with PAIR). One batched reduction sums the R·NT partials of each lane group
+// (subgroupAdd + one shared-memory pass where subgroups fit in a lane group, else a
+// shared-memory tree).
 //
 // Matrices: up to three bound at once (w0, w1, w2: slot 0 rows [0, N0), slot 1 [N0, N0 + N1),
 // slot 2 the rest), each with its own quant type, so q/k/v run as one dispatch into one
@@ -32,10 +35,10 @@
 // y[t, r] lives at p.y_offset + t·p.y_stride + r.
 //
 // Specialisation: K, UNIT (8 or 32, of every bound type; flag UNIT32), WG ∈ {32 … 256} (power
-// of two), NT ∈ {1, 4} (flag NT4), N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
+// of two), GC (power of two, LG = WG / GC ≥ 32 and ≥ the largest subgroup), NT ∈ {1, 4} (flag NT4), N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
 // PRO_T2, PRO_NORM. R = 4 rows per group, G groups per workgroup. The hot loop is straight-line code over
 // structs of vectors (no dynamically indexed arrays: see `Unit`). Workgroup memory: NV·WG
-// floats for the reduction, plus K floats with PRO.
+// floats for the reductions (the prologue's too), plus K floats with PRO.
 // Precision: f32 throughout (also in the F16 variant: q·x of Gemma activations can overflow
 // f16); the scale of a unit half multiplies its f32 dot product once.
 
@@ -71,7 +74,9 @@ const R: u32 = WG;             // output rows per group: one per invocation
 #else
 const R: u32 = 4u;             // output rows per group (one vec4 of partial sums)
 #endif
-const G: u32 = {{G}}u;         // row groups per workgroup (more with PRO: one prologue serves them)
+const G: u32 = {{G}}u;         // row groups per lane group, one after another (more with PRO: one prologue serves them)
+const GC: u32 = {{GC}}u;       // lane groups: row groups computed at once (PRO; 1 with LANE_ROWS)
+const LG: u32 = WG / GC;       // invocations per lane group
 const NT: u32 = {{NT}}u;       // tokens (1 … NT per step: 1 or 4)
 const N0: u32 = {{N0}}u;       // rows of slot 0 (multi-slot dispatches)
 const N1: u32 = {{N1}}u;       // rows of slot 1
@@ -233,6 +238,38 @@ fn acc_add(a: Acc, b: Acc) -> Acc {
 {{ROWS}}
 
 #if PRO
+// Two sums over the whole workgroup, every invocation gets them (uniform control flow). Uses
+// `red` (NV ≥ 4 rows of WG floats), which is free outside `row_group`.
+fn pro_sum2(v: vec2<f32>, inv: Invocation) -> vec2<f32> {
+#if SUBGROUPS
+    let s = subgroupAdd(v);
+    let size = min(inv.sg_size, WG);
+    if inv.sg_lane == 0u {
+        red[inv.lid / size] = s.x;
+        red[WG + inv.lid / size] = s.y;
+    }
+    workgroupBarrier();
+    var total = vec2<f32>(0.0);
+    for (var i = 0u; i < WG / size; i++) {
+        total += vec2<f32>(red[i], red[WG + i]);
+    }
+#else
+    red[inv.lid] = v.x;
+    red[WG + inv.lid] = v.y;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if inv.lid < stride {
+            red[inv.lid] += red[inv.lid + stride];
+            red[WG + inv.lid] += red[WG + inv.lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = vec2<f32>(red[0], red[WG]);
+#endif
+    workgroupBarrier();
+    return total;
+}
+
 // The input vector of one token, into `xs`: x = h + Σ_i rms(o_i) · w_i (PRO_T1, PRO_T2), then
 // with PRO_NORM x = rms(x) · w_n, where rms(v) = v / sqrt(mean(v²) + eps) over K elements and
 // h, o_i are rows of the residual arena (`x`) — the post-norms and the next block's input norm
@@ -253,7 +290,7 @@ fn prologue(inv: Invocation) {
     }
 #if PRO_T1
     // Both terms' sums of squares in one round of barriers.
-    let total = workgroup_sum3(vec3<f32>(ss, 0.0), inv, WG);
+    let total = pro_sum2(ss, inv);
     let s1 = inverseSqrt(total.x / f32(K) + p.eps);
     let s2 = inverseSqrt(total.y / f32(K) + p.eps);
 #endif
@@ -270,7 +307,7 @@ fn prologue(inv: Invocation) {
         sx += dot(v, v);
     }
 #if PRO_NORM
-    let sn = inverseSqrt(workgroup_sum(sx, inv, WG) / f32(K) + p.eps);
+    let sn = inverseSqrt(pro_sum2(vec2<f32>(sx, 0.0), inv).x / f32(K) + p.eps);
     for (var i = inv.lid; i < K4; i += WG) {
         xs[xs_at(i)] = xs[xs_at(i)] * sn * nw[p.pro_wn + i];
     }
@@ -281,7 +318,7 @@ fn prologue(inv: Invocation) {
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {
-    let first = linear_group(grp.wg, grp.nwg) * G * R;
+    let first = linear_group(grp.wg, grp.nwg) * G * GC * R;
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
     if first >= p.rows {
         return;
@@ -302,12 +339,13 @@ fn main(inv: Invocation, grp: Workgroup) {
     }
 #else
     for (var g = 0u; g < G; g++) {
-        let r0 = first + g * R;
-        if r0 >= p.rows {
+        let round = first + g * GC * R;
+        if round >= p.rows {
             break;
         }
-        row_group(inv, r0, nt);
-        // `red` is reused by the next group.
+        // A lane group past the last row computes the last row again and writes nothing.
+        row_group(inv, round + (inv.lid / LG) * R, nt);
+        // `red` is reused by the next round.
         workgroupBarrier();
     }
 #endif
@@ -380,13 +418,32 @@ fn lane_row(r: u32, nt: u32) {
 }
 #else
 
-// The R output rows from r0: every invocation's partial sums, then the reduction and the write.
+// Sums each lane group's partials by a shared-memory tree: red[v·WG + lane group start] holds
+// lane group's total of partial v. Every invocation calls it.
+fn tree_sum(part: array<f32, NV>, lid: u32, li: u32) {
+    for (var v = 0u; v < NV; v++) {
+        red[v * WG + lid] = part[v];
+    }
+    workgroupBarrier();
+    for (var stride = LG / 2u; stride > 0u; stride /= 2u) {
+        if li < stride {
+            for (var v = 0u; v < NV; v++) {
+                red[v * WG + lid] += red[v * WG + lid + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// The R output rows from r0 by the invocation's lane group: every invocation's partial sums,
+// then the reduction and the write.
 fn row_group(inv: Invocation, r0: u32, nt: u32) {
     var acc: Acc;
 #if PAIR
     var acc_up: Acc;
 #endif
-    for (var u = inv.lid; u < U; u += WG) {
+    let li = inv.lid % LG;
+    for (var u = li; u < U; u += LG) {
         let x0 = load_x(u, 0u, nt);
 #if NT4
         let x1 = load_x(u, 1u, nt);
@@ -442,7 +499,13 @@ fn row_group(inv: Invocation, r0: u32, nt: u32) {
 #endif
     }
 
+    // Lane group gi sums its partials into red[v·WG + at + i], i < parts.
+    let gi = inv.lid / LG;
+    var at = gi * LG;
+    var parts = 1u;
 #if SUBGROUPS
+    // Every subgroup lies in one lane group (Rust makes lane groups no smaller than the
+    // adapter's largest subgroup).
     let size = min(inv.sg_size, WG);
     for (var v = 0u; v < NV; v++) {
         let s = subgroupAdd(part[v]);
@@ -451,27 +514,16 @@ fn row_group(inv: Invocation, r0: u32, nt: u32) {
         }
     }
     workgroupBarrier();
-    let parts = WG / size;
+    at = gi * (LG / size);
+    parts = LG / size;
 #else
-    for (var v = 0u; v < NV; v++) {
-        red[v * WG + inv.lid] = part[v];
-    }
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if inv.lid < stride {
-            for (var v = 0u; v < NV; v++) {
-                red[v * WG + inv.lid] += red[v * WG + inv.lid + stride];
-            }
-        }
-        workgroupBarrier();
-    }
-    let parts = 1u;
+    tree_sum(part, inv.lid, li);
 #endif
-    if inv.lid < R * NT {
-        let v = inv.lid;
+    if li < R * NT {
+        let v = li;
         var total = 0.0;
         for (var i = 0u; i < parts; i++) {
-            total += red[v * WG + i];
+            total += red[v * WG + at + i];
         }
         let r = r0 + v / NT;
         let t = v % NT;
@@ -480,7 +532,7 @@ fn row_group(inv: Invocation, r0: u32, nt: u32) {
 #if PAIR
             var up = 0.0;
             for (var i = 0u; i < parts; i++) {
-                up += red[(v + R * NT) * WG + i];
+                up += red[(v + R * NT) * WG + at + i];
             }
             y[o] = gelu_tanh(total) * up;
 #else

@@ -359,8 +359,9 @@ fn norm_prologues() {
         check(&format!("ple prologue [{}]", v.name), &got, &want, &bound);
 
         // 3. Two terms and a norm into a matrix tall enough that each workgroup takes
-        // several row groups (its prologue is not repeated per 4 rows).
-        let tall = 16384u32;
+        // several row groups (its prologue is not repeated per 4 rows), computed at once by
+        // lane groups; 33,000 rows leave the last workgroup with lane groups past the end.
+        let tall = 33000u32;
         let (big, bigd) = matrix(ctx, GgmlType::Q8_0, k, tall, 5);
         let yb2 = ctx.storage("y2", tall as u64 * 4).unwrap();
         let op = Matvec::new(

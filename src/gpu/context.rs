@@ -67,6 +67,8 @@ pub struct Caps {
     pub subgroups: bool,
     /// Smallest subgroup size the adapter may use (0 when unknown).
     pub subgroup_min_size: u32,
+    /// Largest subgroup size the adapter may use (the WebGPU maximum, 128, when unknown).
+    pub subgroup_max_size: u32,
     /// Largest storage binding, in bytes.
     pub max_binding: u64,
     /// Largest buffer, in bytes.
@@ -101,6 +103,7 @@ impl Caps {
             f16,
             subgroups,
             subgroup_min_size: if subgroups { 4 } else { 0 },
+            subgroup_max_size: 128,
             max_binding: l.max_storage_buffer_binding_size,
             max_buffer: l.max_buffer_size,
             max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
@@ -359,6 +362,11 @@ impl GpuContext {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: if info.subgroup_max_size == 0 {
+                128
+            } else {
+                info.subgroup_max_size
+            },
             max_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,

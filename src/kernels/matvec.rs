@@ -208,8 +208,11 @@ pub struct MatvecShape {
     pub out: MatvecOut,
     /// Prologue: (terms, final norm); `None` reads a buffer.
     pub prologue: Option<(u32, bool)>,
-    /// Groups of 4 output rows per workgroup.
+    /// Rounds of row groups per workgroup (each lane group computes one group of 4 output rows
+    /// per round).
     pub groups: u32,
+    /// Lane groups of a workgroup: row groups computed at once (several only with a prologue).
+    pub lane_groups: u32,
     /// Rows of the largest bound matrix (the dispatch's size picks the workgroup size).
     pub rows: u32,
     /// One row per invocation (`Caps::matvec_lane_rows`).
@@ -240,38 +243,70 @@ impl MatvecShape {
         }
     }
 
-    /// Invocations per workgroup: enough to take each unit of a row in one pass where that
+    /// Invocations per workgroup.
+    fn wg(&self) -> u32 {
+        if self.lane_rows {
+            LANE_ROWS_WG
+        } else {
+            self.lane_group() * self.lane_groups
+        }
+    }
+
+    /// Invocations per lane group: enough to take each unit of a row in one pass where that
     /// fits (a power of two from 32 to 256), which keeps a dispatch short when the next one
     /// waits for it; for a matrix with more rows than a GPU holds workgroups at once (an LM
     /// head: many waves) the narrowest, so each workgroup has several units in flight (H100,
     /// E2B's 262144-row head in Q4_0: 193 µs at 32, 233 at 64, 332 at 128); within the
-    /// workgroup memory the reduction (and the prologue's vector) leaves.
-    fn wg(&self) -> u32 {
-        if self.lane_rows {
-            return LANE_ROWS_WG;
-        }
+    /// workgroup memory the reduction and the prologue's vector leave.
+    fn lane_group(&self) -> u32 {
         let units = self.k / self.unit();
         let mut wg = if self.rows >= MANY_ROWS {
             32
         } else {
             units.next_power_of_two().clamp(32, 256)
         };
+        while wg > 32 && self.workgroup_bytes(wg) > WORKGROUP_BYTES {
+            wg /= 2;
+        }
+        wg
+    }
+
+    /// Workgroup memory at `wg` invocations: the reduction's NV·WG floats (the prologue's
+    /// sums reuse them) and the prologue's vector.
+    fn workgroup_bytes(&self, wg: u32) -> u32 {
         let vector = if self.prologue.is_some() {
             self.k * 4
         } else {
             0
         };
-        // reduce_scratch and reduce_scratch3 (common.wgsl) count only when the prologue
-        // uses them.
-        let scratch = if self.prologue.is_some() {
-            1024 + 4096
-        } else {
-            0
-        };
-        while wg > 32 && self.nv() * wg * 4 + vector + scratch > WORKGROUP_BYTES {
-            wg /= 2;
+        self.nv() * wg * 4 + vector
+    }
+
+    /// Splits `groups` row groups per workgroup into lane groups computed at once and rounds
+    /// computed one after another: as many lane groups as fit in 256 invocations and the
+    /// workgroup memory (each round costs a memory latency; H100, E2B's FFN gate/up ran 3–5
+    /// rounds one group at a time). Several lane groups only where each holds whole
+    /// subgroups of up to `subgroup_max` invocations.
+    fn with_lane_groups(mut self, groups: u32, subgroup_max: u32) -> Self {
+        self.lane_groups = 1;
+        if !self.lane_rows && self.lane_group() >= subgroup_max {
+            let lg = self.lane_group();
+            let mut gc = 1;
+            while gc * 2 <= groups
+                && lg * gc * 2 <= 256
+                && self.workgroup_bytes(lg * gc * 2) <= WORKGROUP_BYTES
+            {
+                gc *= 2;
+            }
+            self.lane_groups = gc;
         }
-        wg
+        self.groups = groups.div_ceil(self.lane_groups);
+        self
+    }
+
+    /// Output rows of one workgroup.
+    fn workgroup_rows(&self) -> u32 {
+        self.group_rows() * self.groups * self.lane_groups
     }
 
     fn spec(&self) -> KernelSpec {
@@ -287,9 +322,10 @@ impl MatvecShape {
             None => String::new(),
             Some((terms, norm)) => {
                 format!(
-                    "_pro{terms}{}_g{}",
+                    "_pro{terms}{}_g{}x{}",
                     if norm { "n" } else { "" },
-                    self.groups
+                    self.groups,
+                    self.lane_groups
                 )
             }
         };
@@ -315,6 +351,7 @@ impl MatvecShape {
         .define("WG", wg)
         .define("NT", self.nt)
         .define("G", self.groups)
+        .define("GC", self.lane_groups)
         .define("N0", self.n0)
         .define("N1", self.n1)
         .define("QUANT", quant_wgsl(&self.types, &MATVEC_SLOTS[..slots]))
@@ -340,6 +377,7 @@ pub fn specs() -> Vec<KernelSpec> {
     let shapes = cooperative_shapes();
     let lanes = shapes.iter().map(|s| MatvecShape {
         lane_rows: true,
+        lane_groups: 1,
         ..s.clone()
     });
     shapes
@@ -365,6 +403,7 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
                     out,
                     prologue: None,
                     groups: 1,
+                    lane_groups: 1,
                     rows: 64,
                     lane_rows: false,
                 });
@@ -379,6 +418,7 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
             out: MatvecOut::GeluPair,
             prologue: Some((1, true)),
             groups: 2,
+            lane_groups: 2,
             rows: 64,
             lane_rows: false,
         });
@@ -393,6 +433,7 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
         out: MatvecOut::Store,
         prologue: None,
         groups: 1,
+        lane_groups: 1,
         rows: 64,
         lane_rows: false,
     });
@@ -406,6 +447,7 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
             out: MatvecOut::GeluZ,
             prologue: Some(prologue),
             groups: 1,
+            lane_groups: 1,
             rows: MANY_ROWS,
             lane_rows: false,
         });
@@ -482,7 +524,20 @@ impl Matvec {
         nt: u32,
         io: MatvecIo<'_>,
     ) -> Result<Self> {
-        let shape = Self::shape(slots, input, out, nt, ctx.caps.matvec_lane_rows)?;
+        // Lane groups must hold whole subgroups (the subgroup reduction sums within one).
+        let subgroup_max = if ctx.caps.subgroups {
+            ctx.caps.subgroup_max_size
+        } else {
+            1
+        };
+        let shape = Self::shape(
+            slots,
+            input,
+            out,
+            nt,
+            ctx.caps.matvec_lane_rows,
+            subgroup_max,
+        )?;
         let kernel = ctx.kernel(&shape.spec())?;
         let k = shape.k;
         let mut base = Params {
@@ -575,7 +630,7 @@ impl Matvec {
             kernel,
             parts,
             nt: shape.nt,
-            rows_per_workgroup: shape.group_rows() * shape.groups,
+            rows_per_workgroup: shape.workgroup_rows(),
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
     }
@@ -583,16 +638,18 @@ impl Matvec {
     /// Whether `slots` can run as one dispatch with this input and output (else the caller
     /// runs them as separate mat-vecs).
     pub fn fuses(slots: &[&QuantMatrix], input: MatvecIn, out: MatvecOut) -> bool {
-        Self::shape(slots, input, out, 1, false).is_ok()
+        Self::shape(slots, input, out, 1, false, 1).is_ok()
     }
 
-    /// `nt`: 1, or up to [`MATVEC_MAX_TOKENS`] (one pipeline serves 2 to 4 tokens).
+    /// `nt`: 1, or up to [`MATVEC_MAX_TOKENS`] (one pipeline serves 2 to 4 tokens);
+    /// `subgroup_max`: the largest subgroup the kernel may run in (1 without subgroups).
     fn shape(
         slots: &[&QuantMatrix],
         input: MatvecIn,
         out: MatvecOut,
         nt: u32,
         lane_rows: bool,
+        subgroup_max: u32,
     ) -> Result<MatvecShape> {
         let bad = |m: String| Err(Error::InvalidArgument(format!("mat-vec: {m}")));
         let Some(first) = slots.first() else {
@@ -643,7 +700,8 @@ impl Matvec {
                 if terms[..n as usize].len() != terms.iter().filter(|t| t.is_some()).count() {
                     return bad("prologue terms must come first".into());
                 }
-                if k % 4 != 0 || k * 4 + 1024 + 4096 + 256 > WORKGROUP_BYTES {
+                // The vector and the smallest reduction (32 invocations, 8 partial sums).
+                if k % 4 != 0 || k * 4 + 32 * 8 * 4 > WORKGROUP_BYTES {
                     return bad(format!("no prologue for rows of {k} elements"));
                 }
                 Some((n, norm.is_some()))
@@ -678,10 +736,12 @@ impl Matvec {
             nt: if nt > 1 { MATVEC_MAX_TOKENS } else { 1 },
             out,
             prologue,
-            groups,
+            groups: 1,
+            lane_groups: 1,
             rows,
             lane_rows,
-        })
+        }
+        .with_lane_groups(groups, subgroup_max))
     }
 
     /// Most tokens of a step this op runs.
@@ -707,5 +767,57 @@ impl Op for Matvec {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prologue_pair(k: u32, rows: u32, groups: u32) -> MatvecShape {
+        MatvecShape {
+            types: vec![GgmlType::Q4_0, GgmlType::Q4_0],
+            k,
+            n0: 0,
+            n1: 0,
+            nt: 1,
+            out: MatvecOut::GeluPair,
+            prologue: Some((1, true)),
+            groups: 1,
+            lane_groups: 1,
+            rows,
+            lane_rows: false,
+        }
+        .with_lane_groups(groups, 32)
+    }
+
+    /// Row groups are computed by as many lane groups at once as the workgroup holds, within
+    /// 256 invocations and WebGPU's 16 KiB of workgroup memory.
+    #[test]
+    fn lane_groups_fill_the_workgroup() {
+        // Gemma 4 E2B's FFN gate/up (k = 1536, 48 units: lane groups of 64), 5 groups.
+        let s = prologue_pair(1536, 12288, 5);
+        assert_eq!((s.lane_group(), s.lane_groups, s.groups), (64, 4, 2));
+        assert_eq!(s.wg(), 256);
+        assert!(s.workgroup_bytes(s.wg()) <= WORKGROUP_BYTES);
+        assert_eq!(s.workgroup_rows(), 2 * 4 * 4);
+        // E4B (k = 2560: lane groups of 128): the 10 KiB vector leaves no room for a second
+        // lane group's 4 KiB of partial sums.
+        let s = prologue_pair(2560, 20480, 3);
+        assert_eq!((s.lane_group(), s.lane_groups, s.groups), (128, 1, 3));
+        assert!(s.workgroup_bytes(s.wg()) <= WORKGROUP_BYTES);
+        // One group: one lane group.
+        let s = prologue_pair(1536, 256, 1);
+        assert_eq!((s.lane_groups, s.groups), (1, 1));
+        // The one-row-per-invocation mapping has no lane groups.
+        let s = MatvecShape {
+            lane_rows: true,
+            ..prologue_pair(1536, 12288, 1)
+        }
+        .with_lane_groups(5, 32);
+        assert_eq!((s.lane_groups, s.groups, s.wg()), (1, 5, LANE_ROWS_WG));
+        // Subgroups larger than a lane group (Adreno's 128): one lane group.
+        let s = prologue_pair(1536, 256, 1).with_lane_groups(5, 128);
+        assert_eq!((s.lane_groups, s.groups), (1, 5));
     }
 }
