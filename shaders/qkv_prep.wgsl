@@ -9,10 +9,10 @@
 // with rms(x) = x · inverseSqrt(mean(x²) + eps) and half-split RoPE from the step's CPU-built
 // table rope[t, i] = (cos, sin) (src/rope.rs): out[i] = x[i]·cos_i − x[i+d/2]·sin_i,
 // out[i+d/2] = x[i+d/2]·cos_i + x[i]·sin_i. The shader never evaluates sin/cos (WGSL gives no
-// accuracy for large angles). The arithmetic is head_prep.wgsl's, term for term.
+// accuracy for large angles). The arithmetic is reference::rope::head_prep's, term for term.
 //
-// Why one dispatch: the three per-projection preps and the store were four dependent
-// dispatches per layer (≈ 6 µs each at the floor on a big GPU); writing K/V straight into the
+// Why one dispatch: per-projection preps and a separate store would be four dependent
+// dispatches per layer (≈ 2 µs each at the floor on an H100); writing K/V straight into the
 // cache also lets attention read every key from one place.
 //
 // Dispatch: one workgroup of WG invocations per (token, head), T·heads workgroups split over x/y
@@ -21,7 +21,7 @@
 // invocation owns adjacent output pairs (2m, 2m+1), so an f16 cache row is written as whole
 // u32 words with no workgroup memory beyond the norm's reduction.
 // Rows t with T − t > cap would be overwritten by a later row of the same step: they are not
-// stored (no two workgroups write one slot), as in kv_store.wgsl.
+// stored (no two workgroups write one slot).
 // Assumptions: d % 4 == 0; w_q and w_k ([d] each) lie at norm_w[q_norm_offset..] and
 // norm_w[k_norm_offset..].
 // Precision: f32 throughout; the f16 cache rounds with pack2x16float after clamping to ±65504

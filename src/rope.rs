@@ -3,8 +3,7 @@
 //! Why on the CPU: WGSL `sin`/`cos` carry no accuracy guarantee for large arguments, and
 //! `p·inv_freq` reaches ~3·10⁴ rad at position 32K (GEMMA.md §2.1.4, pitfall 20). The model
 //! calls [`RopeTable::fill`] once per step and uploads the few KB with `queue.write_buffer`; the
-//! `QkvPrep` and `HeadPrep` kernels (`kernels::qkv_prep`, `kernels::head_prep`) read row `t` for
-//! the step's token `t`.
+//! `QkvPrep` kernel (`kernels::qkv_prep`) reads row `t` for the step's token `t`.
 //!
 //! Layout is half-split ("NeoX"): pair `i` rotates dims `(i, i + d/2)` by angle
 //! `p · inv_freq[i]`, for `i < d/2`.

@@ -29,7 +29,7 @@ mod common;
 use common::{assert_close, block, variants, Rng};
 use gemma_wgpu::gpu::{GpuContext, Op, StepParams};
 use gemma_wgpu::kernels::attention::{
-    kv_bytes_per_elem, Attention, AttentionIo, AttentionKernel, AttentionParams, KvStore, KvStoreIo,
+    kv_bytes_per_elem, Attention, AttentionIo, AttentionKernel, AttentionParams,
 };
 use gemma_wgpu::kernels::qkv_prep::{QkvPrep, QkvPrepConfig, QkvPrepIo};
 use gemma_wgpu::reference::attention::{
@@ -480,8 +480,9 @@ fn rejects_rings_too_small_for_a_step() {
     );
 }
 
-/// Runs `chunks` consecutive steps (KvStore, then attention: the model's order) and returns
-/// every row's output.
+/// Runs `chunks` consecutive steps and returns every row's output. Each step's K/V rows are
+/// written into their ring slots `(pos0 + t) % cap` first (as QkvPrep does in the model;
+/// tests/kernels_qkv_prep.rs tests that store), then attention runs.
 #[allow(clippy::too_many_arguments)]
 fn run_steps(
     ctx: &GpuContext,
@@ -499,12 +500,6 @@ fn run_steps(
     let max_t = p.max_tokens as usize;
     let kv_bytes = kv_bytes_per_elem(p.kv_f32);
     let qb = ctx.storage("q", (max_t * nq * d * 4) as u64).unwrap();
-    let knb = ctx
-        .storage("k_new", (max_t * nkv * d) as u64 * kv_bytes)
-        .unwrap();
-    let vnb = ctx
-        .storage("v_new", (max_t * nkv * d) as u64 * kv_bytes)
-        .unwrap();
     let kcb = ctx
         .storage("k_cache", (p.cap as usize * nkv * d) as u64 * kv_bytes)
         .unwrap();
@@ -530,18 +525,6 @@ fn run_steps(
         p,
     )
     .unwrap();
-    let store = KvStore::new(
-        ctx,
-        KvStoreIo {
-            k_new: knb.as_entire_binding(),
-            v_new: vnb.as_entire_binding(),
-            k_cache: kcb.as_entire_binding(),
-            v_cache: vcb.as_entire_binding(),
-            step: sb.as_entire_binding(),
-        },
-        &p,
-    )
-    .unwrap();
     let mut out = Vec::new();
     let mut pos0 = 0usize;
     for &t in chunks {
@@ -553,15 +536,16 @@ fn run_steps(
             0,
             bytemuck::cast_slice(&q[pos0 * nq * d..][..t * nq * d]),
         );
-        let kr = pack_kv(&k[pos0 * nkv * d..][..t * nkv * d], p.kv_f32);
-        let vr = pack_kv(&v[pos0 * nkv * d..][..t * nkv * d], p.kv_f32);
-        ctx.queue.write_buffer(&knb, 0, bytemuck::cast_slice(&kr));
-        ctx.queue.write_buffer(&vnb, 0, bytemuck::cast_slice(&vr));
-        block(ctx.run(|pass| {
-            store.encode(pass, &step);
-            attn.encode(pass, &step);
-        }))
-        .unwrap();
+        // Row by row in order: a later row of the step overwrites an earlier one in its slot.
+        let row_bytes = (nkv * d) as u64 * kv_bytes;
+        for r in pos0..pos0 + t {
+            let at = (r as u64 % p.cap as u64) * row_bytes;
+            let kr = pack_kv(&k[r * nkv * d..][..nkv * d], p.kv_f32);
+            let vr = pack_kv(&v[r * nkv * d..][..nkv * d], p.kv_f32);
+            ctx.queue.write_buffer(&kcb, at, bytemuck::cast_slice(&kr));
+            ctx.queue.write_buffer(&vcb, at, bytemuck::cast_slice(&vr));
+        }
+        block(ctx.run(|pass| attn.encode(pass, &step))).unwrap();
         out.extend(block(ctx.read::<f32>(&ob, 0, t * nq * d)).unwrap());
         pos0 += t;
     }
@@ -614,90 +598,11 @@ both_kv_types!(
     chunked_steps_match_one_prefill_kv_f32
 );
 
-fn kv_store_cases(kv_f32: bool) {
-    // T = 11 rows into a ring of 8 at pos0 = 5: positions 8..=15 survive, in slots p % 8.
-    let (nkv, d, cap, pos0, t) = (2usize, 128usize, 8u32, 5u32, 11u32);
-    // u32 words per row: f16 pairs, or one f32 each.
-    let row = nkv * d * kv_bytes_per_elem(kv_f32) as usize / 4;
-    let mut rng = Rng::new(3);
-    // Random bit patterns (the store is a blind word copy); f32 rows get real f32 values.
-    let mut words = |n: usize| -> Vec<u32> {
-        if kv_f32 {
-            pack_kv(&rng.vec(n, 1.0), true)
-        } else {
-            (0..n).map(|_| rng.next_u64() as u32).collect()
-        }
-    };
-    let k_new = words(t as usize * row);
-    let v_new = words(t as usize * row);
-    // KvStore only reads the cache geometry (it has no window contract of its own).
-    let p = AttentionParams {
-        n_q_heads: 2,
-        n_kv_heads: nkv as u32,
-        head_dim: d as u32,
-        cap,
-        window: cap,
-        context: LONG_CONTEXT,
-        scale: 1.0,
-        max_tokens: t,
-        split_keys: 0,
-        kv_f32,
-        kernel: AttentionKernel::Auto,
-    };
-    for var in variants() {
-        let ctx = &var.ctx;
-        let step = StepParams::new(t, pos0);
-        let knb = ctx.storage_init("k_new", &k_new).unwrap();
-        let vnb = ctx.storage_init("v_new", &v_new).unwrap();
-        let kcb = ctx
-            .storage("k_cache", (cap as usize * row * 4) as u64)
-            .unwrap();
-        let vcb = ctx
-            .storage("v_cache", (cap as usize * row * 4) as u64)
-            .unwrap();
-        let sb = ctx.params_init("step", &step);
-        let op = KvStore::new(
-            ctx,
-            KvStoreIo {
-                k_new: knb.as_entire_binding(),
-                v_new: vnb.as_entire_binding(),
-                k_cache: kcb.as_entire_binding(),
-                v_cache: vcb.as_entire_binding(),
-                step: sb.as_entire_binding(),
-            },
-            &p,
-        )
-        .unwrap();
-        block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
-        let kc: Vec<u32> = block(ctx.read(&kcb, 0, cap as usize * row)).unwrap();
-        let vc: Vec<u32> = block(ctx.read(&vcb, 0, cap as usize * row)).unwrap();
-        for pos in (pos0 + t - cap)..(pos0 + t) {
-            let slot = (pos % cap) as usize;
-            let r = (pos - pos0) as usize;
-            assert_eq!(
-                kc[slot * row..][..row],
-                k_new[r * row..][..row],
-                "k pos {pos}"
-            );
-            assert_eq!(
-                vc[slot * row..][..row],
-                v_new[r * row..][..row],
-                "v pos {pos}"
-            );
-        }
-    }
-}
-both_kv_types!(
-    kv_store_cases,
-    kv_store_writes_ring_slots,
-    kv_store_writes_ring_slots_kv_f32
-);
-
 /// A layer's attention half as the model runs it: QkvPrep writes the step's K/V into the cache
 /// and prepares the queries, then attention reads every key from the cache, step after step
 /// (prefill chunks and decode rows, a sliding ring of W + T − 1 slots, f16 or f32 cache). The
 /// reference is fed the queries and K/V the GPU produced (read back after each step; QkvPrep's
-/// own values are checked in kernels_head_prep.rs), so this checks the slots, the ordering and
+/// own values are checked in kernels_qkv_prep.rs), so this checks the slots, the ordering and
 /// the hand-over between the two ops at attention's tolerance.
 fn prep_then_attention_cases(kv_f32: bool) {
     let chunks = [5u32, 1, 13, 1, 1, 20, 2, 1];

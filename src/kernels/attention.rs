@@ -1,9 +1,8 @@
 //! Attention over the KV cache (`shaders/attention_decode.wgsl`, `attention.wgsl`,
-//! `attention_merge.wgsl`) and the KV-cache store of the staging layout
-//! (`shaders/kv_store.wgsl`).
+//! `attention_merge.wgsl`).
 //!
 //! Every key is read from the cache: the step's own K/V rows are stored before attention runs
-//! (by [`crate::kernels::qkv_prep::QkvPrep`], or [`KvStore`] after `HeadPrep`). That is correct
+//! (by [`crate::kernels::qkv_prep::QkvPrep`]). That is correct
 //! only if storing row `t` of a step never overwrites a key an earlier row of the same step
 //! still needs, so the ring of a sliding layer (window `W`) must hold
 //! `min(context, W + T_max − 1)` slots: row 0 of a `T`-row step reads keys from `pos0 − W + 1`
@@ -35,7 +34,6 @@ use crate::{Error, Result};
 const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
 const DECODE_SOURCE: &str = include_str!("../../shaders/attention_decode.wgsl");
 const MERGE_SOURCE: &str = include_str!("../../shaders/attention_merge.wgsl");
-const STORE_SOURCE: &str = include_str!("../../shaders/kv_store.wgsl");
 
 /// Head dimensions the kernels are built for: Gemma's 256 and 512, and the smaller powers of
 /// two that other configurations (and tiny test models) use.
@@ -106,7 +104,7 @@ pub struct AttentionParams {
     pub kernel: AttentionKernel,
 }
 
-/// Bytes one K/V element takes in the cache (and the staging rows of [`KvStore`]): 2 (f16) or
+/// Bytes one K/V element takes in the cache: 2 (f16) or
 /// 4 (`kv_f32`). A cache holds `cap · n_kv_heads · head_dim` elements.
 pub fn kv_bytes_per_elem(kv_f32: bool) -> u64 {
     if kv_f32 {
@@ -317,10 +315,6 @@ fn merge_spec(head_dim: u32) -> KernelSpec {
         .define("HEAD_DIM", head_dim)
 }
 
-fn store_spec() -> KernelSpec {
-    KernelSpec::new("kv_store", STORE_SOURCE).define("WG", super::ROW_WG)
-}
-
 /// Kernel specs this module can build (for shader validation): every head size and K/V type,
 /// and the decode kernel with 8 lanes per key and with 4 (devices with 4-wide subgroups).
 pub fn specs() -> Vec<KernelSpec> {
@@ -337,7 +331,6 @@ pub fn specs() -> Vec<KernelSpec> {
         }
         v.push(merge_spec(d));
     }
-    v.push(store_spec());
     v
 }
 
@@ -606,101 +599,6 @@ impl Op for Attention {
     }
 }
 
-/// Buffers a [`KvStore`] reads and writes.
-pub struct KvStoreIo<'a> {
-    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
-    pub k_new: wgpu::BindingResource<'a>,
-    /// `[T, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
-    pub v_new: wgpu::BindingResource<'a>,
-    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
-    pub k_cache: wgpu::BindingResource<'a>,
-    /// `[cap, nkv, d]` f16 pairs in u32 (f32 with `kv_f32`)
-    pub v_cache: wgpu::BindingResource<'a>,
-    /// the step parameters (`gpu::StepParams`)
-    pub step: wgpu::BindingResource<'a>,
-}
-
-/// Mirrors `struct Params` in kv_store.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StoreParams {
-    n_kv_heads: u32,
-    words: u32,
-    cap: u32,
-    _pad: u32,
-}
-
-/// Writes this step's K/V rows, as `HeadPrep` stages them, into cache slots `(pos0 + t) % cap`;
-/// it must run before the step's [`Attention`]. Rows a later row of the same step would
-/// overwrite (T − t > cap) are skipped. A pure u32 copy: one kernel serves f16 and f32
-/// (`kv_f32`) rows, which differ only in words per row. Superseded by
-/// [`crate::kernels::qkv_prep::QkvPrep`], which writes the cache directly.
-pub struct KvStore {
-    kernel: Arc<Kernel>,
-    bind_group: wgpu::BindGroup,
-    row_words: u32,
-    max_per_dim: u32,
-}
-
-impl KvStore {
-    /// Uses the cache geometry of `params` (`n_kv_heads`, `head_dim`, `cap`, `kv_f32`).
-    pub fn new(ctx: &GpuContext, io: KvStoreIo<'_>, params: &AttentionParams) -> Result<Self> {
-        if params.n_kv_heads == 0 || params.cap == 0 || !HEAD_DIMS.contains(&params.head_dim) {
-            return Err(Error::InvalidArgument(format!(
-                "kv_store: needs KV heads, cache slots and a head_dim in {HEAD_DIMS:?} \
-                 (n_kv_heads {}, cap {}, head_dim {})",
-                params.n_kv_heads, params.cap, params.head_dim
-            )));
-        }
-        // u32 words per head row: an f16 pair or one f32 each.
-        let words = if params.kv_f32 {
-            params.head_dim
-        } else {
-            params.head_dim / 2
-        };
-        let kernel = ctx.kernel(&store_spec())?;
-        let uniform = ctx.params_init(
-            "kv_store.params",
-            &StoreParams {
-                n_kv_heads: params.n_kv_heads,
-                words,
-                cap: params.cap,
-                _pad: 0,
-            },
-        );
-        let bind_group = ctx.bind(
-            &kernel,
-            &[
-                io.k_new,
-                io.v_new,
-                io.k_cache,
-                io.v_cache,
-                uniform.as_entire_binding(),
-                io.step,
-            ],
-        );
-        Ok(Self {
-            kernel,
-            bind_group,
-            row_words: params.n_kv_heads * words,
-            max_per_dim: ctx.caps.max_workgroups_per_dim,
-        })
-    }
-}
-
-impl Op for KvStore {
-    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
-        if step.n_tokens == 0 {
-            return;
-        }
-        let groups = (step.n_tokens * self.row_words).div_ceil(super::ROW_WG);
-        let [x, y, z] = grid(groups, self.max_per_dim);
-        pass.set_pipeline(&self.kernel.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        crate::gpu::dispatch(pass, [x, y, z]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,7 +606,6 @@ mod tests {
     #[test]
     fn params_layout_matches_wgsl() {
         assert_eq!(std::mem::size_of::<Params>(), 32);
-        assert_eq!(std::mem::size_of::<StoreParams>(), 16);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 pub mod attention;
 pub mod embed;
 pub mod gelu;
-pub mod head_prep;
 pub mod logits;
 pub mod matmul;
 pub mod matvec;
@@ -21,7 +20,6 @@ pub const ROW_WG: u32 = 256;
 pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     let mut v = Vec::new();
     v.extend(norm::specs());
-    v.extend(head_prep::specs());
     v.extend(qkv_prep::specs());
     v.extend(gelu::specs());
     v.extend(logits::specs());

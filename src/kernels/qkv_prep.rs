@@ -4,14 +4,14 @@
 //! - keys: `rope(rms(k)·w_k)` → K cache slot `(pos0 + t) % cap`;
 //! - values: `v` (Gemma 3) or `rms(v)` (Gemma 4, no weight) → V cache slot `(pos0 + t) % cap`.
 //!
-//! The cache holds f16 pairs packed in u32 (rounded as `HeadPrep`'s `HeadOut::F16Packed`:
-//! clamp to ±65504, then `pack2x16float`) or f32 (`kv_f32`). A Gemma 4 KV-shared layer has no
+//! The cache holds f16 pairs packed in u32 (clamped to ±65504, then `pack2x16float`:
+//! round to nearest even) or f32 (`kv_f32`). A Gemma 4 KV-shared layer has no
 //! K/V: its projection rows are `nq·d` and only the queries are prepared.
 //!
-//! Replaces the per-projection `HeadPrep` ops and `KvStore` (four dependent dispatches per
-//! layer, one here), and leaves attention nothing to read but the cache. The math is
-//! `HeadPrep`'s term for term (same RMSNorm, same half-split RoPE from the CPU-built
-//! [`crate::rope::RopeTable`]), so outputs are bit-identical to it on the same adapter.
+//! One dispatch instead of a prep per projection and a cache store (four dependent dispatches
+//! per layer), and attention has nothing to read but the cache. The math is
+//! [`crate::reference::rope::head_prep`]'s term for term (RMSNorm, then half-split RoPE from the
+//! CPU-built [`crate::rope::RopeTable`]).
 //! `q_norm` and `k_norm` come from one buffer at element offsets, so the op binds 8 storage
 //! buffers: WebGPU's default per stage.
 
@@ -24,7 +24,7 @@ const SOURCE: &str = include_str!("../../shaders/qkv_prep.wgsl");
 
 /// Invocations per workgroup: one workgroup per (token, head) and one invocation per output
 /// pair, so 128 keeps every lane busy for d = 256 (Gemma's smallest head) and loops twice for
-/// d = 512 (as `HeadPrep`).
+/// d = 512.
 const WG: u32 = 128;
 
 /// Mirrors `struct Params` in qkv_prep.wgsl.

@@ -27,7 +27,7 @@ pub fn rope_exact(x: &mut [f64], pos: u64, inv_freq: &[f64]) {
     }
 }
 
-/// `HeadPrep` on the CPU: for each token `t` and head, `rope(norm(x))·scale` where norm is
+/// A head's preparation (`QkvPrep`'s math) on the CPU: for each token `t` and head, `rope(norm(x))·scale` where norm is
 /// `rms(x)·w` (`w = Some`), `rms(x)` (`normalize && w = None`) or nothing; `table` is the
 /// `RopeTable::fill` output for the step (`None`: no RoPE). Input rows `[T, n_heads·d]`, output
 /// `[T, n_heads, d]` f32 (rounded once from f64).
