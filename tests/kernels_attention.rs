@@ -43,6 +43,26 @@ const RTOL: f32 = 1e-4;
 const ATOL_F32: f32 = 3e-6;
 const RTOL_F32: f32 = 3e-6;
 
+/// The bindings of an attention op: q `[T, nq, d]` f32, the K and V caches `[cap, nkv, d]`,
+/// out `[T, nq, d]` f32, the step, and an optional caller-provided split scratch.
+fn io<'a>(
+    q: &'a wgpu::Buffer,
+    k_cache: &'a wgpu::Buffer,
+    v_cache: &'a wgpu::Buffer,
+    out: &'a wgpu::Buffer,
+    step: &'a wgpu::Buffer,
+    scratch: Option<&'a wgpu::Buffer>,
+) -> AttentionIo<'a> {
+    AttentionIo {
+        q: q.as_entire_binding(),
+        k_cache: k_cache.as_entire_binding(),
+        v_cache: v_cache.as_entire_binding(),
+        out: out.as_entire_binding(),
+        step: step.as_entire_binding(),
+        scratch: scratch.map(|b| b.as_entire_binding()),
+    }
+}
+
 /// Both kernels run every case: the decode kernel is correct for any step (it is chosen for
 /// decode-sized ones), the tiled one for prefill-sized ones.
 const KERNELS: [AttentionKernel; 2] = [AttentionKernel::Decode, AttentionKernel::Tiled];
@@ -204,19 +224,8 @@ fn run_case(c: Case) -> f32 {
         let ob = ctx.storage("out", (t * nq * d * 4) as u64).unwrap();
         let sb = ctx.params_init("step", &step);
         for kernel in KERNELS {
-            let op = Attention::new(
-                ctx,
-                AttentionIo {
-                    q: qb.as_entire_binding(),
-                    k_cache: kcb.as_entire_binding(),
-                    v_cache: vcb.as_entire_binding(),
-                    out: ob.as_entire_binding(),
-                    step: sb.as_entire_binding(),
-                    scratch: None,
-                },
-                c.params(kernel),
-            )
-            .unwrap();
+            let op =
+                Attention::new(ctx, io(&qb, &kcb, &vcb, &ob, &sb, None), c.params(kernel)).unwrap();
             let plan = op.plan(&step);
             block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
             let got: Vec<f32> = block(ctx.read(&ob, 0, t * nq * d)).unwrap();
@@ -392,19 +401,7 @@ fn decode_steps_are_split() {
     let b = ctx.storage("b", 1 << 16).unwrap();
     let s = ctx.params_init("s", &StepParams::new(1, 0));
     let op = |c: Case, kernel| {
-        Attention::new(
-            ctx,
-            AttentionIo {
-                q: b.as_entire_binding(),
-                k_cache: b.as_entire_binding(),
-                v_cache: b.as_entire_binding(),
-                out: b.as_entire_binding(),
-                step: s.as_entire_binding(),
-                scratch: None,
-            },
-            c.params(kernel),
-        )
-        .unwrap()
+        Attention::new(ctx, io(&b, &b, &b, &b, &s, None), c.params(kernel)).unwrap()
     };
     let mut full = Case::new(8, 1, 512, 1023, 1);
     full.t = 64; // max tokens: prefill steps too
@@ -435,20 +432,7 @@ fn rejects_rings_too_small_for_a_step() {
     let ctx = &variants()[0].ctx;
     let b = ctx.storage("b", 1 << 16).unwrap();
     let s = ctx.params_init("s", &StepParams::new(1, 0));
-    let build = |p: AttentionParams| {
-        Attention::new(
-            ctx,
-            AttentionIo {
-                q: b.as_entire_binding(),
-                k_cache: b.as_entire_binding(),
-                v_cache: b.as_entire_binding(),
-                out: b.as_entire_binding(),
-                step: s.as_entire_binding(),
-                scratch: None,
-            },
-            p,
-        )
-    };
+    let build = |p: AttentionParams| Attention::new(ctx, io(&b, &b, &b, &b, &s, None), p);
     let mut c = Case::new(8, 1, 128, 0, 4).sliding(8);
     assert_eq!(c.cap, 11);
     assert!(build(c.params(AttentionKernel::Auto)).is_ok());
@@ -512,19 +496,7 @@ fn run_steps(
     let scratch = ctx
         .storage("scratch", Attention::scratch_bytes(&p))
         .unwrap();
-    let attn = Attention::new(
-        ctx,
-        AttentionIo {
-            q: qb.as_entire_binding(),
-            k_cache: kcb.as_entire_binding(),
-            v_cache: vcb.as_entire_binding(),
-            out: ob.as_entire_binding(),
-            step: sb.as_entire_binding(),
-            scratch: Some(scratch.as_entire_binding()),
-        },
-        p,
-    )
-    .unwrap();
+    let attn = Attention::new(ctx, io(&qb, &kcb, &vcb, &ob, &sb, Some(&scratch)), p).unwrap();
     let mut out = Vec::new();
     let mut pos0 = 0usize;
     for &t in chunks {
@@ -685,19 +657,7 @@ fn prep_then_attention_cases(kv_f32: bool) {
             &cfg,
         )
         .unwrap();
-        let attn = Attention::new(
-            ctx,
-            AttentionIo {
-                q: qb.as_entire_binding(),
-                k_cache: kcb.as_entire_binding(),
-                v_cache: vcb.as_entire_binding(),
-                out: ob.as_entire_binding(),
-                step: sb.as_entire_binding(),
-                scratch: None,
-            },
-            p,
-        )
-        .unwrap();
+        let attn = Attention::new(ctx, io(&qb, &kcb, &vcb, &ob, &sb, None), p).unwrap();
         let (mut qs, mut ks, mut vs, mut got) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut table = Vec::new();
         let mut pos0 = 0usize;
@@ -812,19 +772,7 @@ fn bench() {
                     kv_f32,
                     kernel,
                 };
-                let op = Attention::new(
-                    ctx,
-                    AttentionIo {
-                        q: qb.as_entire_binding(),
-                        k_cache: kcb.as_entire_binding(),
-                        v_cache: vcb.as_entire_binding(),
-                        out: ob.as_entire_binding(),
-                        step: sb.as_entire_binding(),
-                        scratch: None,
-                    },
-                    p,
-                )
-                .unwrap();
+                let op = Attention::new(ctx, io(&qb, &kcb, &vcb, &ob, &sb, None), p).unwrap();
                 block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
                 let start = std::time::Instant::now();
                 block(ctx.run(|pass| {
