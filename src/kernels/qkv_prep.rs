@@ -179,9 +179,14 @@ impl QkvPrep {
         let (k_cache, v_cache) = match (cfg.store_kv, io.k_cache, io.v_cache) {
             (true, Some(k), Some(v)) => (k, v),
             (false, None, None) => {
-                // The shader never touches them: one small buffer fills both bindings.
-                unused = ctx.storage("qkv_prep.no_cache", 16)?;
-                (unused.as_entire_binding(), unused.as_entire_binding())
+                // The shader never touches them, but WebGPU refuses one buffer in two writable
+                // bindings of a bind group (Dawn: "writable storage buffer binding aliasing"):
+                // two small buffers.
+                unused = (
+                    ctx.storage("qkv_prep.no_k_cache", 16)?,
+                    ctx.storage("qkv_prep.no_v_cache", 16)?,
+                );
+                (unused.0.as_entire_binding(), unused.1.as_entire_binding())
             }
             (store, ..) => {
                 return Err(Error::InvalidArgument(format!(
