@@ -4,7 +4,7 @@
 // memory system busy rather than the ALUs. Each invocation works on whole *units* (32 elements
 // of a quantized type — one Q4_0/Q5_0/Q8_0 block, one K-quant sub-block — or 8 of a float type):
 // one or two 16-byte weight loads, scales read once per unit, the quants unpacked with one
-// conversion per byte (unpack4x8unorm) and dotted with the activations before any scale is
+// integer operation and one add per byte (`u8x4`) and dotted with the activations before any scale is
 // applied (see `Unit` in shaders/quant/prelude.wgsl). K is a pipeline constant, so the unit loop
 // has a fixed trip count the compiler unrolls and issues all of a thread's loads up front
 // (Little's law: a decode step must keep megabytes in flight), and no loop bound comes from a
@@ -197,10 +197,10 @@ fn load_x(u: u32, t: u32, nt: u32) -> XUnit {
 #if UNIT32
 alias UnitT = Packed;
 fn unit_dot(un: Packed, xu: XUnit) -> f32 {
-    let s0 = dot(quant_bytes(un.lo.x), xu.v0) + dot(quant_bytes(un.hi.x), xu.v1)
-        + dot(quant_bytes(un.lo.y), xu.v2) + dot(quant_bytes(un.hi.y), xu.v3);
-    let s1 = dot(quant_bytes(un.lo.z), xu.v4) + dot(quant_bytes(un.hi.z), xu.v5)
-        + dot(quant_bytes(un.lo.w), xu.v6) + dot(quant_bytes(un.hi.w), xu.v7);
+    let s0 = dot(u8x4(un.lo.x), xu.v0) + dot(u8x4(un.hi.x), xu.v1)
+        + dot(u8x4(un.lo.y), xu.v2) + dot(u8x4(un.hi.y), xu.v3);
+    let s1 = dot(u8x4(un.lo.z), xu.v4) + dot(u8x4(un.hi.z), xu.v5)
+        + dot(u8x4(un.lo.w), xu.v6) + dot(u8x4(un.hi.w), xu.v7);
     return un.a.x * s0 + un.a.y * s1 - dot(un.b, xu.s);
 }
 #else

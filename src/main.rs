@@ -262,6 +262,11 @@ struct BenchArgs {
     /// Skip measuring the device's copy bandwidth.
     #[arg(long)]
     no_copy_bandwidth: bool,
+    /// Leave these ops out of every step, by their label in the per-op breakdown (e.g.
+    /// `attention,ffn_down`): the change in decode time is what they cost in the step's chain
+    /// of dispatches. An ablation for profiling: the model's output is meaningless.
+    #[arg(long, value_delimiter = ',')]
+    skip_ops: Vec<String>,
     /// Kernel microbenchmarks (mat-vec GB/s, mat-mat TFLOP/s at model shapes, decode attention
     /// µs) instead of a model.
     #[arg(long)]
@@ -845,6 +850,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         profile_tokens: a.profile_tokens,
         kv_elem_bytes: if a.model.kv_f32 { 4 } else { 2 },
         copy_bandwidth: !a.no_copy_bandwidth,
+        skip_ops: a.skip_ops.clone(),
     };
     // Everything is checked before a synthetic model is written or the model loaded, so a bench
     // that cannot finish is refused with one line instead of failing midway.

@@ -13,5 +13,5 @@ fn dq8$S(gb: u32, j: u32) -> Chunk {
 fn unit$S(gb: u32, s: u32) -> Packed {
     let w = $W[gb];
     let d = half$S(gb);
-    return Packed(w & vec4<u32>(LO4), (w >> vec4<u32>(4u)) & vec4<u32>(LO4), vec2<f32>(QF * d), vec2<f32>(8.0 * d));
+    return Packed(w & vec4<u32>(LO4), (w >> vec4<u32>(4u)) & vec4<u32>(LO4), vec2<f32>(d), vec2<f32>(8.0 * d));
 }

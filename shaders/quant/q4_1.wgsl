@@ -12,5 +12,5 @@ fn dq8$S(gb: u32, j: u32) -> Chunk {
 fn unit$S(gb: u32, s: u32) -> Packed {
     let w = $W[gb];
     let dm = unpack2x16float(word$S($SBASE + gb));
-    return Packed(w & vec4<u32>(LO4), (w >> vec4<u32>(4u)) & vec4<u32>(LO4), vec2<f32>(QF * dm.x), vec2<f32>(-dm.y));
+    return Packed(w & vec4<u32>(LO4), (w >> vec4<u32>(4u)) & vec4<u32>(LO4), vec2<f32>(dm.x), vec2<f32>(-dm.y));
 }

@@ -25,5 +25,5 @@ fn dq8$S(gb: u32, j: u32) -> Chunk {
 fn unit$S(gb: u32, s: u32) -> Packed {
     let w = $W[gb * 8u + s];
     let am = k4_affine$S(gb, s);
-    return Packed(w & vec4<u32>(LO4), (w >> vec4<u32>(4u)) & vec4<u32>(LO4), vec2<f32>(QF * am.x), vec2<f32>(am.y));
+    return Packed(w & vec4<u32>(LO4), (w >> vec4<u32>(4u)) & vec4<u32>(LO4), vec2<f32>(am.x), vec2<f32>(am.y));
 }

@@ -20,5 +20,5 @@ fn unit$S(gb: u32, s: u32) -> Packed {
     let lo = (w & vec4<u32>(LO4)) | ((h & vec4<u32>(BIT0)) << vec4<u32>(4u));
     let hi = ((w >> vec4<u32>(4u)) & vec4<u32>(LO4)) | (((h >> vec4<u32>(1u)) & vec4<u32>(BIT0)) << vec4<u32>(4u));
     let d = half$S(gb);
-    return Packed(lo, hi, vec2<f32>(QF * d), vec2<f32>(16.0 * d));
+    return Packed(lo, hi, vec2<f32>(d), vec2<f32>(16.0 * d));
 }

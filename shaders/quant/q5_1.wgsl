@@ -19,5 +19,5 @@ fn unit$S(gb: u32, s: u32) -> Packed {
     let lo = (w & vec4<u32>(LO4)) | ((h & vec4<u32>(BIT0)) << vec4<u32>(4u));
     let hi = ((w >> vec4<u32>(4u)) & vec4<u32>(LO4)) | (((h >> vec4<u32>(1u)) & vec4<u32>(BIT0)) << vec4<u32>(4u));
     let dm = unpack2x16float(word$S($SBASE + gb));
-    return Packed(lo, hi, vec2<f32>(QF * dm.x), vec2<f32>(-dm.y));
+    return Packed(lo, hi, vec2<f32>(dm.x), vec2<f32>(-dm.y));
 }

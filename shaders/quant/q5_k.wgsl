@@ -31,5 +31,5 @@ fn unit$S(gb: u32, s: u32) -> Packed {
     let lo = (w & vec4<u32>(LO4)) | ((h & vec4<u32>(BIT0)) << vec4<u32>(4u));
     let hi = ((w >> vec4<u32>(4u)) & vec4<u32>(LO4)) | (((h >> vec4<u32>(1u)) & vec4<u32>(BIT0)) << vec4<u32>(4u));
     let am = k5_affine$S(gb, s);
-    return Packed(lo, hi, vec2<f32>(QF * am.x), vec2<f32>(am.y));
+    return Packed(lo, hi, vec2<f32>(am.x), vec2<f32>(am.y));
 }

@@ -33,5 +33,5 @@ fn unit$S(gb: u32, s: u32) -> Packed {
     let lo = (w & vec4<u32>(LO4)) | ((h & vec4<u32>(BITS01)) << vec4<u32>(4u));
     let hi = ((w >> vec4<u32>(4u)) & vec4<u32>(LO4)) | (((h >> vec4<u32>(2u)) & vec4<u32>(BITS01)) << vec4<u32>(4u));
     let a = vec2<f32>(k6_scale$S(gb, 2u * s), k6_scale$S(gb, 2u * s + 1u));
-    return Packed(lo, hi, QF * a, 32.0 * a);
+    return Packed(lo, hi, a, 32.0 * a);
 }

@@ -15,5 +15,5 @@ fn unit$S(gb: u32, s: u32) -> Packed {
     let a = $W[2u * gb] ^ vec4<u32>(SIGN8);
     let b = $W[2u * gb + 1u] ^ vec4<u32>(SIGN8);
     let d = half$S(gb);
-    return Packed(vec4<u32>(a.x, a.z, b.x, b.z), vec4<u32>(a.y, a.w, b.y, b.w), vec2<f32>(QF * d), vec2<f32>(128.0 * d));
+    return Packed(vec4<u32>(a.x, a.z, b.x, b.z), vec4<u32>(a.y, a.w, b.y, b.w), vec2<f32>(d), vec2<f32>(128.0 * d));
 }

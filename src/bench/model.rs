@@ -35,6 +35,8 @@ pub struct ModelBenchOptions {
     pub kv_elem_bytes: u32,
     /// Measure the device's copy bandwidth as the yardstick.
     pub copy_bandwidth: bool,
+    /// Profile labels of ops left out of every step (an ablation: see `Model::skip_ops`).
+    pub skip_ops: Vec<String>,
 }
 
 impl Default for ModelBenchOptions {
@@ -46,6 +48,7 @@ impl Default for ModelBenchOptions {
             profile_tokens: 32,
             kv_elem_bytes: 2,
             copy_bandwidth: true,
+            skip_ops: Vec::new(),
         }
     }
 }
@@ -192,6 +195,8 @@ pub struct ModelBench {
     /// `None` when the adapter has no timestamp queries inside passes (see `breakdown_note`).
     pub breakdown: Option<Breakdown>,
     pub breakdown_note: Option<String>,
+    /// Ops left out of every step (`--skip-ops`): the figures measure the model without them.
+    pub skipped_ops: Vec<String>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -303,6 +308,7 @@ pub async fn run(
     opts.check_context(model.context)?;
     let prompt = bench_prompt(opts.prompt_len, model.cfg.vocab);
     let repeat = opts.repeat;
+    model.skip_ops(opts.skip_ops.clone());
 
     let ttft_cold = first_token(model, tok, &prompt).await?;
     run_once(model, &prompt, opts.gen.min(8)).await?; // warm-up
@@ -397,6 +403,7 @@ pub async fn run(
         decode,
         breakdown,
         breakdown_note,
+        skipped_ops: opts.skip_ops.clone(),
     })
 }
 

@@ -154,21 +154,31 @@ impl Profiler {
 pub struct Recorder<'r, 'p> {
     pub pass: &'r mut wgpu::ComputePass<'p>,
     profiler: Option<&'r mut Profiler>,
+    /// Labels of ops left out (an ablation for benchmarks: see `Model::skip_ops`).
+    skipped: &'r [String],
 }
 
 impl<'r, 'p> Recorder<'r, 'p> {
     pub fn new(
         pass: &'r mut wgpu::ComputePass<'p>,
         mut profiler: Option<&'r mut Profiler>,
+        skipped: &'r [String],
     ) -> Self {
         if let Some(p) = profiler.as_deref_mut() {
             p.begin(pass);
         }
-        Self { pass, profiler }
+        Self {
+            pass,
+            profiler,
+            skipped,
+        }
     }
 
-    /// Encodes `op` for `step`, labelled `label` in profiles.
+    /// Encodes `op` for `step`, labelled `label` in profiles (nothing if `label` is skipped).
     pub fn op(&mut self, label: &'static str, op: &dyn Op, step: &StepParams) {
+        if self.skipped.iter().any(|s| s == label) {
+            return;
+        }
         op.encode(self.pass, step);
         if let Some(p) = self.profiler.as_deref_mut() {
             p.mark(self.pass, label);

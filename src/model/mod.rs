@@ -161,6 +161,8 @@ pub struct Model {
     readback: wgpu::Buffer,
     /// Per-op GPU timestamps of every step while profiling (benchmarks).
     profiler: Option<Profiler>,
+    /// Profile labels of ops left out of every step (`skip_ops`).
+    skipped_ops: Vec<String>,
     /// The next decode step, recorded while the GPU ran the last one.
     pending: Option<PendingStep>,
     /// CPU seconds spent recording and submitting steps (benchmarks: what encoding costs).
@@ -315,6 +317,7 @@ impl Model {
             rope_scratch: Vec::new(),
             readback,
             profiler: None,
+            skipped_ops: Vec::new(),
             pending: None,
             encode_seconds: 0.0,
         })
@@ -465,6 +468,15 @@ impl Model {
             None
         };
         Ok(())
+    }
+
+    /// Leaves the ops with these profile labels (`attention`, `ffn_down`, …) out of every
+    /// step from now on: an ablation for benchmarks, where the change in wall time is what those
+    /// ops cost in the dependent chain of a step (GPU timestamps between ops overstate short
+    /// ops). The model's outputs are meaningless while any op is skipped.
+    pub fn skip_ops(&mut self, labels: Vec<String>) {
+        self.pending = None;
+        self.skipped_ops = labels;
     }
 
     /// CPU seconds spent so far recording and submitting steps (the step's uploads, its
