@@ -71,8 +71,8 @@ const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real scor
 @group(0) @binding(3) var<storage, read_write> out: array<vec2<f32>>; // [T, nq, d] f32
 // Split partials: [0] = number of splits S, then o [S, T·nq, d], then (m, l) [S, T·nq, 2].
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
-@group(0) @binding(5) var<storage, read> p: Params;
-@group(0) @binding(6) var<storage, read> step: Step;
+@group(0) @binding(5) var<{{PARAMS}}> p: Params;
+@group(0) @binding(6) var<{{PARAMS}}> step: Step;
 
 var<workgroup> qs: array<vec4<f32>, BQ * DC4>;   // Q chunk [BQ, DC]
 var<workgroup> ks: array<vec4<f32>, BK * DC4>;   // K chunk [BK, DC]

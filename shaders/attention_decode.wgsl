@@ -89,8 +89,8 @@ const NEG: f32 = -3.0e38;          // "masked" / "no key yet"; never a real scor
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;  // [T, nq, d] f32
 // Split partials: [0] = number of splits S, then o [S, T·nq, d], then (m, l) [S, T·nq, 2].
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
-@group(0) @binding(5) var<storage, read> p: Params;
-@group(0) @binding(6) var<storage, read> step: Step;
+@group(0) @binding(5) var<{{PARAMS}}> p: Params;
+@group(0) @binding(6) var<{{PARAMS}}> step: Step;
 
 // Query tile [RQ, 2 halves, NC chunks]; after the last block, one key group's outputs.
 var<workgroup> qs: array<vec4<f32>, RQ * NC * 2u>;

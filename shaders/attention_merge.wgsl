@@ -37,8 +37,8 @@ const NEG: f32 = -3.0e38;
 // read as 16-byte words: o starts at word 1 and (m, l) at a whole word, since 4 | d.
 @group(0) @binding(0) var<storage, read> part: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> out: array<vec4<f32>>;  // [T, nq, d] f32
-@group(0) @binding(2) var<storage, read> p: Params;
-@group(0) @binding(3) var<storage, read> step: Step;
+@group(0) @binding(2) var<{{PARAMS}}> p: Params;
+@group(0) @binding(3) var<{{PARAMS}}> step: Step;
 
 var<workgroup> m_part: array<f32, WG>;
 var<workgroup> l_part: array<f32, WG>;

@@ -18,8 +18,8 @@ struct Params {
 const WG: u32 = {{WG}}u;
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;   // [n_tokens, len] f32
-@group(0) @binding(1) var<storage, read> p: Params;
-@group(0) @binding(2) var<storage, read> step: Step;
+@group(0) @binding(1) var<{{PARAMS}}> p: Params;
+@group(0) @binding(2) var<{{PARAMS}}> step: Step;
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {

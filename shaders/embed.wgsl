@@ -24,8 +24,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(0) var<storage, read> wq: array<vec4<u32>>;  // part of E, GPU layout (src/quant/layout.rs), 16-byte padded
 @group(0) @binding(1) var<storage, read> tokens: array<u32>;    // [n_tokens] row ids
 @group(0) @binding(2) var<storage, read_write> h: array<f32>;   // [n_tokens, k]
-@group(0) @binding(3) var<storage, read> p: Params;
-@group(0) @binding(4) var<storage, read> step: Step;
+@group(0) @binding(3) var<{{PARAMS}}> p: Params;
+@group(0) @binding(4) var<{{PARAMS}}> step: Step;
 
 {{QUANT}}
 

@@ -21,8 +21,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(0) var<storage, read> gate: array<f32>;       // [n_tokens, in_stride] f32
 @group(0) @binding(1) var<storage, read> up: array<f32>;         // [n_tokens, up_stride] f32
 @group(0) @binding(2) var<storage, read_write> a: array<f32>;    // [n_tokens, width] f32
-@group(0) @binding(3) var<storage, read> p: Params;
-@group(0) @binding(4) var<storage, read> step: Step;
+@group(0) @binding(3) var<{{PARAMS}}> p: Params;
+@group(0) @binding(4) var<{{PARAMS}}> step: Step;
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {

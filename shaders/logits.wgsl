@@ -87,8 +87,8 @@ const NEG_INF_BITS: u32 = 0xff800000u;
 @group(0) @binding(2) var<storage, read> scratch_in: array<vec2<u32>>;    // candidates [R, n_in, k] (key, id); exp-sums at stats + r·n_in + j (f32 bits in .x)
 @group(0) @binding(3) var<storage, read_write> scratch_out: array<vec2<u32>>; // same layout for this level's n_out slices
 @group(0) @binding(4) var<storage, read_write> result: array<vec2<u32>>;  // [R, 1 + k]: (min(k, V), lse bits), then k × (id, value bits); padding (0xffffffff, -inf)
-@group(0) @binding(5) var<storage, read> p: Params;
-@group(0) @binding(6) var<storage, read> step: Step;
+@group(0) @binding(5) var<{{PARAMS}}> p: Params;
+@group(0) @binding(6) var<{{PARAMS}}> step: Step;
 
 // This invocation's entries (value keys; f32 bits while steps 1–2 run): entry j is slice
 // position j·WG + lid.

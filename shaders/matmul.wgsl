@@ -34,8 +34,8 @@ const BK: u32 = 32u;  // columns per K step
 @group(0) @binding(0) var<storage, read> wq: array<vec4<u32>>;  // part of W, GPU layout (src/quant/layout.rs), 16-byte padded
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // [n_tokens, k] from x_offset
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [n_tokens, y_stride] from y_offset
-@group(0) @binding(3) var<storage, read> p: Params;
-@group(0) @binding(4) var<storage, read> step: Step;
+@group(0) @binding(3) var<{{PARAMS}}> p: Params;
+@group(0) @binding(4) var<{{PARAMS}}> step: Step;
 
 {{QUANT}}
 

@@ -99,8 +99,8 @@ const NV: u32 = RW * NT;       // partial sums per invocation
 @group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;   // norm weights, each [K] f32 at a vec4 offset
 #endif
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;    // [T, y_stride] f32
-@group(0) @binding(6) var<storage, read> p: Params;
-@group(0) @binding(7) var<storage, read> step: Step;
+@group(0) @binding(6) var<{{PARAMS}}> p: Params;
+@group(0) @binding(7) var<{{PARAMS}}> step: Step;
 #if GELU_Z
 @group(0) @binding(8) var<storage, read> z: array<f32>;          // [T, z_stride] f32
 #endif

@@ -28,8 +28,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(1) var<storage, read> tok: array<f32>;          // [n_tokens, L, P] f32
 @group(0) @binding(2) var<storage, read> w: array<f32>;            // [P] f32
 @group(0) @binding(3) var<storage, read_write> ple: array<f32>;    // [n_tokens, L, P] f32
-@group(0) @binding(4) var<storage, read> p: Params;
-@group(0) @binding(5) var<storage, read> step: Step;
+@group(0) @binding(4) var<{{PARAMS}}> p: Params;
+@group(0) @binding(5) var<{{PARAMS}}> step: Step;
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {

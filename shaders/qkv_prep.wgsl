@@ -55,8 +55,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;   // [cap, nkv, d/2] f16 pairs (lo = even dim)
 @group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;   // [cap, nkv, d/2] f16 pairs (lo = even dim)
 #endif
-@group(0) @binding(6) var<storage, read> p: Params;
-@group(0) @binding(7) var<storage, read> step: Step;
+@group(0) @binding(6) var<{{PARAMS}}> p: Params;
+@group(0) @binding(7) var<{{PARAMS}}> step: Step;
 
 // Element j of the head starting at `base` times the rms factor `scale` (1 when the head is
 // not normalised) and, when `weighted`, the norm weight norm_w[w_off + j].

@@ -41,8 +41,8 @@ const TERMS: u32 = {{TERMS}}u;
 #if NEXT
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;      // [T, LEN] f32 next block's input
 #endif
-@group(0) @binding(3) var<storage, read> p: Params;
-@group(0) @binding(4) var<storage, read> step: Step;
+@group(0) @binding(3) var<{{PARAMS}}> p: Params;
+@group(0) @binding(4) var<{{PARAMS}}> step: Step;
 
 fn inv_rms(ss: f32) -> f32 {
     return inverseSqrt(ss / f32(LEN) + p.eps);

@@ -23,8 +23,8 @@ const WG: u32 = {{WG}}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;          // [n_tokens * rows_per_token, len]
 @group(0) @binding(1) var<storage, read> w: array<f32>;          // [len]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;    // [n_tokens * rows_per_token, len]
-@group(0) @binding(3) var<storage, read> p: Params;
-@group(0) @binding(4) var<storage, read> step: Step;
+@group(0) @binding(3) var<{{PARAMS}}> p: Params;
+@group(0) @binding(4) var<{{PARAMS}}> step: Step;
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {

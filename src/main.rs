@@ -91,6 +91,10 @@ struct ModelArgs {
     /// stops unrolling loops; for comparison).
     #[arg(long)]
     loop_bounding: bool,
+    /// Bind kernel parameters as storage buffers, as on CPU adapters, instead of uniform
+    /// buffers (for comparison).
+    #[arg(long)]
+    storage_params: bool,
 }
 
 /// Prompt tokens per prefill step unless `--prefill-chunk` says otherwise.
@@ -361,6 +365,7 @@ fn gpu_options(args: &ModelArgs) -> GpuOptions {
         allow_large_buffers: args.large_buffers,
         pipeline_cache_dir: (!args.no_pipeline_cache).then(gguf::cache_dir),
         shader_loop_bounding: args.loop_bounding,
+        uniform_params: args.storage_params.then_some(false),
         ..Default::default()
     }
 }
@@ -970,6 +975,7 @@ fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
         "subgroups": ctx.caps.subgroups,
         "timestamps": ctx.caps.timestamps,
         "shader_loop_bounding": ctx.loop_bounding(),
+        "uniform_params": ctx.caps.uniform_params,
         "max_binding_bytes": ctx.caps.max_binding,
         "max_buffer_bytes": ctx.caps.max_buffer,
     })

@@ -17,9 +17,20 @@ fn every_variant_validates_and_translates_to_msl() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for spec in &specs {
-        for (f16, subgroups) in [(false, false), (true, false), (false, true), (true, true)] {
-            let label = format!("{} [f16 {f16}, subgroups {subgroups}]", spec.name);
-            let text = match spec.expand(&Caps::webgpu_defaults(f16, subgroups)) {
+        let variants = [(false, false), (true, false), (false, true), (true, true)];
+        for (f16, subgroups, uniform) in variants
+            .into_iter()
+            .flat_map(|(f, s)| [(f, s, true), (f, s, false)])
+        {
+            let label = format!(
+                "{} [f16 {f16}, subgroups {subgroups}, uniform params {uniform}]",
+                spec.name
+            );
+            let caps = Caps {
+                uniform_params: uniform,
+                ..Caps::webgpu_defaults(f16, subgroups)
+            };
+            let text = match spec.expand(&caps) {
                 Ok(t) => t,
                 Err(e) => {
                     failures.push(format!("{label}: {e}"));
@@ -35,14 +46,14 @@ fn every_variant_validates_and_translates_to_msl() {
             };
             // pack/unpack2x16float are core WGSL; naga lists them as a capability because
             // some of its other targets lack them. Every WebGPU implementation has them.
-            let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+            let mut naga_caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
             if f16 {
-                caps |= Capabilities::SHADER_FLOAT16;
+                naga_caps |= Capabilities::SHADER_FLOAT16;
             }
             if subgroups {
-                caps |= Capabilities::SUBGROUP;
+                naga_caps |= Capabilities::SUBGROUP;
             }
-            let mut validator = Validator::new(ValidationFlags::all(), caps);
+            let mut validator = Validator::new(ValidationFlags::all(), naga_caps);
             if subgroups {
                 validator.subgroup_stages(ShaderStages::COMPUTE);
                 validator.subgroup_operations(SubgroupOperationSet::all());

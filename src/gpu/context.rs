@@ -49,11 +49,21 @@ pub struct GpuOptions {
     /// crate's shaders has a constant positive step and a bound set from validated shapes, so
     /// none can run forever. Native only (a browser compiles WGSL its own way).
     pub shader_loop_bounding: bool,
+    /// Where kernels read their parameters and the per-step values: `Some(true)` uniform
+    /// buffers, `Some(false)` read-only storage buffers, `None` by the adapter's device type
+    /// (storage on CPU adapters, uniform elsewhere). See [`Caps::uniform_params`].
+    pub uniform_params: Option<bool>,
     /// Fault injection for tests: buffer creation through the context's helpers fails with
     /// [`Error::OutOfMemory`] once the bytes of buffers created since the budget was set would
     /// exceed this (see [`GpuContext::set_memory_budget`]). `None`: only the device's limits.
     pub memory_budget: Option<u64>,
 }
+
+/// Usage of buffers holding kernel parameters: bound as uniform or storage buffers
+/// ([`Caps::uniform_params`]).
+pub const PARAMS_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::UNIFORM)
+    .union(wgpu::BufferUsages::COPY_DST);
 
 /// Largest buffer (and binding) the engine creates unless asked otherwise.
 pub const DEFAULT_MAX_BUFFER: u64 = 256 << 20;
@@ -92,6 +102,12 @@ pub struct Caps {
     /// The mat-vec gives each invocation whole rows (CPU adapters; see
     /// `GpuOptions::matvec_lane_rows`).
     pub matvec_lane_rows: bool,
+    /// Kernels bind their parameters as uniform buffers: a GPU serves them from its constant
+    /// cache, so a kernel computes its first addresses without a round trip to memory (every
+    /// decode dispatch waits for the one before it, so that latency adds up). CPU adapters get
+    /// read-only storage instead: Mesa's lavapipe inlines uniform values that reach a branch or
+    /// loop bound and recompiles the shader at every dispatch, never freeing the variants.
+    pub uniform_params: bool,
 }
 
 impl Caps {
@@ -115,6 +131,7 @@ impl Caps {
             browser: false,
             timestamps: false,
             matvec_lane_rows: false,
+            uniform_params: true,
         }
     }
 }
@@ -197,9 +214,16 @@ impl KernelSpec {
             ("SUBGROUPS_DIRECTIVE", caps.subgroups && caps.browser),
         ];
         flags.extend(self.flags.iter().copied());
+        let mut defines = self.defines.clone();
+        let params = if caps.uniform_params {
+            "uniform"
+        } else {
+            "storage, read"
+        };
+        defines.push(("PARAMS", params.to_string()));
         let mut text = String::from(COMMON_WGSL);
         text.push_str(self.source);
-        preprocess(&self.name, &text, &flags, &self.defines)
+        preprocess(&self.name, &text, &flags, &defines)
     }
 }
 
@@ -380,6 +404,9 @@ impl GpuContext {
             matvec_lane_rows: opts
                 .matvec_lane_rows
                 .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
+            uniform_params: opts
+                .uniform_params
+                .unwrap_or(info.device_type != wgpu::DeviceType::Cpu),
         };
         let pipeline_cache = cache_file.map(|file| {
             let data = std::fs::read(&file).ok();
@@ -738,10 +765,8 @@ impl GpuContext {
         )
     }
 
-    /// A read-only storage buffer holding `value` (kernel parameters, written once at build
-    /// time). Parameters are never uniform buffers: Mesa 22.3's lavapipe inlines uniform values
-    /// that reach a branch or loop bound and recompiles the shader at every dispatch (and
-    /// never frees the variants), so kernels read every parameter from storage. Its few bytes
+    /// A buffer holding `value` (kernel parameters, written once at build time), bound as a
+    /// uniform or a read-only storage buffer as [`Caps::uniform_params`] says. Its few bytes
     /// count towards the test budget but are never refused (this helper cannot fail; the next
     /// fallible allocation reports an exceeded budget).
     pub fn params_init<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
@@ -751,7 +776,7 @@ impl GpuContext {
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
                 contents,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                usage: PARAMS_USAGE,
             })
     }
 

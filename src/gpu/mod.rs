@@ -8,11 +8,12 @@ pub mod shader;
 
 pub use context::{
     map_read, Caps, GpuContext, GpuOptions, Kernel, KernelSpec, COMMON_WGSL, DEFAULT_MAX_BUFFER,
+    PARAMS_USAGE,
 };
 pub use profile::{OpTime, Profile, Profiler, Recorder};
 
-/// Values that change every step, uploaded once per step into one small uniform buffer that
-/// every kernel needing them binds. Mirrors `struct Step` in `shaders/common.wgsl`.
+/// Values that change every step, uploaded once per step into one small buffer that every
+/// kernel needing them binds (uniform or storage: [`Caps::uniform_params`]). Mirrors `struct Step` in `shaders/common.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepParams {

@@ -108,7 +108,7 @@ impl Activations {
             ctx.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: std::mem::size_of::<StepParams>() as u64,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                usage: crate::gpu::PARAMS_USAGE,
                 mapped_at_creation: false,
             })
         };

@@ -16,6 +16,9 @@ fn make(name: &'static str, portable: bool) -> Variant {
     make_with(name, portable, None)
 }
 
+/// `lane_rows`: the mat-vec's row mapping, with the parameter binding that goes with it on
+/// that kind of adapter (storage for a row per lane, as on CPUs; uniform otherwise); `None`:
+/// the adapter's own choice of both.
 fn make_with(name: &'static str, portable: bool, lane_rows: Option<bool>) -> Variant {
     let opts = GpuOptions {
         webgpu_default_limits: true,
@@ -23,6 +26,7 @@ fn make_with(name: &'static str, portable: bool, lane_rows: Option<bool>) -> Var
         disable_subgroups: portable,
         backends: Some(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
         matvec_lane_rows: lane_rows,
+        uniform_params: lane_rows.map(|lanes| !lanes),
         ..Default::default()
     };
     let ctx = pollster::block_on(GpuContext::new(&opts)).unwrap_or_else(|e| {
@@ -50,19 +54,22 @@ pub fn variants() -> &'static [Variant] {
 }
 
 /// [`variants`], plus each with the mat-vec's other row mapping (one row per invocation on a
-/// GPU, a workgroup per 4 rows on a CPU adapter): the mat-vec tests cover both wherever they
-/// run.
+/// GPU, a workgroup per 4 rows on a CPU adapter) and the other parameter binding: the mat-vec
+/// tests cover both wherever they run.
 pub fn matvec_variants() -> &'static [Variant] {
     static V: OnceLock<Vec<Variant>> = OnceLock::new();
     V.get_or_init(|| {
         let base = variants();
         let lanes = !base[0].ctx.caps.matvec_lane_rows;
         let (portable, full) = if lanes {
-            ("portable, row per lane", "f16+subgroups, row per lane")
+            (
+                "portable, row per lane, storage params",
+                "f16+subgroups, row per lane, storage params",
+            )
         } else {
             (
-                "portable, 4 rows per workgroup",
-                "f16+subgroups, 4 rows per workgroup",
+                "portable, 4 rows per workgroup, uniform params",
+                "f16+subgroups, 4 rows per workgroup, uniform params",
             )
         };
         let mut v = vec![
