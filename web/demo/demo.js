@@ -31,6 +31,7 @@ const ui = {
   status: $('status'),
   newChat: $('new-chat'),
   modelPanel: $('model-panel'),
+  modelSummary: document.querySelector('#model-panel > summary'),
   modelName: $('model-name'),
   preset: $('preset'),
   loadPreset: $('load-preset'),
@@ -72,6 +73,8 @@ const ui = {
 };
 
 const finePointer = matchMedia('(pointer: fine)');
+// The one-column layout of demo.css, where the side panels sit above the conversation.
+const stacked = matchMedia('(max-width: 899px)');
 
 let packagePromise = null; // the gemma-wgpu module, imported once
 let gemma = null;          // the loaded model
@@ -313,6 +316,8 @@ async function loadModel(source, label) {
   setState('loading', 'Loading…');
   ui.loadError.hidden = true;
   ui.loadProgress.hidden = false;
+  // The progress is in the panel, which may be folded (a file dropped on a phone).
+  ui.modelPanel.open = true;
   ui.progress.removeAttribute('value');
   ui.progressText.textContent = `Starting ${label}…`;
   ui.modelName.textContent = `loading ${label}`;
@@ -370,6 +375,7 @@ async function loadInto(seq, controller, source, label) {
     ui.empty.textContent = 'Ask anything. The model runs on this device: nothing you type '
       + 'leaves the page.';
     showStats();
+    if (stacked.matches) foldModelPanel();
     setState('ready', 'Ready');
     if (finePointer.matches) ui.prompt.focus();
   } catch (err) {
@@ -391,6 +397,15 @@ async function describeModel(loaded, label) {
   if (model?.architecture) parts.push(model.architecture);
   if (Number.isFinite(model?.layers)) parts.push(`${model.layers} layers`);
   return parts.join(' · ');
+}
+
+// On a phone the open panel would push the conversation below the fold; its summary opens
+// it again.
+function foldModelPanel() {
+  const hadFocus = ui.modelPanel.contains(document.activeElement);
+  ui.modelPanel.open = false;
+  // Focus on a control that is now hidden would be lost.
+  if (hadFocus) ui.modelSummary.focus();
 }
 
 function loadPresetModel() {
@@ -666,6 +681,10 @@ document.addEventListener('keydown', (e) => {
   if (e.key === 'Escape' && genController) genController.abort();
 });
 ui.newChat.addEventListener('click', newChat);
+// A tablet turned to portrait gets the one-column layout too.
+stacked.addEventListener('change', () => {
+  if (stacked.matches && gemma && !loadController) foldModelPanel();
+});
 
 ui.settingsForm.addEventListener('submit', (e) => e.preventDefault());
 ui.settingsForm.addEventListener('input', saveSettings);

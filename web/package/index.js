@@ -25,6 +25,21 @@ let startGeneration;
 
 const invalid = (message) => new GemmaError('invalid-argument', message);
 
+// Chat replies are text for people, and they go back into the next prompt, where a control
+// token's name would be read as that token. So the control tokens a model samples
+// (`<start_of_turn>`, `<unused12>`, Gemma 4's `<|channel>`…) and characters that are not
+// printable (U+FFFD for bytes that make no character, C0/C1 controls) are left out of them; the
+// engine already holds back a character split over byte tokens until it is complete. Matched by
+// name, not by GGUF token type: some GGUFs mark `<unusedN>` normal and Gemma 4's `<|channel>`
+// user-defined, while Gemma 3's user-defined HTML pieces (`<td>`) are text.
+const CONTROL_TOKEN = /^(?:<(?:pad|eos|bos|unk|mask|unused\d+|(?:start|end)_of_(?:turn|image)|image_soft_token)>|\[multimodal\]|<\|[^<>\s]*>|<[^<>\s]*\|>)$/;
+const NOT_PRINTABLE = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\uFFFD]/g;
+
+function printable(text) {
+  const kept = text.replace(NOT_PRINTABLE, '');
+  return CONTROL_TOKEN.test(kept) ? '' : kept;
+}
+
 /** The worker and its requests in flight. */
 class Connection {
   #worker;
@@ -364,7 +379,8 @@ export class Gemma {
       if (message.type === 'started') {
         hooks.onStarted?.(message);
       } else if (message.type === 'piece') {
-        const piece = { text: message.text, id: message.token };
+        // `generate` keeps the engine's text as is: a raw completion shows what was sampled.
+        const piece = { text: input.messages ? printable(message.text) : message.text, id: message.token };
         hooks.onPiece?.(piece);
         stream._push(piece);
       }
