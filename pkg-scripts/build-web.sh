@@ -29,7 +29,7 @@ CARGO_PROFILE_RELEASE_DEBUG=0 cargo build --release --locked --lib \
 rm -rf pkg
 mkdir -p pkg
 wasm-bindgen --target web --no-typescript --out-dir pkg/wasm \
-    target/wasm32-unknown-unknown/release/gemma_wgpu.wasm
+    "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/gemma_wgpu.wasm"
 wasm=pkg/wasm/gemma_wgpu_bg.wasm
 
 for name in Engine HeaderProbe; do

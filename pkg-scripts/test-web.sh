@@ -6,7 +6,8 @@
 # Installs what is missing (Chromium from apt, web/node_modules with `npm ci`), builds pkg/,
 # makes sure target/debug/gemma-wgpu and the default model exist, then runs web/tests.
 #   pkg-scripts/test-web.sh [--no-build] [test files...]   (default: all of web/tests/*.test.mjs)
-# --no-build tests the pkg/ already built.
+# --no-build tests the pkg/ already built. Honours CARGO_TARGET_DIR; GEMMA_WGPU_NATIVE_CLI names
+# another native CLI to take the reference tokens from (e.g. a release build).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -50,10 +51,15 @@ if [ $build = 1 ] || [ ! -f pkg/package.json ]; then
 fi
 
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-if [ ! -x target/debug/gemma-wgpu ]; then
-    say "building the native CLI for the reference tokens ($(elapsed))"
-    cargo build --locked
+# The tests compare the browser's tokens with this CLI's (web/tests/helpers/paths.mjs).
+if [ -z "${GEMMA_WGPU_NATIVE_CLI:-}" ]; then
+    GEMMA_WGPU_NATIVE_CLI="$(realpath -m "${CARGO_TARGET_DIR:-target}/debug/gemma-wgpu")"
+    if [ ! -x "$GEMMA_WGPU_NATIVE_CLI" ]; then
+        say "building the native CLI for the reference tokens ($(elapsed))"
+        cargo build --locked
+    fi
 fi
+export GEMMA_WGPU_NATIVE_CLI
 pkg-scripts/fetch-model.sh > /dev/null
 
 rm -rf web/tests/artifacts

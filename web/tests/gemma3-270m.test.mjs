@@ -1,6 +1,6 @@
 // Gemma 3 270M (Q4_K_M, 253 MB) in the browser: memory while it loads and greedy tokens equal to
-// the native CLI's. One load serves both, since every load of this model costs a lot of time on
-// a software GPU.
+// the native CLI's, subgroup kernels on both sides. One load serves both, since every load of
+// this model costs a lot of time on a software GPU.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -9,7 +9,8 @@ import { MODEL_CACHE_DIR, MODEL_270M } from './helpers/paths.mjs';
 import { GEMMA3_PROMPTS } from './helpers/prompts.mjs';
 import { startMemorySampler } from './helpers/memory.mjs';
 import {
-  packedPackage, testServer, launchBrowser, harnessPage, nativeGreedyAll, record, secs, mib, PAGES_DIR,
+  packedPackage, testServer, launchBrowser, harnessPage, nativeGreedyAll, assertSubgroupKernels, record, secs, mib,
+  PAGES_DIR,
 } from './helpers/setup.mjs';
 
 const MAX_TOKENS = 4;
@@ -76,6 +77,8 @@ test('loading the 270M model keeps JS heaps + wasm memory within 100 MiB', { tim
 test('greedy tokens equal the native CLI', { timeout: 600_000 }, async () => {
   assert.ok(loaded?.ok, 'the model did not load');
   const reference = await native;
+  await assertSubgroupKernels(page, loaded.stats, reference);
+  note(`subgroup kernels: browser subgroups ${loaded.stats.subgroups}, native: ${reference[0].adapter}`);
   for (const [i, prompt] of GEMMA3_PROMPTS.entries()) {
     const got = await page.evaluate(([p, n]) => harness.generate('270m', p, { maxTokens: n }), [prompt, MAX_TOKENS]);
     assert.ok(got.ok, `generate failed: ${JSON.stringify(got.error)}\n${browser.recentLogs()}`);

@@ -1,12 +1,14 @@
-// Gemma 4 tiny model in the browser: greedy tokens equal the native CLI's, aborting a stream,
-// and a second generation while one runs.
+// Gemma 4 tiny model in the browser: greedy tokens equal the native CLI's (subgroup kernels on
+// both sides, and the portable kernels with `subgroups: false`), aborting a stream, and a second
+// generation while one runs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { TINY_MODEL_DIR } from './helpers/paths.mjs';
 import { TINY_PROMPTS } from './helpers/prompts.mjs';
 import {
-  packedPackage, testServer, launchBrowser, harnessPage, nativeGreedyAll, record, secs, PAGES_DIR,
+  packedPackage, testServer, launchBrowser, harnessPage, nativeGreedy, nativeGreedyAll, assertSubgroupKernels, record, secs,
+  PAGES_DIR,
 } from './helpers/setup.mjs';
 
 const MODEL = 'gemma4_tiny_a.gguf';
@@ -43,6 +45,11 @@ test('greedy tokens equal the native CLI', { timeout: 180_000 }, async () => {
   );
   assert.ok(loaded.ok, `load failed: ${JSON.stringify(loaded.error)}\n${browser.recentLogs()}`);
   note(`load ${MODEL}: ${secs(loaded.ms)} (adapter: ${JSON.stringify(loaded.stats.adapter)})`);
+  const adapter = await assertSubgroupKernels(page, loaded.stats, native);
+  note(
+    `subgroup kernels: browser subgroups ${loaded.stats.subgroups} (adapter subgroup sizes ` +
+      `${adapter.subgroupMinSize}-${adapter.subgroupMaxSize}), native: ${native[0].adapter}`,
+  );
   assert.equal(loaded.stats.model.architecture, 'gemma4');
   assert.equal(loaded.stats.model.contextLength, CONTEXT);
   const phases = new Set(loaded.progress.map((p) => p.phase));
@@ -114,4 +121,27 @@ test('createChatCompletion: streamed chunks add up to the non-streamed answer', 
   const text = streamed.chunks.map((ch) => ch.choices[0]?.delta?.content ?? '').join('');
   assert.equal(text, c.choices[0].message.content);
   assert.equal(streamed.chunks.at(-1).choices[0].finish_reason, c.choices[0].finish_reason);
+});
+
+test('subgroups: false runs the portable kernels; greedy tokens equal the native CLI with --no-subgroups', { timeout: 180_000 }, async () => {
+  const prompt = TINY_PROMPTS[0];
+  const reference = await nativeGreedy({
+    model: path.join(TINY_MODEL_DIR, MODEL), prompt, maxTokens: MAX_TOKENS, contextLength: CONTEXT, subgroups: false,
+  });
+  assert.match(reference.adapter, /subgroups off/, reference.adapter);
+  const loaded = await page.evaluate(
+    ([url, contextLength]) => harness.load('tiny-portable', url, { contextLength, subgroups: false }),
+    [`/models/${MODEL}`, CONTEXT],
+  );
+  assert.ok(loaded.ok, `load failed: ${JSON.stringify(loaded.error)}\n${browser.recentLogs()}`);
+  assert.equal(loaded.stats.subgroups, false, 'stats().subgroups with subgroups: false');
+  try {
+    const got = await page.evaluate(([p, n]) => harness.generate('tiny-portable', p, { maxTokens: n }), [prompt, MAX_TOKENS]);
+    assert.ok(got.ok, `generate failed: ${JSON.stringify(got.error)}\n${browser.recentLogs()}`);
+    assert.deepEqual(got.ids, reference.ids, `browser ${got.ids} vs native ${reference.ids}`);
+    assert.equal(got.text, reference.text);
+    note(`portable kernels (subgroups: false): ${got.ids.length} tokens in ${secs(got.ms)}, equal to native --no-subgroups`);
+  } finally {
+    await page.evaluate(() => harness.unload('tiny-portable'));
+  }
 });

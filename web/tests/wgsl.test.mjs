@@ -1,7 +1,8 @@
 // Every WGSL kernel variant the wasm build can use, compiled by Chrome's WebGPU implementation
 // (Dawn and its Tint compiler, through npm `webgpu`): the module must compile without errors and
 // its compute pipelines must pass validation under WebGPU's default limits, on a device with
-// exactly the features the variant claims to need.
+// exactly the features the variant claims to need (`subgroups` for the subgroup variants, whose
+// code must carry `enable subgroups;` as the browser build writes it).
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -97,7 +98,20 @@ test('every shader variant compiles and its pipelines validate', { timeout: 300_
     assert.equal(typeof v.code, 'string');
     assert.equal(typeof v.f16, 'boolean');
     assert.equal(typeof v.subgroups, 'boolean');
+    // The browser build's directives: Tint wants `enable subgroups;` before any subgroup builtin
+    // or attribute (naga, natively, rejects it), so exactly the subgroup variants carry it.
+    const tag = `${v.name} (f16 ${v.f16}, subgroups ${v.subgroups})`;
+    assert.equal(/^enable subgroups;$/m.test(v.code), v.subgroups, `${tag}: \`enable subgroups;\``);
+    assert.equal(/^enable f16;$/m.test(v.code), v.f16, `${tag}: \`enable f16;\``);
   }
+  // The subgroup variants really use subgroups (else this test would not cover those kernels).
+  const subgroupCode = /\bsubgroup[A-Z]\w*\s*\(|@builtin\s*\(\s*subgroup_/;
+  const usingSubgroups = variants.filter((v) => v.subgroups && subgroupCode.test(v.code));
+  assert.ok(usingSubgroups.length > 0, 'no subgroup variant uses a subgroup builtin');
+  assert.ok(
+    variants.filter((v) => !v.subgroups).every((v) => !subgroupCode.test(v.code)),
+    'a variant without subgroups uses a subgroup builtin',
+  );
 
   const devices = new Map(); // "f16,subgroups" -> { device, label }
   const deviceFor = async (v) => {
@@ -133,7 +147,8 @@ test('every shader variant compiles and its pipelines validate', { timeout: 300_
   note(
     `${variants.length} variants (${new Set(variants.map((v) => v.name)).size} kernels), ${pipelines} pipelines in ` +
       `${secs(performance.now() - t0)}; validated on ${[...validatedOn].map(([l, n]) => `${l}: ${n}`).join(', ')}; ` +
-      `skipped ${skipped.length}`,
+      `skipped ${skipped.length}; ${usingSubgroups.length} subgroup variants ` +
+      `(${new Set(usingSubgroups.map((v) => v.name)).size} kernels) contain subgroup builtins`,
   );
   for (const s of skipped) note(`skipped ${s}`);
   reportFailures(failures, variants.length);

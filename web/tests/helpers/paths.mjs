@@ -12,4 +12,7 @@ export const MODEL_CACHE_DIR = path.join(
   'gemma-wgpu',
 );
 export const MODEL_270M = 'gemma-3-270m-q4_k_m.gguf';
-export const NATIVE_CLI = path.join(REPO_ROOT, 'target', 'debug', 'gemma-wgpu');
+// The native CLI the browser's tokens are compared with: the debug build, or GEMMA_WGPU_NATIVE_CLI
+// (e.g. a build in another CARGO_TARGET_DIR).
+export const NATIVE_CLI_OVERRIDE = process.env.GEMMA_WGPU_NATIVE_CLI || null;
+export const NATIVE_CLI = NATIVE_CLI_OVERRIDE || path.join(REPO_ROOT, 'target', 'debug', 'gemma-wgpu');

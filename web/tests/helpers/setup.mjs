@@ -1,5 +1,6 @@
 // Shared setup for the browser tests: the packed npm package, the local server, Chromium, and
 // reference tokens from the native CLI.
+import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { existsSync, mkdtempSync, mkdirSync, rmSync, appendFileSync } from 'node:fs';
@@ -7,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { startServer } from '../../server.mjs';
-import { PKG_DIR, REPO_ROOT, NATIVE_CLI, ARTIFACTS_DIR, TESTS_DIR } from './paths.mjs';
+import { PKG_DIR, REPO_ROOT, NATIVE_CLI, NATIVE_CLI_OVERRIDE, ARTIFACTS_DIR, TESTS_DIR } from './paths.mjs';
 
 const run = promisify(execFile);
 
@@ -115,6 +116,7 @@ let nativeBuild = null;
 /** Builds target/debug/gemma-wgpu when it is missing. */
 export function ensureNativeCli() {
   if (existsSync(NATIVE_CLI)) return Promise.resolve();
+  if (NATIVE_CLI_OVERRIDE) return Promise.reject(new Error(`GEMMA_WGPU_NATIVE_CLI: no file ${NATIVE_CLI}`));
   nativeBuild ??= run('cargo', ['build', '--locked'], { cwd: REPO_ROOT, maxBuffer: 64 << 20 });
   return nativeBuild.then(() => {
     if (!existsSync(NATIVE_CLI)) throw new Error(`cargo build did not produce ${NATIVE_CLI}`);
@@ -123,13 +125,17 @@ export function ensureNativeCli() {
 
 /**
  * Greedy tokens from the native CLI under the browser's constraints (WebGPU default limits, no
- * f16): the reference the browser build must reproduce exactly.
+ * f16): the reference the browser build must reproduce exactly. Subgroup kernels where the
+ * native adapter has subgroups (lavapipe does), as in the browser; `subgroups: false` runs the
+ * portable kernels (`--no-subgroups`). `adapter` is the CLI's one-line description of the
+ * adapter and the kernel variant ("..., f16 off, subgroups on, ...").
  */
-export async function nativeGreedy({ model, prompt, maxTokens, contextLength }) {
+export async function nativeGreedy({ model, prompt, maxTokens, contextLength, subgroups = true }) {
   await ensureNativeCli();
   const args = ['generate', '--model', model, '--prompt', prompt, '--temperature', '0', '--max-tokens', String(maxTokens),
     '--json', '--no-f16', '--webgpu-limits'];
   if (contextLength) args.push('--context', String(contextLength));
+  if (!subgroups) args.push('--no-subgroups');
   const t0 = performance.now();
   const { stdout } = await run(NATIVE_CLI, args, {
     cwd: REPO_ROOT,
@@ -137,7 +143,7 @@ export async function nativeGreedy({ model, prompt, maxTokens, contextLength }) 
     maxBuffer: 16 << 20,
   });
   const json = JSON.parse(stdout.trim().split('\n').at(-1));
-  return { ids: json.tokens, text: json.text, ms: performance.now() - t0 };
+  return { ids: json.tokens, text: json.text, adapter: json.adapter, ms: performance.now() - t0 };
 }
 
 /** Runs the native references one after another (two cores: parallel runs only slow both). */
@@ -145,6 +151,24 @@ export async function nativeGreedyAll(requests) {
   const out = [];
   for (const r of requests) out.push(await nativeGreedy(r));
   return out;
+}
+
+/**
+ * The greedy comparisons run the subgroup kernels on both sides: asserts that the browser's
+ * WebGPU adapter offers `subgroups` (Chromium 134+; headless Chromium's SwiftShader does), that
+ * the engine then uses them (`stats().subgroups`, i.e. the `subgroups` feature reached the
+ * device through wgpu: patches/wgpu), and that every native reference in `native` ran with
+ * subgroups too.
+ */
+export async function assertSubgroupKernels(page, stats, native) {
+  const adapter = await page.evaluate(() => harness.adapterFeatures());
+  assert.ok(
+    adapter.features.includes('subgroups'),
+    `this Chromium's WebGPU adapter offers no 'subgroups' (features: ${adapter.features.join(' ')})`,
+  );
+  assert.equal(stats.subgroups, true, `stats().subgroups with an adapter that offers subgroups: ${JSON.stringify(stats)}`);
+  for (const r of native) assert.match(r.adapter, /subgroups on/, `the native reference ran without subgroups: ${r.adapter}`);
+  return adapter;
 }
 
 /** Appends a line to artifacts/timings.txt (the CI log prints it) and returns it. */

@@ -52,6 +52,17 @@ window.harness = {
     return models.get(key).stats();
   },
 
+  /** The features and subgroup sizes of this page's WebGPU adapter (what the engine's worker sees). */
+  async adapterFeatures() {
+    const adapter = await navigator.gpu.requestAdapter();
+    const info = adapter?.info ?? {};
+    return {
+      features: adapter ? [...adapter.features] : [],
+      subgroupMinSize: info.subgroupMinSize ?? null,
+      subgroupMaxSize: info.subgroupMaxSize ?? null,
+    };
+  },
+
   /** Greedy generation: the ids and text pieces, and how long each piece took. */
   async generate(key, prompt, options = {}) {
     const gemma = models.get(key);
