@@ -1,8 +1,13 @@
 //! Gemma tokenizer: text ⇄ token ids, built from the GGUF vocabulary or from a `tokenizer.json`.
 //!
-//! Encoding goes through Hugging Face's `tokenizers` crate (pure-Rust build, so it also runs on
-//! wasm32). From a GGUF file we rebuild exactly the pipeline Google ships in Gemma's
-//! `tokenizer.json`, because the ids must match what the model was trained on bit for bit:
+//! From a GGUF file we reproduce exactly the pipeline Google ships in Gemma's `tokenizer.json`
+//! (as Hugging Face's `tokenizers` crate runs it), because the ids must match what the model was
+//! trained on bit for bit. The encoder is our own compact one ([`compact`]: a few bytes per piece
+//! and per merge, where `tokenizers` holds ~60 MB of hash maps for Gemma's vocabulary; the peak
+//! memory of a browser tab is what it saves), a port of the `tokenizers` algorithms; the
+//! equivalent `tokenizers` object is built only on demand ([`Tokenizer::hf`]), and
+//! `tests/tokenizer.rs` checks both give the same ids. A `tokenizer.json` is still run by
+//! `tokenizers` itself. The pipeline:
 //!
 //! * normalizer `Replace(" " → "▁")`, with **no** dummy-prefix space;
 //! * pre-tokenizer `Split(" ", MergedWithPrevious)` — a no-op after the normalizer (there are no
@@ -27,8 +32,12 @@
 //! Gemma 4 GGUFs (`"gemma4"`, or `"llama"` with `pre = "gemma4"`) store real merges in
 //! `tokenizer.ggml.merges`, which are used as they are.
 
+mod compact;
+
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use compact::Vocab;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
@@ -92,6 +101,9 @@ pub enum MergeSource {
     Scores(Vec<f32>),
     /// Gemma 4: explicit merges, best first.
     Merges(Vec<(String, String)>),
+    /// Gemma 4 as a GGUF stores them: `tokenizer.ggml.merges` lines (`left right`, spaces in
+    /// pieces written as spaces), best first; parsed against the vocabulary while building.
+    Lines(Vec<String>),
 }
 
 /// Everything needed to build a tokenizer, independent of where it was read from. `from_gguf`
@@ -191,11 +203,74 @@ pub fn derive_merges(tokens: &[String], scores: &[f32]) -> Result<Vec<(String, S
         .collect())
 }
 
+/// [`derive_merges`] as id pairs over a [`Vocab`] (first ids, as `tokenizers` maps the merge
+/// strings), without a string per merge: what [`Tokenizer::from_spec`] uses.
+fn derive_merge_ids(vocab: &Vocab, scores: &[f32]) -> Result<Vec<(u32, u32)>> {
+    let n = vocab.len();
+    if n != scores.len() {
+        return Err(Error::Tokenizer(format!(
+            "{n} tokens but {} scores",
+            scores.len()
+        )));
+    }
+    // [`derive_merges`] (like transformers) orders the splits of a piece by the *last* id of
+    // each half where a piece repeats.
+    let last: HashMap<u32, u32> = {
+        let mut m = HashMap::new();
+        for &(id, first) in vocab.duplicates() {
+            let e = m.entry(first).or_insert(id);
+            *e = (*e).max(id);
+        }
+        m
+    };
+    let key = |id: u32| last.get(&id).copied().unwrap_or(id);
+    // 16 bytes a merge (514,906 for Gemma 3): score, lengths in chars, first ids.
+    struct M {
+        score: f32,
+        len_l: u16,
+        len_r: u16,
+        l: u32,
+        r: u32,
+    }
+    let mut merges: Vec<M> = Vec::with_capacity(n * 2);
+    let mut local: Vec<M> = Vec::new();
+    for (id, &score) in scores.iter().enumerate() {
+        let piece = vocab.get(id as u32);
+        let score = score + 0.0; // -0.0 → 0.0, as in derive_merges
+        local.clear();
+        let n_chars = piece.chars().count();
+        for (k, (i, _)) in piece.char_indices().enumerate().skip(1) {
+            let (a, b) = piece.split_at(i);
+            if let (Some(l), Some(r)) = (vocab.id(a), vocab.id(b)) {
+                local.push(M {
+                    score,
+                    len_l: k.min(u16::MAX as usize) as u16,
+                    len_r: (n_chars - k).min(u16::MAX as usize) as u16,
+                    l,
+                    r,
+                });
+            }
+        }
+        local.sort_by_key(|m| (key(m.l), key(m.r)));
+        merges.append(&mut local);
+    }
+    drop(local);
+    merges.shrink_to_fit();
+    merges.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(b.len_l.cmp(&a.len_l))
+            .then(b.len_r.cmp(&a.len_r))
+    });
+    let mut out = Vec::with_capacity(merges.len());
+    out.extend(merges.iter().map(|m| (m.l, m.r)));
+    Ok(out)
+}
+
 /// How one id turns back into text.
-#[derive(Debug, Clone)]
-enum Piece {
-    /// Text with `▁` already replaced by a space.
-    Text(String),
+enum Piece<'a> {
+    /// Text with `▁` (still to be replaced by a space).
+    Text(&'a str),
     /// A byte-fallback token `<0xXX>`.
     Byte(u8),
 }
@@ -208,10 +283,33 @@ fn byte_token(s: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
+/// What turns text into ids.
+// One per tokenizer, behind an `Arc`: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Encoder {
+    /// Built from GGUF metadata: [`compact::Bpe`] (the `tokenizers` pipeline is only built on
+    /// demand, by [`Tokenizer::hf`]).
+    Compact(compact::Bpe),
+    /// Loaded from a `tokenizer.json`.
+    Hf(tokenizers::Tokenizer),
+}
+
+/// What [`Tokenizer::hf`] needs to build the `tokenizers` equivalent of [`Encoder::Compact`].
+#[derive(Debug)]
+struct HfRecipe {
+    /// Added tokens (first ids) and whether each is special (control or unknown).
+    added: Vec<(u32, bool)>,
+    unk: Option<u32>,
+    split_newlines: bool,
+}
+
 #[derive(Debug)]
 struct Inner {
-    hf: tokenizers::Tokenizer,
-    pieces: Vec<Piece>,
+    vocab: Vocab,
+    enc: Encoder,
+    recipe: Option<HfRecipe>,
+    hf: OnceLock<tokenizers::Tokenizer>,
     bos_id: u32,
     eos_ids: Vec<u32>,
 }
@@ -234,15 +332,23 @@ impl Tokenizer {
     /// uses them too: explicit merges are what the model was converted from.
     pub fn from_gguf(md: &Metadata) -> Result<Tokenizer> {
         let tokens = md.str_array("tokenizer.ggml.tokens")?.to_vec();
-        Self::from_gguf_tokens(md, tokens)
+        let lines = md
+            .opt_str_array("tokenizer.ggml.merges")?
+            .map(|l| l.to_vec());
+        Self::from_spec(Self::spec_from_gguf(md, tokens, lines)?)
     }
 
-    /// [`Tokenizer::from_gguf`] that moves the vocabulary out of `md` instead of copying it
-    /// (tens of MB for Gemma's 262k pieces): for loaders that no longer need the metadata's
-    /// token list, such as the browser engine, where peak memory matters.
+    /// [`Tokenizer::from_gguf`] that moves the vocabulary and merges out of `md` instead of
+    /// copying them (tens of MB for Gemma's 262k pieces), and empties the other tokenizer
+    /// arrays: for loaders that no longer need them, such as the browser engine, where peak
+    /// memory matters.
     pub fn from_gguf_taking(md: &mut Metadata) -> Result<Tokenizer> {
         let tokens = md.take_str_array("tokenizer.ggml.tokens")?;
-        let spec = Self::spec_from_gguf(md, tokens)?;
+        let lines = match md.opt_str_array("tokenizer.ggml.merges")? {
+            Some(_) => Some(md.take_str_array("tokenizer.ggml.merges")?),
+            None => None,
+        };
+        let spec = Self::spec_from_gguf(md, tokens, lines)?;
         for key in [
             "tokenizer.ggml.scores",
             "tokenizer.ggml.token_type",
@@ -253,12 +359,12 @@ impl Tokenizer {
         Self::from_spec(spec)
     }
 
-    fn from_gguf_tokens(md: &Metadata, tokens: Vec<String>) -> Result<Tokenizer> {
-        Self::from_spec(Self::spec_from_gguf(md, tokens)?)
-    }
-
-    /// Everything the tokenizer needs from the metadata, given its token list.
-    fn spec_from_gguf(md: &Metadata, tokens: Vec<String>) -> Result<VocabSpec> {
+    /// Everything the tokenizer needs from the metadata, given its token list and merge lines.
+    fn spec_from_gguf(
+        md: &Metadata,
+        tokens: Vec<String>,
+        lines: Option<Vec<String>>,
+    ) -> Result<VocabSpec> {
         let model = md.str("tokenizer.ggml.model")?;
         let pre = md.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
         let gemma4 = model == "gemma4" || pre == "gemma4";
@@ -279,8 +385,8 @@ impl Tokenizer {
                 problem: format!("{} entries for {n} tokens", token_types.len()),
             });
         }
-        let merges = match md.opt_str_array("tokenizer.ggml.merges")? {
-            Some(lines) => MergeSource::Merges(parse_merges(lines, &tokens)?),
+        let merges = match lines {
+            Some(lines) => MergeSource::Lines(lines),
             None if gemma4 => {
                 return Err(Error::Metadata {
                     key: "tokenizer.ggml.merges".into(),
@@ -330,6 +436,9 @@ impl Tokenizer {
     }
 
     /// Builds the tokenizer from a [`VocabSpec`] (what `from_gguf` does after reading metadata).
+    ///
+    /// The pieces move into one arena as they are read, and the merges become id pairs
+    /// without ever being strings: in a browser tab the peak while building is what counts.
     pub fn from_spec(spec: VocabSpec) -> Result<Tokenizer> {
         let VocabSpec {
             tokens,
@@ -346,111 +455,51 @@ impl Tokenizer {
                 token_types.len()
             )));
         }
-        let merges = match merges {
-            MergeSource::Merges(m) => m,
-            MergeSource::Scores(s) => derive_merges(&tokens, &s)?,
+        let vocab = Vocab::from_strings(tokens)?;
+        let pairs = match merges {
+            MergeSource::Scores(s) => derive_merge_ids(&vocab, &s)?,
+            MergeSource::Lines(lines) => parse_merges(lines, &vocab)?,
+            MergeSource::Merges(m) => merge_ids(&m, &vocab)?,
         };
-        let unk = tokens
+        let merges = compact::Merges::build(&vocab, pairs)?;
+        let unk = token_types
             .iter()
-            .zip(&token_types)
-            .find(|(_, &ty)| ty == TokenType::Unknown)
-            .map(|(t, _)| t.clone())
-            .unwrap_or_else(|| "<unk>".to_string());
+            .position(|&ty| ty == TokenType::Unknown)
+            .map(|i| i as u32)
+            .or_else(|| vocab.id("<unk>"));
         // Control and unknown pieces are "special" (as llama.cpp classifies them); it only
         // matters for `skip_special_tokens`, which this crate never uses: all are matched alike.
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&token_types)
-            .filter(|(_, ty)| ty.is_added())
-            .map(|(t, &ty)| {
-                AddedToken::from(t.clone(), ty != TokenType::UserDefined).normalized(false)
-            })
-            .collect();
-        // The pieces move into the vocabulary (a 262k vocabulary is tens of MB, and in a
-        // browser tab the peak while building is what counts); ids map back through it.
-        let mut vocab: tokenizers::models::bpe::Vocab = Default::default();
-        vocab.reserve(n);
-        let mut duplicates: HashMap<u32, String> = HashMap::new();
-        for (i, t) in tokens.into_iter().enumerate() {
-            // A duplicate piece keeps its first id, like SentencePiece.
-            match vocab.entry(t) {
-                std::collections::hash_map::Entry::Occupied(e) => {
-                    duplicates.insert(i as u32, e.key().clone());
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(i as u32);
+        // A piece repeated in the vocabulary is one added token, under its first id (as
+        // `tokenizers` adds it).
+        let mut added: Vec<(u32, bool)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, &ty) in token_types.iter().enumerate() {
+            if ty.is_added() {
+                let first = vocab.id(vocab.get(i as u32)).unwrap_or(i as u32);
+                if seen.insert(first) {
+                    added.push((first, ty != TokenType::UserDefined));
                 }
             }
         }
-        // Byte fallback is what makes every string encodable; without it this is not Gemma.
-        for b in 0..=255u8 {
-            let name = format!("<0x{b:02X}>");
-            if !vocab.contains_key(&name) {
-                return Err(Error::Tokenizer(format!(
-                    "vocabulary has no byte-fallback token {name}; not a Gemma vocabulary"
-                )));
+        drop(token_types);
+        let ids: Vec<u32> = added.iter().map(|&(id, _)| id).collect();
+        let bpe = compact::Bpe::new(&vocab, merges, &ids, split_newlines)?;
+        let recipe = HfRecipe {
+            added,
+            unk,
+            split_newlines,
+        };
+        Self::finish(vocab, Encoder::Compact(bpe), Some(recipe), bos_id, eos_ids)
+    }
+
+    /// Resident bytes of the vocabulary and encoder tables (not counting a `tokenizers` copy
+    /// built by [`Tokenizer::hf`]); for memory reports.
+    pub fn memory_bytes(&self) -> usize {
+        self.inner.vocab.memory_bytes()
+            + match &self.inner.enc {
+                Encoder::Compact(b) => b.memory_bytes(),
+                Encoder::Hf(_) => 0,
             }
-        }
-        // Every merge must make a vocabulary piece. `tokenizers` checks this too, but first
-        // copies the joined pair into a buffer as long as the longest piece, and panics when
-        // the pair is longer (found by fuzzing tokenizer.json; a GGUF's merges reach it too).
-        let mut joined = String::new();
-        for (i, (a, b)) in merges.iter().enumerate() {
-            joined.clear();
-            joined.push_str(a);
-            joined.push_str(b);
-            if !vocab.contains_key(joined.as_str()) {
-                return Err(Error::Metadata {
-                    key: "tokenizer.ggml.merges".into(),
-                    problem: format!("entry {i} ({a:?} + {b:?}) does not make a vocabulary piece"),
-                });
-            }
-        }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .unk_token(unk)
-            .fuse_unk(true)
-            .byte_fallback(true)
-            // Words are cached per call anyway; a shared cache of 10k words costs a browser
-            // tab a megabyte for little gain on chat-sized inputs.
-            .cache_capacity(0)
-            .build()
-            .map_err(tok_err)?;
-        let mut hf = tokenizers::Tokenizer::new(bpe);
-        hf.with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(tok_err)?))
-            .map_err(tok_err)?;
-        let space_split = Split::new(
-            SplitPattern::String(" ".into()),
-            SplitDelimiterBehavior::MergedWithPrevious,
-            false,
-        )
-        .map_err(tok_err)?;
-        if split_newlines {
-            let nl = Split::new(
-                SplitPattern::Regex("\n+".into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(tok_err)?;
-            hf.with_pre_tokenizer(Some(PreSequence::new(vec![
-                PreTokenizerWrapper::Split(space_split),
-                PreTokenizerWrapper::Split(nl),
-            ])));
-        } else {
-            hf.with_pre_tokenizer(Some(space_split));
-        }
-        hf.with_decoder(Some(gemma_decoder()?));
-        hf.add_tokens(added).map_err(tok_err)?;
-        let pieces = (0..n as u32)
-            .map(|id| match duplicates.get(&id) {
-                Some(t) => Ok(piece_of(t)),
-                None => hf
-                    .id_to_token(id)
-                    .map(|t| piece_of(&t))
-                    .ok_or_else(|| Error::Tokenizer(format!("id {id} lost its piece"))),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Self::finish(hf, pieces, bos_id, eos_ids)
     }
 
     /// Loads a `tokenizer.json` given beside the model (the official file is the exact
@@ -478,7 +527,7 @@ impl Tokenizer {
             let t = hf.id_to_token(id).ok_or_else(|| {
                 Error::Tokenizer(format!("ids are not contiguous: no token for id {id}"))
             })?;
-            pieces.push(piece_of(&t));
+            pieces.push(t);
         }
         for b in 0..=255u8 {
             if hf.token_to_id(&format!("<0x{b:02X}>")).is_none() {
@@ -488,23 +537,25 @@ impl Tokenizer {
             }
         }
         let bos = hf.token_to_id("<bos>");
-        Self::finish(hf, pieces, bos, Vec::new())
+        let vocab = Vocab::from_strings(pieces)?;
+        Self::finish(vocab, Encoder::Hf(hf), None, bos, Vec::new())
     }
 
     fn finish(
-        hf: tokenizers::Tokenizer,
-        pieces: Vec<Piece>,
+        vocab: Vocab,
+        enc: Encoder,
+        recipe: Option<HfRecipe>,
         bos_id: Option<u32>,
         extra_eos: Vec<u32>,
     ) -> Result<Tokenizer> {
-        let n = pieces.len() as u32;
+        let n = vocab.len() as u32;
         let bos_id = bos_id
-            .or_else(|| hf.token_to_id("<bos>"))
+            .or_else(|| vocab.id("<bos>"))
             .ok_or_else(|| Error::Tokenizer("no BOS token (`<bos>`)".into()))?;
         let mut eos_ids: Vec<u32> = Vec::new();
         for id in END_TOKEN_NAMES
             .iter()
-            .filter_map(|name| hf.token_to_id(name))
+            .filter_map(|name| vocab.id(name))
             .chain(extra_eos)
         {
             if !eos_ids.contains(&id) {
@@ -521,12 +572,79 @@ impl Tokenizer {
         }
         Ok(Tokenizer {
             inner: Arc::new(Inner {
-                hf,
-                pieces,
+                vocab,
+                enc,
+                recipe,
+                hf: OnceLock::new(),
                 bos_id,
                 eos_ids,
             }),
         })
+    }
+
+    /// The `tokenizers` pipeline equivalent to the compact encoder: the same vocabulary,
+    /// merges in rank order, added tokens, normalizer, pre-tokenizer and decoder that Gemma's
+    /// `tokenizer.json` has.
+    fn build_hf(
+        vocab: &Vocab,
+        merges: &compact::Merges,
+        r: &HfRecipe,
+    ) -> Result<tokenizers::Tokenizer> {
+        let mut map: tokenizers::models::bpe::Vocab = Default::default();
+        map.reserve(vocab.len());
+        for id in 0..vocab.len() as u32 {
+            map.entry(vocab.get(id).to_string()).or_insert(id);
+        }
+        let merges: Vec<(String, String)> = merges
+            .ranked()
+            .into_iter()
+            .map(|(_, l, r)| (vocab.get(l).to_string(), vocab.get(r).to_string()))
+            .collect();
+        let unk = r
+            .unk
+            .map(|id| vocab.get(id).to_string())
+            .unwrap_or_else(|| "<unk>".to_string());
+        let bpe = BPE::builder()
+            .vocab_and_merges(map, merges)
+            .unk_token(unk)
+            .fuse_unk(true)
+            .byte_fallback(true)
+            .cache_capacity(0)
+            .build()
+            .map_err(tok_err)?;
+        let mut hf = tokenizers::Tokenizer::new(bpe);
+        hf.with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(tok_err)?))
+            .map_err(tok_err)?;
+        let space_split = Split::new(
+            SplitPattern::String(" ".into()),
+            SplitDelimiterBehavior::MergedWithPrevious,
+            false,
+        )
+        .map_err(tok_err)?;
+        if r.split_newlines {
+            let nl = Split::new(
+                SplitPattern::Regex("\n+".into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(tok_err)?;
+            hf.with_pre_tokenizer(Some(PreSequence::new(vec![
+                PreTokenizerWrapper::Split(space_split),
+                PreTokenizerWrapper::Split(nl),
+            ])));
+        } else {
+            hf.with_pre_tokenizer(Some(space_split));
+        }
+        hf.with_decoder(Some(gemma_decoder()?));
+        let added: Vec<AddedToken> = r
+            .added
+            .iter()
+            .map(|&(id, special)| {
+                AddedToken::from(vocab.get(id).to_string(), special).normalized(false)
+            })
+            .collect();
+        hf.add_tokens(added).map_err(tok_err)?;
+        Ok(hf)
     }
 
     /// Text → ids. `add_bos` prepends BOS; pass `false` for text that already starts with the
@@ -534,12 +652,17 @@ impl Tokenizer {
     /// Special-token text in `text` (`<start_of_turn>`, `<bos>` …) becomes the special id, as in
     /// the reference tokenizer; never feed untrusted text that must stay inert through this.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.hf.encode_fast(text, false).map_err(tok_err)?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos {
             ids.push(self.inner.bos_id);
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.inner.enc {
+            Encoder::Compact(bpe) => bpe.encode(&self.inner.vocab, text, &mut ids),
+            Encoder::Hf(hf) => {
+                let enc = hf.encode_fast(text, false).map_err(tok_err)?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+        }
         Ok(ids)
     }
 
@@ -584,7 +707,7 @@ impl Tokenizer {
 
     /// Number of ids (the embedding table has at least this many rows).
     pub fn vocab_size(&self) -> usize {
-        self.inner.pieces.len()
+        self.inner.vocab.len()
     }
 
     /// Refuses a tokenizer with ids the model has no embedding row for: those ids would read
@@ -601,17 +724,30 @@ impl Tokenizer {
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.hf.token_to_id(token)
+        self.inner.vocab.id(token)
     }
 
     /// The raw piece for an id (`▁` kept), e.g. for debugging output.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.hf.id_to_token(id)
+        self.inner.vocab.try_get(id).map(str::to_string)
     }
 
-    /// The underlying `tokenizers` object, for anything not wrapped here.
+    /// The `tokenizers` object, for anything not wrapped here and for checking the compact
+    /// encoder against it. For a tokenizer built from GGUF metadata it is built on the first
+    /// call (about 60 MB more for Gemma's vocabulary; the browser engine never calls this).
+    ///
+    /// # Panics
+    /// If `tokenizers` refuses tables that the compact encoder accepted (never seen).
     pub fn hf(&self) -> &tokenizers::Tokenizer {
-        &self.inner.hf
+        let inner = &*self.inner;
+        match (&inner.enc, &inner.recipe) {
+            (Encoder::Hf(hf), _) => hf,
+            (Encoder::Compact(bpe), Some(r)) => inner.hf.get_or_init(|| {
+                Self::build_hf(&inner.vocab, &bpe.merges, r)
+                    .expect("tokenizers accepts the compact tokenizer's tables")
+            }),
+            (Encoder::Compact(_), None) => unreachable!("a compact encoder has a recipe"),
+        }
     }
 }
 
@@ -674,10 +810,10 @@ fn check_json_merges(doc: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn piece_of(t: &str) -> Piece {
+fn piece_of(t: &str) -> Piece<'_> {
     match byte_token(t) {
         Some(b) => Piece::Byte(b),
-        None => Piece::Text(t.replace(SPACE_MARKER, " ")),
+        None => Piece::Text(t),
     }
 }
 
@@ -692,33 +828,51 @@ fn gemma_decoder() -> Result<DecoderWrapper> {
     .into())
 }
 
-/// Parses `tokenizer.ggml.merges` lines (`"left right"`). Pieces use `▁` for spaces, so there is
-/// normally exactly one space; if there are more (a piece with a real space), the split point is
-/// the one where both halves and their concatenation are vocabulary pieces.
-fn parse_merges(lines: &[String], tokens: &[String]) -> Result<Vec<(String, String)>> {
+/// Parses `tokenizer.ggml.merges` lines (`"left right"`) into id pairs, freeing each line as it
+/// goes. Pieces use `▁` for spaces, so there is normally exactly one space; if there are more (a
+/// piece with a real space), the split point is the one where both halves and their
+/// concatenation are vocabulary pieces.
+fn parse_merges(lines: Vec<String>, vocab: &Vocab) -> Result<Vec<(u32, u32)>> {
     let conv = |s: &str| s.replace(' ', "\u{2581}");
-    let mut vocab: Option<std::collections::HashSet<String>> = None;
     let mut out = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
+    for (i, line) in lines.into_iter().enumerate() {
         let spaces: Vec<usize> = line.match_indices(' ').map(|(p, _)| p).collect();
         let pair = match spaces.as_slice() {
             [p] => Some((line[..*p].to_string(), line[*p + 1..].to_string())),
-            _ => {
-                let v = vocab.get_or_insert_with(|| tokens.iter().map(|t| conv(t)).collect());
-                spaces.iter().find_map(|&p| {
-                    let (a, b) = (conv(&line[..p]), conv(&line[p + 1..]));
-                    (v.contains(&a) && v.contains(&b) && v.contains(&format!("{a}{b}")))
-                        .then_some((a, b))
-                })
-            }
+            _ => spaces.iter().find_map(|&p| {
+                let (a, b) = (conv(&line[..p]), conv(&line[p + 1..]));
+                let ok = vocab.id(&a).is_some()
+                    && vocab.id(&b).is_some()
+                    && vocab.id(&format!("{a}{b}")).is_some();
+                ok.then_some((a, b))
+            }),
         };
         let (a, b) = pair.ok_or_else(|| Error::Metadata {
             key: "tokenizer.ggml.merges".into(),
             problem: format!("entry {i} ({line:?}) is not `left right`"),
         })?;
-        out.push((conv(&a), conv(&b)));
+        out.push(pair_ids(i, &conv(&a), &conv(&b), vocab)?);
     }
     Ok(out)
+}
+
+fn pair_ids(i: usize, a: &str, b: &str, vocab: &Vocab) -> Result<(u32, u32)> {
+    match (vocab.id(a), vocab.id(b)) {
+        (Some(l), Some(r)) => Ok((l, r)),
+        _ => Err(Error::Metadata {
+            key: "tokenizer.ggml.merges".into(),
+            problem: format!("entry {i} ({a:?} + {b:?}) has a part that is not in the vocabulary"),
+        }),
+    }
+}
+
+/// Explicit merges (as strings) → id pairs.
+fn merge_ids(merges: &[(String, String)], vocab: &Vocab) -> Result<Vec<(u32, u32)>> {
+    merges
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| pair_ids(i, a, b, vocab))
+        .collect()
 }
 
 /// Incremental, UTF-8-safe detokenizer for streaming output.
@@ -739,21 +893,26 @@ impl TokenStream {
     /// Adds one id; returns the newly complete text (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         let inner = Arc::clone(&self.tok.inner);
-        let piece = inner.pieces.get(id as usize).ok_or_else(|| {
+        let piece = inner.vocab.try_get(id).ok_or_else(|| {
             Error::Tokenizer(format!(
                 "token id {id} is outside the {}-token vocabulary",
-                inner.pieces.len()
+                inner.vocab.len()
             ))
         })?;
         let mut out = String::new();
-        match piece {
+        match piece_of(piece) {
             Piece::Byte(b) => {
-                self.pending.push(*b);
+                self.pending.push(b);
                 self.drain_valid(&mut out);
             }
             Piece::Text(t) => {
                 self.flush(&mut out);
-                out.push_str(t);
+                for (i, part) in t.split(SPACE_MARKER).enumerate() {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    out.push_str(part);
+                }
             }
         }
         Ok(out)

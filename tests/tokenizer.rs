@@ -245,3 +245,77 @@ fn from_json_file_matches_gguf_when_available() {
         );
     }
 }
+
+/// Strings that stress the encoder beyond the corpus: spaces, special-token text glued to words
+/// and to each other, partial special tokens, newline and tab runs, byte fallback, a literal `▁`.
+fn stress_inputs() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "",
+        " ",
+        "   ",
+        "\u{2581}",
+        "\u{2581}\u{2581} x",
+        "a  b   c",
+        "<start_of_turn><end_of_turn>",
+        "x<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+        "<start_of_turn",
+        "<<bos>>",
+        "<unused5><unused50><unused500>",
+        "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
+        "\t\t\t x \t",
+        "<table><tr><td>1</td></tr></table>",
+        "𓀀𒀭\u{e000}👩🏽‍🦳🇺🇦中文한국어العربيةΑΒΓ",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "==================================================================",
+        "ThisIsAVeryLongIdentifierWithoutSpacesThatShouldStillTokenize_fine_2026",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Deterministic pseudo-random mixes of corpus characters and special pieces.
+    let chars: Vec<char> = CORPUS.chars().collect();
+    let specials = [
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<bos>",
+        "\n\n",
+        " ",
+        "\u{2581}",
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..300 {
+        let mut s = String::new();
+        for _ in 0..40 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 11 == 0 {
+                s.push_str(specials[(x >> 8) as usize % specials.len()]);
+            } else {
+                s.push(chars[(x >> 16) as usize % chars.len()]);
+            }
+        }
+        v.push(s);
+    }
+    v
+}
+
+#[test]
+fn compact_encoder_matches_the_tokenizers_crate() {
+    // `encode` runs the compact encoder; `hf()` is the `tokenizers` pipeline built from the same
+    // tables (vocabulary, merges in rank order, added tokens, normalizer, pre-tokenizer).
+    let t = tok();
+    let hf = t.hf();
+    let ids = |s: &str| hf.encode_fast(s, false).unwrap().get_ids().to_vec();
+    let mut inputs: Vec<String> = corpus_lines().iter().map(|s| s.to_string()).collect();
+    inputs.push(CORPUS.to_string());
+    inputs.extend(stress_inputs());
+    for s in &inputs {
+        assert_eq!(t.encode(s, false).unwrap(), ids(s), "{s:?}");
+    }
+    for id in [0, 2, 105, 238, 493, 236743, 262143] {
+        assert_eq!(t.id_to_token(id), hf.id_to_token(id), "id {id}");
+        let piece = t.id_to_token(id).unwrap();
+        assert_eq!(t.token_to_id(&piece), hf.token_to_id(&piece), "{piece:?}");
+    }
+}
