@@ -98,7 +98,7 @@ fn assert_lost<T: std::fmt::Debug>(what: &str, r: Result<T>) {
 fn allocator_bytes(ctx: &GpuContext) -> Option<u64> {
     // Writes still queued (the staging copies behind buffers created with contents) are
     // memory of the queue, not of whoever made them: flush them first.
-    ctx.queue.submit([]);
+    ctx.submit([]);
     ctx.device
         .poll(wgpu::PollType::wait_indefinitely())
         .expect("poll");

@@ -438,7 +438,7 @@ pub async fn copy_bandwidth(ctx: &GpuContext) -> Result<CopyBandwidth> {
         let commands = encoder.finish();
         async move {
             let started = web_time::Instant::now();
-            ctx.queue.submit([commands]);
+            ctx.submit([commands]);
             ctx.wait().await?;
             Ok::<f64, Error>(started.elapsed().as_secs_f64())
         }
@@ -501,7 +501,7 @@ pub async fn dispatch_cost(ctx: &GpuContext) -> Result<DispatchCost> {
         let encode = started.elapsed().as_secs_f64();
         async move {
             let started = web_time::Instant::now();
-            ctx.queue.submit([commands]);
+            ctx.submit([commands]);
             ctx.wait().await?;
             Ok::<(f64, f64), Error>((encode, started.elapsed().as_secs_f64()))
         }
@@ -880,7 +880,7 @@ async fn bench_attention(
             encoder.copy_buffer_to_buffer(&caches[0].1, 0, &v, 0, cache_bytes);
             caches.push((k, v));
         }
-        ctx.queue.submit([encoder.finish()]);
+        ctx.submit([encoder.finish()]);
         ctx.wait().await?;
     }
     let out = ctx.storage("bench.attention.out", (nq * d) as u64 * 4)?; // [1, nq, d] f32
@@ -1022,7 +1022,7 @@ async fn measure(
     }
     let commands = encoder.finish();
     let started = web_time::Instant::now();
-    ctx.queue.submit([commands]);
+    ctx.submit([commands]);
     ctx.wait().await?;
     let secs = started.elapsed().as_secs_f64() / (rounds as f64 * per_round);
     Ok((secs.max(1e-12), WALL_CLOCK))
@@ -1064,7 +1064,7 @@ async fn timestamped_rounds(
         encode(&mut pass, r);
     }
     encoder.resolve_query_set(&set, 0..count, &resolve, 0);
-    ctx.queue.submit([encoder.finish()]);
+    ctx.submit([encoder.finish()]);
     ctx.wait().await?;
     let ticks: Vec<u64> = ctx.read(&resolve, 0, count as usize).await?;
     let period_ns = ctx.queue.get_timestamp_period() as f64;
@@ -1108,13 +1108,13 @@ async fn upload_random(
         row += rows;
         unflushed += bytes.len() as u64;
         if unflushed >= FLUSH_BYTES {
-            ctx.queue.submit([]);
+            ctx.submit([]);
             ctx.wait().await?;
             unflushed = 0;
         }
     }
     let m = up.finish()?;
-    ctx.queue.submit([]);
+    ctx.submit([]);
     ctx.wait().await?;
     Ok(m)
 }
@@ -1143,7 +1143,7 @@ async fn replicate(ctx: &GpuContext, first: QuantMatrix, copies: u32) -> Result<
                 words: p.words,
             });
         }
-        ctx.queue.submit([encoder.finish()]);
+        ctx.submit([encoder.finish()]);
         out.push(QuantMatrix {
             name: format!("{}#{c}", first.name),
             layout: first.layout,

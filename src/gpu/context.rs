@@ -801,7 +801,7 @@ impl GpuContext {
                 label: Some("readback"),
             });
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
-        self.queue.submit([encoder.finish()]);
+        self.submit([encoder.finish()]);
         map_read(self, &staging, 0, padded).await?;
         let data = {
             let view = staging
@@ -829,8 +829,21 @@ impl GpuContext {
             });
             encode(&mut pass);
         }
-        self.queue.submit([encoder.finish()]);
+        self.submit([encoder.finish()]);
         self.wait().await
+    }
+
+    /// Submits command buffers. Natively under the poll lock: wgpu-core maintains the queue
+    /// inside `Queue::submit` too, and one doing so while another thread's poll has timed out
+    /// trips the same assertion as two polls (see `poll_lock`); tests share a context across
+    /// threads.
+    pub fn submit<I: IntoIterator<Item = wgpu::CommandBuffer>>(
+        &self,
+        commands: I,
+    ) -> wgpu::SubmissionIndex {
+        #[cfg(not(target_arch = "wasm32"))]
+        let _one_poller = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.queue.submit(commands)
     }
 
     /// Waits until all submitted work has finished.
@@ -887,9 +900,10 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// How long a native wait blocks before it checks again whether the device was lost.
+/// How long a native wait blocks before it checks again whether the device was lost. Short,
+/// because the wait holds the poll lock, which other threads' submits take too.
 #[cfg(not(target_arch = "wasm32"))]
-const POLL_SLICE: std::time::Duration = std::time::Duration::from_millis(250);
+const POLL_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Maps `buffer[offset..offset+size]` for reading and waits for it (native: by polling the
 /// device; browser: the promise resolves from the event loop). A lost device gives

@@ -106,7 +106,7 @@ impl Model {
             Some(p) if self.reuses(&p, step, head) => (p.commands, p.dispatches),
             _ => self.record(step, head),
         };
-        q.submit([commands]);
+        ctx.submit([commands]);
         crate::gpu::count_submitted(dispatches);
         self.pos += n;
         // Record the next decode step while the GPU runs this one.

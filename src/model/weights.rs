@@ -123,7 +123,7 @@ async fn upload_matrix<S: TensorSource>(
         progress(row as u64 * rb);
     }
     // Hand the staged writes to the GPU now, so staging memory never holds more than a tensor.
-    ctx.queue.submit([]);
+    ctx.submit([]);
     up.finish()
 }
 
@@ -196,7 +196,7 @@ pub(super) async fn upload<S: TensorSource>(
     let norms = NormTable::new(ctx, &norms)?;
     // Flush the table's staging copy now, as each matrix's were: a load that fails later
     // leaves nothing queued behind it.
-    ctx.queue.submit([]);
+    ctx.submit([]);
     memory.weights += norms.bytes();
     memory.largest_buffer = memory.largest_buffer.max(norms.bytes());
     Ok(Weights {
