@@ -3,9 +3,9 @@
 // Bound by bytes: every weight is read once per step, so the kernel is built to keep the
 // memory system busy rather than the ALUs. Each invocation works on whole *units* (32 elements
 // of a quantized type — one Q4_0/Q5_0/Q8_0 block, one K-quant sub-block — or 8 of a float type):
-// one or two 16-byte weight loads, scales read once per unit, the quants unpacked with one
-// integer operation and one add per byte (`u8x4`) and dotted with the activations before any scale is
-// applied (see `Unit` in shaders/quant/prelude.wgsl). K is a pipeline constant, so the unit loop
+// one or two 16-byte weight loads, scales read once per unit, the quants unpacked with integer
+// operations and one add per byte (`u8x4`) and dotted with the activations before any scale
+// is applied (see `Unit` in shaders/quant/prelude.wgsl). K is a pipeline constant, so the unit loop
 // has a fixed trip count the compiler unrolls and issues all of a thread's loads up front
 // (Little's law: a decode step must keep megabytes in flight), and no loop bound comes from a
 // buffer (Mesa's lavapipe recompiles shaders whose bounds it can inline).

@@ -251,10 +251,11 @@ pub struct GpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// Bytes of buffers created through this context, and the test budget.
     allocated: Mutex<Allocated>,
-    /// Held while this context polls the device: wgpu-core 30 can panic when threads sharing
-    /// a device poll at once and one poll times out ("If the queue is empty, the current
-    /// submission index … should be at least the wait submission index": a poll that timed
-    /// out reads a stale fence value while another poll empties the queue).
+    /// Held while this context polls the device or submits to it: wgpu-core 30 can panic when
+    /// threads sharing a device poll at once, or one submits (which maintains the queue), while
+    /// a poll times out ("If the queue is empty, the current submission index … should be at
+    /// least the wait submission index": a poll that timed out reads a stale fence value while
+    /// another thread empties the queue).
     #[cfg(not(target_arch = "wasm32"))]
     poll_lock: Mutex<()>,
 }
