@@ -3,7 +3,6 @@
 //! One code path serves native (Vulkan, Metal, DX12) and the browser (WebGPU): the core API is
 //! async, weights stay quantized on the GPU, and every layer runs as WGSL compute kernels.
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod chat;
 pub mod error;

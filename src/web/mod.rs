@@ -198,15 +198,20 @@ impl Default for CreateOptions {
 #[serde(default, rename_all = "camelCase")]
 struct ModelOptions {
     context_length: Option<u32>,
+    /// Prompt tokens per prefill step (default 128: activations sized for phones; a desktop
+    /// GPU prefills faster with 512).
+    prefill_chunk: Option<u32>,
 }
 
 impl ModelOptions {
     /// The browser default is a 4096-token cache: most chats fit, and it keeps Gemma 4's
     /// global-layer caches small on phones.
     fn load_options(&self) -> LoadOptions {
+        let d = LoadOptions::default();
         LoadOptions {
             context: Some(self.context_length.unwrap_or(4096)),
-            ..Default::default()
+            prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
+            ..d
         }
     }
 }
@@ -252,6 +257,43 @@ impl StartOptions {
         };
         p.validate()?;
         Ok(p)
+    }
+}
+
+/// Options of `bench`, as JS passes them (the CLI's defaults).
+#[derive(Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct BenchOptions {
+    prompt_len: u32,
+    gen: u32,
+    repeat: u32,
+    profile_tokens: u32,
+    copy_bandwidth: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        let d = crate::bench::model::ModelBenchOptions::default();
+        Self {
+            prompt_len: d.prompt_len,
+            gen: d.gen,
+            repeat: d.repeat,
+            profile_tokens: d.profile_tokens,
+            copy_bandwidth: d.copy_bandwidth,
+        }
+    }
+}
+
+impl BenchOptions {
+    fn model_bench_options(&self) -> crate::bench::model::ModelBenchOptions {
+        crate::bench::model::ModelBenchOptions {
+            prompt_len: self.prompt_len,
+            gen: self.gen,
+            repeat: self.repeat,
+            profile_tokens: self.profile_tokens,
+            copy_bandwidth: self.copy_bandwidth,
+            ..Default::default()
+        }
     }
 }
 
@@ -666,6 +708,44 @@ impl Engine {
         if let Some(gen) = s.loaded.as_mut().and_then(|l| l.gen.as_mut()) {
             gen.cancel();
         }
+    }
+
+    /// Runs the model benchmark of `gemma-wgpu bench` on the loaded model, through this
+    /// engine's WebGPU device: `{ results, pipelinesCompiled, pipelineCompileS, context }`,
+    /// `results` as in `bench --json`. `options`: `{ promptLen, gen, repeat, profileTokens,
+    /// copyBandwidth }` (the CLI's defaults); the model must have been loaded with a context
+    /// that holds them. For measuring the browser path (pkg-scripts/bench-web.mjs).
+    pub fn bench(&self, options: JsValue) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let o: BenchOptions = from_js(options, "bench options")?;
+            let opts = o.model_bench_options();
+            opts.check()?;
+            let mut lease = Lease::take(&state)?;
+            state.borrow().cancel.set(false);
+            let l = lease.get();
+            l.gen = None;
+            l.cached.clear();
+            let results = crate::bench::model::run(&mut l.model, &l.tok, &opts).await;
+            // The bench leaves its own tokens in the cache.
+            l.model.reset();
+            let results = results?;
+            let (pipelines_compiled, pipeline_compile_s) = l.model.gpu().compile_stats();
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Bench {
+                results: crate::bench::model::ModelBench,
+                pipelines_compiled: u32,
+                pipeline_compile_s: f64,
+                context: u32,
+            }
+            to_js(&Bench {
+                results,
+                pipelines_compiled,
+                pipeline_compile_s,
+                context: l.model.context,
+            })
+        })
     }
 
     /// Figures of the last generation.

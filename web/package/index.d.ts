@@ -46,6 +46,8 @@ export interface LoadOptions {
   cache?: boolean;
   /** KV cache size in tokens; default min(the model's context, 4096). */
   contextLength?: number;
+  /** Prompt tokens per prefill step, 1 to 1024; default 128 (sized for phones: a desktop GPU prefills faster with 512). */
+  prefillChunk?: number;
   /** Aborts the load; a partial download is kept and resumed next time. */
   signal?: AbortSignal;
   /** false: never use shader-f16 even where the adapter has it. */
@@ -261,6 +263,13 @@ export class Gemma {
   /** The latest numbers (a copy); updated after the load and after every generation. */
   stats(): Stats;
 
+  /**
+   * Measures this model on this device as `gemma-wgpu bench` does natively (prefill, decode,
+   * time to first token, dispatches per token, CPU time per token). The KV cache must hold
+   * `promptLen + max(gen, profileTokens)` tokens; the conversation cache is cleared.
+   */
+  bench(options?: BenchOptions): Promise<BenchResult>;
+
   /** Frees the GPU memory and ends the worker; the instance can't be used afterwards. */
   unload(): Promise<void>;
 
@@ -269,6 +278,37 @@ export class Gemma {
    * browser reclaiming the GPU would. The next request fails with 'device-lost'.
    */
   loseDeviceForTest(): Promise<void>;
+}
+
+export interface BenchOptions {
+  /** Prompt tokens of the prefill (default 512). */
+  promptLen?: number;
+  /** Tokens decoded per timed run (default 128). */
+  gen?: number;
+  /** Timed runs, after one warm-up (default 3; medians are reported). */
+  repeat?: number;
+  /** Decode steps timed per op with GPU timestamps, where the device has them (default 32; 0: none). */
+  profileTokens?: number;
+  /** Also measure the device's shader-copy bandwidth as the yardstick (default true). */
+  copyBandwidth?: boolean;
+}
+
+export interface BenchResult {
+  /** As `results` in `gemma-wgpu bench --json` (snake_case fields). */
+  results: {
+    prompt_tokens: number;
+    generated_tokens: number;
+    prefill: { tokens_per_s: number; runs_s: number[] };
+    decode: { tokens_per_s: number; runs_s: number[] };
+    time_to_first_token_s: number;
+    time_to_first_token_cold_s: number;
+    dispatches_per_decode_token: number;
+    decode_encode_us_per_token: number;
+    [key: string]: unknown;
+  };
+  pipelinesCompiled: number;
+  pipelineCompileS: number;
+  context: number;
 }
 
 export interface CachedModel {

@@ -286,7 +286,7 @@ export class Gemma {
 
   static async load(source, options = {}) {
     if (options === null || typeof options !== 'object') throw invalid('options must be an object');
-    const { onProgress, cache = true, contextLength, signal, f16, subgroups, testHooks } = options;
+    const { onProgress, cache = true, contextLength, prefillChunk, signal, f16, subgroups, testHooks } = options;
     let wireSource;
     if (typeof source === 'string' || source instanceof URL) {
       let url;
@@ -305,6 +305,9 @@ export class Gemma {
     if (typeof cache !== 'boolean') throw invalid('cache must be a boolean');
     if (contextLength !== undefined && !(Number.isInteger(contextLength) && contextLength >= 1)) {
       throw invalid(`contextLength must be an integer >= 1, got ${String(contextLength)}`);
+    }
+    if (prefillChunk !== undefined && !(Number.isInteger(prefillChunk) && prefillChunk >= 1 && prefillChunk <= 1024)) {
+      throw invalid(`prefillChunk must be an integer from 1 to 1024, got ${String(prefillChunk)}`);
     }
     for (const [key, value] of [['f16', f16], ['subgroups', subgroups]]) {
       if (value !== undefined && typeof value !== 'boolean') throw invalid(`${key} must be a boolean`);
@@ -328,7 +331,7 @@ export class Gemma {
       stats = s;
     };
     const { id, done } = conn.request(
-      { type: 'load', source: wireSource, options: { cache: keep, contextLength, f16, subgroups, testMemoryBudget } },
+      { type: 'load', source: wireSource, options: { cache: keep, contextLength, prefillChunk, f16, subgroups, testMemoryBudget } },
       (message) => {
         if (message.type !== 'progress' || !onProgress) return;
         try {
@@ -505,6 +508,32 @@ export class Gemma {
   /** The latest numbers: model, memory, and the last generation's speed. */
   stats() {
     return structuredClone(this.#stats);
+  }
+
+  /**
+   * Measures this model on this device as `gemma-wgpu bench` does natively: prefill of a
+   * `promptLen`-token prompt, greedy decode of `gen` tokens (`repeat` timed runs, medians), time
+   * to first token, dispatches per token, and the CPU time spent encoding them. Resolves to the
+   * CLI's `results` object (snake_case, as in `bench --json`) plus `pipelinesCompiled`,
+   * `pipelineCompileS` and `context`. The KV cache must hold `promptLen + max(gen,
+   * profileTokens)` tokens (`contextLength` at load); the conversation cache is cleared.
+   */
+  async bench(options = {}) {
+    if (this.#closed) throw new GemmaError(this.#unloading ? 'invalid-argument' : this.#closedCode, this.#closed);
+    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
+    if (this.#active) throw new GemmaError('busy', 'a generation is running: wait for it or abort it first');
+    const out = {};
+    for (const [key, min] of [['promptLen', 1], ['gen', 1], ['repeat', 1], ['profileTokens', 0]]) {
+      const v = options[key];
+      if (v === undefined) continue;
+      if (!(Number.isInteger(v) && v >= min)) throw invalid(`${key} must be an integer >= ${min}, got ${String(v)}`);
+      out[key] = v;
+    }
+    if (options.copyBandwidth !== undefined) {
+      if (typeof options.copyBandwidth !== 'boolean') throw invalid('copyBandwidth must be a boolean');
+      out.copyBandwidth = options.copyBandwidth;
+    }
+    return await this.#conn.request({ type: 'bench', options: out }).done;
   }
 
   /**

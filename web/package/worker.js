@@ -1,7 +1,7 @@
 // The module worker that owns the engine: one per loaded model. It runs requests from index.js
 // one at a time and streams their progress and tokens back.
 //
-// Page → worker: {type: 'load' | 'generate' | 'unload' | 'loseDeviceForTest', id, ...} and
+// Page → worker: {type: 'load' | 'generate' | 'bench' | 'unload' | 'loseDeviceForTest', id, ...} and
 // {type: 'abort', id} (stops request `id`). Worker → page: {type: 'progress' | 'started' | 'piece', id, ...} while a
 // request runs, then exactly one {type: 'result', id, value} or {type: 'error', id, code,
 // message, fatal}; {type: 'stats', stats} whenever the numbers change; {type: 'fatal', message}
@@ -176,7 +176,7 @@ async function load({ id, source, options }, signal) {
   let info;
   try {
     if (signal.aborted) throw codedError('aborted', 'loading was aborted');
-    info = await engine.load(opened.source, { contextLength }, (loaded, total) => onProgress({ phase: 'upload', loaded, total }));
+    info = await engine.load(opened.source, { contextLength, prefillChunk: options.prefillChunk }, (loaded, total) => onProgress({ phase: 'upload', loaded, total }));
     if (signal.aborted) throw codedError('aborted', 'loading was aborted');
   } catch (err) {
     await opened.release().catch(() => {});
@@ -234,6 +234,11 @@ const handlers = {
       cachedTokens: started.cachedTokens,
       generatedTokens,
     };
+  },
+
+  // The CLI's model benchmark on the loaded model (pkg-scripts/bench-web.mjs drives it).
+  async bench({ options }) {
+    return await requireEngine().bench(options ?? {});
   },
 
   // Test hook: destroys the GPU device, as a driver reset or the browser reclaiming the GPU would.

@@ -1,13 +1,13 @@
 // Gemma 4 tiny model in the browser: greedy tokens equal the native CLI's (subgroup kernels on
 // both sides, and the portable kernels with `subgroups: false`), aborting a stream, and a second
-// generation while one runs.
+// generation while one runs; `bench` runs the CLI's model bench with the native op list.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { TINY_MODEL_DIR } from './helpers/paths.mjs';
 import { TINY_PROMPTS } from './helpers/prompts.mjs';
 import {
-  packedPackage, testServer, launchBrowser, harnessPage, nativeGreedy, nativeGreedyAll, assertSubgroupKernels, record, secs,
+  packedPackage, testServer, launchBrowser, harnessPage, nativeGreedy, nativeGreedyAll, nativeBench, assertSubgroupKernels, record, secs,
   PAGES_DIR,
 } from './helpers/setup.mjs';
 
@@ -62,6 +62,38 @@ test('greedy tokens equal the native CLI', { timeout: 180_000 }, async () => {
     assert.equal(got.text, native[i].text, `prompt ${i}: text`);
     note(`prompt ${i}: ${got.ids.length} tokens in ${secs(got.ms)} (prefill ${got.stats.prefillTokensPerS?.toFixed(1)} tok/s, decode ${got.stats.decodeTokensPerS?.toFixed(1)} tok/s)`);
   }
+});
+
+test('bench: the browser runs the CLI bench, with the native op list', { timeout: 180_000 }, async () => {
+  const opts = { promptLen: 16, gen: 4, repeat: 1, profileTokens: 0, copyBandwidth: false };
+  const got = await page.evaluate(([o]) => harness.bench('tiny', o), [opts]);
+  assert.ok(got.ok, `bench failed: ${JSON.stringify(got.error)}\n${browser.recentLogs()}`);
+  const r = got.value.results;
+  const cli = (await nativeBench({ model: path.join(TINY_MODEL_DIR, MODEL), promptLen: 16, gen: 4, contextLength: CONTEXT })).results;
+  note(
+    `bench: prefill ${r.prefill.tokens_per_s.toFixed(1)} tok/s, decode ${r.decode.tokens_per_s.toFixed(1)} tok/s, ` +
+      `${r.dispatches_per_decode_token} dispatches per token (native ${cli.dispatches_per_decode_token}), ` +
+      `${(r.decode_encode_us_per_token / r.dispatches_per_decode_token).toFixed(1)} us of CPU per dispatch, ` +
+      `${got.value.pipelinesCompiled} pipelines in ${got.value.pipelineCompileS.toFixed(2)} s`,
+  );
+  assert.equal(r.prompt_tokens, 16);
+  assert.equal(r.generated_tokens, 4);
+  assert.equal(got.value.context, CONTEXT);
+  assert.ok(r.prefill.tokens_per_s > 0 && r.decode.tokens_per_s > 0 && r.time_to_first_token_s > 0, JSON.stringify(r));
+  assert.ok(r.decode_encode_us_per_token > 0, 'the CPU time of encoding a step is measured');
+  // The same model code under the same limits: the same ops, dispatch for dispatch.
+  assert.equal(r.dispatches_per_decode_token, cli.dispatches_per_decode_token);
+  assert.equal(r.dispatches_per_prefill, cli.dispatches_per_prefill);
+  assert.deepEqual(r.bytes_per_decode_token, cli.bytes_per_decode_token);
+
+  const tooLong = await page.evaluate(([o]) => harness.bench('tiny', o), [{ promptLen: CONTEXT, gen: 4 }]);
+  assert.equal(tooLong.ok, false);
+  assert.equal(tooLong.error.code, 'invalid-argument', JSON.stringify(tooLong.error));
+  assert.match(tooLong.error.message, /context of 1024 tokens is too small/);
+  // The engine still generates after a bench.
+  const again = await page.evaluate(([p, n]) => harness.generate('tiny', p, { maxTokens: n }), [TINY_PROMPTS[0], MAX_TOKENS]);
+  assert.ok(again.ok, JSON.stringify(again.error));
+  assert.deepEqual(again.ids, native[0].ids);
 });
 
 test('abort mid-stream throws aborted promptly and leaves the engine usable', { timeout: 120_000 }, async () => {

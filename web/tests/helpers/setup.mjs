@@ -146,6 +146,22 @@ export async function nativeGreedy({ model, prompt, maxTokens, contextLength, su
   return { ids: json.tokens, text: json.text, adapter: json.adapter, ms: performance.now() - t0 };
 }
 
+/**
+ * `gemma-wgpu bench --json` under the browser's constraints (as `nativeGreedy`): the `results`
+ * object the browser's `Gemma.bench` must match in kind.
+ */
+export async function nativeBench({ model, promptLen, gen, contextLength }) {
+  await ensureNativeCli();
+  const args = ['bench', '--model', model, '--prompt-len', String(promptLen), '--gen', String(gen), '--repeat', '1',
+    '--profile-tokens', '0', '--no-copy-bandwidth', '--json', '--no-f16', '--webgpu-limits', '--context', String(contextLength)];
+  const { stdout } = await run(NATIVE_CLI, args, {
+    cwd: REPO_ROOT,
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
+    maxBuffer: 16 << 20,
+  });
+  return JSON.parse(stdout);
+}
+
 /** Runs the native references one after another (two cores: parallel runs only slow both). */
 export async function nativeGreedyAll(requests) {
   const out = [];

@@ -48,6 +48,14 @@ window.harness = {
     models.delete(key);
   },
 
+  async bench(key, options) {
+    try {
+      return { ok: true, value: await models.get(key).bench(options) };
+    } catch (err) {
+      return { ok: false, error: { code: err.code, message: err.message } };
+    }
+  },
+
   stats(key) {
     return models.get(key).stats();
   },
