@@ -8,7 +8,7 @@
 //   pkg-scripts/build-web.sh            # pkg/ (once)
 //   node pkg-scripts/bench-web.mjs --model FILE.gguf [--json] [--prompt-len 512] [--gen 128]
 //        [--repeat 3] [--profile-tokens 32] [--prefill-chunk 512] [--no-f16] [--no-subgroups]
-//        [--backend vulkan|null] [--pkg DIR] [--dawn PATH/TO/webgpu/index.js]
+//        [--backend vulkan|null] [--dawn-flag FLAG]... [--pkg DIR] [--dawn PATH/TO/webgpu/index.js]
 //
 // The shim is what a worker has and Node lacks, nothing more: `navigator.gpu` (Dawn's),
 // `WorkerGlobalScope` (wgpu looks for it to find `navigator`), `self`/`postMessage` (the worker
@@ -36,6 +36,9 @@ const { values: args } = parseArgs({
     'no-subgroups': { type: 'boolean', default: false },
     'no-copy-bandwidth': { type: 'boolean', default: false },
     backend: { type: 'string', default: 'vulkan' },
+    // Passed to Dawn as is, e.g. --dawn-flag enable-dawn-features=disable_robustness (what
+    // Dawn's bounds checks cost: a page cannot turn them off).
+    'dawn-flag': { type: 'string', multiple: true, default: [] },
     pkg: { type: 'string', default: resolve(root, 'pkg') },
     dawn: { type: 'string', default: resolve(root, 'web/node_modules/webgpu/index.js') },
   },
@@ -66,7 +69,7 @@ try {
   fail(`cannot load Dawn's Node bindings from ${args.dawn} (npm \`webgpu\`; --dawn names another copy): ${err.message}`);
 }
 Object.assign(globalThis, dawn.globals);
-const gpu = dawn.create([`backend=${args.backend}`]);
+const gpu = dawn.create([`backend=${args.backend}`, ...args['dawn-flag']]);
 Object.defineProperty(globalThis, 'navigator', {
   value: { gpu, userAgent: `Node.js ${process.version} (dawn.node)`, hardwareConcurrency: os.cpus().length, language: 'en-US' },
   configurable: true,
@@ -200,7 +203,7 @@ const json = {
   schema: 1,
   kind: 'model',
   path: 'browser',
-  runtime: { node: process.version, webgpu: 'dawn.node (npm webgpu)', backend: args.backend },
+  runtime: { node: process.version, webgpu: 'dawn.node (npm webgpu)', backend: args.backend, dawn_flags: args['dawn-flag'] },
   model: {
     path: args.model,
     arch: loaded.info.architecture,

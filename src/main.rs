@@ -266,8 +266,8 @@ struct BenchArgs {
     /// Skip measuring the device's copy bandwidth.
     #[arg(long)]
     no_copy_bandwidth: bool,
-    /// Leave these ops out of every step, by their label in the per-op breakdown (e.g.
-    /// `attention,ffn_down`): the change in decode time is what they cost in the step's chain
+    /// Leave these ops out of every step, by their name in the per-op breakdown (its first
+    /// word, e.g. `attention,ffn_down,ffn_gate_up`): the change in decode time is what they cost in the step's chain
     /// of dispatches. An ablation for profiling: the model's output is meaningless.
     #[arg(long, value_delimiter = ',')]
     skip_ops: Vec<String>,

@@ -174,9 +174,11 @@ impl<'r, 'p> Recorder<'r, 'p> {
         }
     }
 
-    /// Encodes `op` for `step`, labelled `label` in profiles (nothing if `label` is skipped).
+    /// Encodes `op` for `step`, labelled `label` in profiles (nothing if `label`, or its first
+    /// word, the op's name without what a fused op folds in, is skipped).
     pub fn op(&mut self, label: &'static str, op: &dyn Op, step: &StepParams) {
-        if self.skipped.iter().any(|s| s == label) {
+        let name = label.split(' ').next().unwrap_or(label);
+        if self.skipped.iter().any(|s| s == label || s == name) {
             return;
         }
         op.encode(self.pass, step);
