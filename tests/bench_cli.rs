@@ -9,6 +9,28 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// The tiny random Gemma 4 model of the end-to-end tests.
+const TINY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/gemma4/gemma4_tiny_a.gguf"
+);
+
+/// `gemma-wgpu bench ARGS` that must fail: asserts exit status 1 and an empty stdout, returns
+/// stderr.
+fn bench_fails(args: &[&str], cache: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma-wgpu"))
+        .arg("bench")
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .expect("run gemma-wgpu bench");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?}");
+    stderr
+}
+
 fn bench(args: &[&str], cache: &std::path::Path) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_gemma-wgpu"))
         .arg("bench")
@@ -189,10 +211,7 @@ fn check_breakdown(j: &Value, layers: f64) {
 
 #[test]
 fn bench_json_on_a_tiny_gemma4_model() {
-    let model = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/gemma4/gemma4_tiny_a.gguf"
-    );
+    let model = TINY;
     let cache = cache_dir("tiny");
     let j = bench(
         &[
@@ -214,6 +233,53 @@ fn bench_json_on_a_tiny_gemma4_model() {
     assert!(at(&j, "/model/synthetic").is_null());
     // Gemma 4 reads a per-layer-embedding row from the file every token.
     positive(&j, "/results/bytes_per_decode_token/per_layer_row");
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// `--skip-ops` leaves ops out by name (the first word of a fused op's label too) and says so
+/// in the JSON; a name no op of the model has is refused, naming it and the ops that exist.
+#[test]
+fn bench_skip_ops_by_name() {
+    let model = TINY;
+    let cache = cache_dir("skip");
+    let args = [
+        "--model",
+        model,
+        "--prompt-len",
+        "8",
+        "--gen",
+        "2",
+        "--repeat",
+        "1",
+        "--profile-tokens",
+        "0",
+        "--no-copy-bandwidth",
+    ];
+    let j = bench(
+        &[&args[..], &["--skip-ops", "attention,ffn_gate_up"]].concat(),
+        &cache,
+    );
+    assert_eq!(
+        at(&j, "/results/skipped_ops"),
+        &serde_json::json!(["attention", "ffn_gate_up"])
+    );
+    let full = bench(&args, &cache);
+    // Two ops fewer per layer, one of them fused ("ffn_gate_up (+post_attn_norm, ffn_norm)").
+    let layers = at(&j, "/model/layers").as_f64().unwrap();
+    assert_eq!(
+        positive(&full, "/results/dispatches_per_decode_token")
+            - positive(&j, "/results/dispatches_per_decode_token"),
+        2.0 * layers
+    );
+
+    let stderr = bench_fails(
+        &[&args[..], &["--json", "--skip-ops", "attention,no_such_op"]].concat(),
+        &cache,
+    );
+    assert!(
+        stderr.contains("no op named `no_such_op`") && stderr.contains("ffn_down"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(cache);
 }
 
@@ -323,11 +389,6 @@ fn bench_bad_arguments_fail_with_one_line() {
     );
     assert!(out.stdout.is_empty());
 }
-
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/data/gemma4/gemma4_tiny_a.gguf"
-);
 
 /// Every run bench performs fits the KV cache it sizes: the profiled decode steps may be more
 /// than --gen (the context follows the longer), and the smallest runs work.
@@ -462,20 +523,12 @@ fn bench_refuses_impossible_runs_before_loading() {
         ),
     ];
     for (args, want) in cases {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemma-wgpu"));
-        cmd.arg("bench");
-        if !args.contains(&"--synthetic") {
-            cmd.args(["--model", TINY]);
-        }
-        let out = cmd
-            .args(args)
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .env("XDG_CACHE_HOME", &cache)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}");
+        let model: &[&str] = if args.contains(&"--synthetic") {
+            &[]
+        } else {
+            &["--model", TINY]
+        };
+        let stderr = bench_fails(&[model, args].concat(), &cache);
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");

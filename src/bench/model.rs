@@ -312,6 +312,18 @@ pub async fn run(
 
     let ttft_cold = first_token(model, tok, &prompt).await?;
     run_once(model, &prompt, opts.gen.min(8)).await?; // warm-up
+                                                      // A prefill and decode steps have run: every op name exists by now.
+    if let Some((unknown, known)) = model.unknown_skipped_ops() {
+        return Err(Error::InvalidArgument(format!(
+            "--skip-ops: no op named {} in this model's steps (its ops: {})",
+            unknown
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            known.join(", ")
+        )));
+    }
 
     let mut prefill_s = Vec::new();
     let mut decode_s = Vec::new();

@@ -10,7 +10,7 @@ pub use context::{
     map_read, Caps, GpuContext, GpuOptions, Kernel, KernelSpec, COMMON_WGSL, DEFAULT_MAX_BUFFER,
     PARAMS_USAGE,
 };
-pub use profile::{OpTime, Profile, Profiler, Recorder};
+pub use profile::{OpTime, Profile, Profiler, Recorder, SkipList};
 
 /// Values that change every step, uploaded once per step into one small buffer that every
 /// kernel needing them binds (uniform or storage: [`Caps::uniform_params`]). Mirrors `struct Step` in `shaders/common.wgsl`.

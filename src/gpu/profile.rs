@@ -150,19 +150,37 @@ impl Profiler {
     }
 }
 
+/// Ops left out of every step (an ablation for benchmarks: see `Model::skip_ops`), and the
+/// names of the ops recorded while any are, so a name that matches no op can be refused.
+#[derive(Debug, Default)]
+pub struct SkipList {
+    pub names: Vec<String>,
+    pub seen: std::collections::BTreeSet<&'static str>,
+}
+
+impl SkipList {
+    /// The names that matched no op recorded so far.
+    pub fn unknown(&self) -> Vec<&str> {
+        self.names
+            .iter()
+            .filter(|n| !self.seen.contains(n.as_str()))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 /// Records ops into a step's compute pass, with a timestamp after each op when profiling.
 pub struct Recorder<'r, 'p> {
     pub pass: &'r mut wgpu::ComputePass<'p>,
     profiler: Option<&'r mut Profiler>,
-    /// Labels of ops left out (an ablation for benchmarks: see `Model::skip_ops`).
-    skipped: &'r [String],
+    skipped: &'r mut SkipList,
 }
 
 impl<'r, 'p> Recorder<'r, 'p> {
     pub fn new(
         pass: &'r mut wgpu::ComputePass<'p>,
         mut profiler: Option<&'r mut Profiler>,
-        skipped: &'r [String],
+        skipped: &'r mut SkipList,
     ) -> Self {
         if let Some(p) = profiler.as_deref_mut() {
             p.begin(pass);
@@ -174,12 +192,15 @@ impl<'r, 'p> Recorder<'r, 'p> {
         }
     }
 
-    /// Encodes `op` for `step`, labelled `label` in profiles (nothing if `label`, or its first
-    /// word, the op's name without what a fused op folds in, is skipped).
+    /// Encodes `op` for `step`, labelled `label` in profiles (nothing if its name, the label's
+    /// first word without what a fused op folds in, is skipped).
     pub fn op(&mut self, label: &'static str, op: &dyn Op, step: &StepParams) {
-        let name = label.split(' ').next().unwrap_or(label);
-        if self.skipped.iter().any(|s| s == label || s == name) {
-            return;
+        if !self.skipped.names.is_empty() {
+            let name = label.split(' ').next().unwrap_or(label);
+            self.skipped.seen.insert(name);
+            if self.skipped.names.iter().any(|s| s == name) {
+                return;
+            }
         }
         op.encode(self.pass, step);
         if let Some(p) = self.profiler.as_deref_mut() {

@@ -34,7 +34,7 @@ pub use plan::{check, preflight, Preflight};
 use std::sync::Arc;
 
 use crate::gguf::{Gguf, RowSource, TensorSource};
-use crate::gpu::{GpuContext, Profile, Profiler};
+use crate::gpu::{GpuContext, Profile, Profiler, SkipList};
 use crate::kernels::embed::{Embed, EmbedIo};
 use crate::kernels::logits::{Logits, MAX_K};
 use crate::kernels::ple::LastRowToFront;
@@ -161,8 +161,8 @@ pub struct Model {
     readback: wgpu::Buffer,
     /// Per-op GPU timestamps of every step while profiling (benchmarks).
     profiler: Option<Profiler>,
-    /// Profile labels of ops left out of every step (`skip_ops`).
-    skipped_ops: Vec<String>,
+    /// Ops left out of every step (`skip_ops`).
+    skipped_ops: SkipList,
     /// The next decode step, recorded while the GPU ran the last one.
     pending: Option<PendingStep>,
     /// CPU seconds spent recording and submitting steps (benchmarks: what encoding costs).
@@ -317,7 +317,7 @@ impl Model {
             rope_scratch: Vec::new(),
             readback,
             profiler: None,
-            skipped_ops: Vec::new(),
+            skipped_ops: SkipList::default(),
             pending: None,
             encode_seconds: 0.0,
         })
@@ -474,9 +474,28 @@ impl Model {
     /// step from now on: an ablation for benchmarks, where the change in wall time is what those
     /// ops cost in the dependent chain of a step (GPU timestamps between ops overstate short
     /// ops). The model's outputs are meaningless while any op is skipped.
-    pub fn skip_ops(&mut self, labels: Vec<String>) {
+    pub fn skip_ops(&mut self, names: Vec<String>) {
         self.pending = None;
-        self.skipped_ops = labels;
+        self.skipped_ops = SkipList {
+            names,
+            ..Default::default()
+        };
+    }
+
+    /// Names given to [`Model::skip_ops`] that matched no op of the steps run since, with the
+    /// names that exist: `None` when every name matched.
+    pub fn unknown_skipped_ops(&self) -> Option<(Vec<String>, Vec<String>)> {
+        let unknown = self.skipped_ops.unknown();
+        (!unknown.is_empty()).then(|| {
+            (
+                unknown.into_iter().map(String::from).collect(),
+                self.skipped_ops
+                    .seen
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            )
+        })
     }
 
     /// CPU seconds spent so far recording and submitting steps (the step's uploads, its
