@@ -143,68 +143,17 @@ impl VocabSpec {
 /// then stably sorted by (piece score, left length in chars, right length in chars), descending.
 /// `scores` must already hold 0 for control/user-defined pieces (see the module docs).
 pub fn derive_merges(tokens: &[String], scores: &[f32]) -> Result<Vec<(String, String)>> {
-    if tokens.len() != scores.len() {
-        return Err(Error::Tokenizer(format!(
-            "{} tokens but {} scores",
-            tokens.len(),
-            scores.len()
-        )));
-    }
-    let vocab: HashMap<&str, u32> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i as u32))
-        .collect();
-    // (score, left chars, right chars, left id, right id); sorted once at the end.
-    struct M {
-        score: f32,
-        len_l: u32,
-        len_r: u32,
-        l: u32,
-        r: u32,
-    }
-    let mut merges: Vec<M> = Vec::with_capacity(tokens.len() * 2);
-    let mut local: Vec<M> = Vec::new();
-    for (piece, &score) in tokens.iter().zip(scores) {
-        // `+ 0.0` turns -0.0 into 0.0: Python compares them equal, `total_cmp` would not.
-        let score = score + 0.0;
-        local.clear();
-        let n_chars = piece.chars().count() as u32;
-        for (k, (i, _)) in piece.char_indices().enumerate().skip(1) {
-            let (a, b) = piece.split_at(i);
-            if let (Some(&l), Some(&r)) = (vocab.get(a), vocab.get(b)) {
-                local.push(M {
-                    score,
-                    len_l: k as u32,
-                    len_r: n_chars - k as u32,
-                    l,
-                    r,
-                });
-            }
-        }
-        local.sort_by_key(|m| (m.l, m.r));
-        merges.append(&mut local);
-    }
-    // Free the lookup table before the merge strings are allocated (peak memory).
-    drop(vocab);
-    drop(local);
-    merges.shrink_to_fit();
-    // Stable sort, descending on the key, equal keys keep insertion order (as Python's
-    // `sorted(..., reverse=True)` does).
-    merges.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then(b.len_l.cmp(&a.len_l))
-            .then(b.len_r.cmp(&a.len_r))
-    });
-    Ok(merges
+    let vocab = Vocab::from_strings(tokens.to_vec())?;
+    Ok(derive_merge_ids(&vocab, scores)?
         .into_iter()
-        .map(|m| (tokens[m.l as usize].clone(), tokens[m.r as usize].clone()))
+        .map(|(l, r)| (vocab.get(l).to_string(), vocab.get(r).to_string()))
         .collect())
 }
 
 /// [`derive_merges`] as id pairs over a [`Vocab`] (first ids, as `tokenizers` maps the merge
-/// strings), without a string per merge: what [`Tokenizer::from_spec`] uses.
+/// strings), without a string per merge: what [`Tokenizer::from_spec`] uses, and what
+/// [`derive_merges`] turns back into strings. Lengths in chars are kept as u16 (16 bytes a
+/// merge), so two halves longer than 65,535 chars would sort as equal.
 fn derive_merge_ids(vocab: &Vocab, scores: &[f32]) -> Result<Vec<(u32, u32)>> {
     let n = vocab.len();
     if n != scores.len() {
@@ -236,7 +185,8 @@ fn derive_merge_ids(vocab: &Vocab, scores: &[f32]) -> Result<Vec<(u32, u32)>> {
     let mut local: Vec<M> = Vec::new();
     for (id, &score) in scores.iter().enumerate() {
         let piece = vocab.get(id as u32);
-        let score = score + 0.0; // -0.0 → 0.0, as in derive_merges
+        // `+ 0.0` turns -0.0 into 0.0: Python compares them equal, `total_cmp` would not.
+        let score = score + 0.0;
         local.clear();
         let n_chars = piece.chars().count();
         for (k, (i, _)) in piece.char_indices().enumerate().skip(1) {
