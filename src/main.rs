@@ -267,9 +267,9 @@ struct BenchArgs {
     #[arg(long)]
     no_copy_bandwidth: bool,
     /// Leave these ops out of every step, by their name in the per-op breakdown (its first
-    /// word, e.g. `attention,ffn_down,ffn_gate_up`): the change in decode time is what they cost in the step's chain
-    /// of dispatches (a name no op has is refused). An ablation for profiling: the model's
-    /// output is meaningless.
+    /// word, e.g. `attention,ffn_down,ffn_gate_up`): the change in decode time is what they
+    /// cost in the step's chain of dispatches (a name no op has is refused). An ablation for
+    /// profiling: the model's output is meaningless.
     #[arg(long, value_delimiter = ',')]
     skip_ops: Vec<String>,
     /// Kernel microbenchmarks (mat-vec GB/s, mat-mat TFLOP/s at model shapes, decode attention

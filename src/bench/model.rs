@@ -21,7 +21,10 @@ pub const PHONE_BANDWIDTHS_GB_S: [f64; 2] = [60.0, 76.0];
 
 /// What to measure. [`ModelBenchOptions::check`] says whether [`run`] can honour it, and
 /// [`ModelBenchOptions::context_needed`] how many tokens the model's KV cache must hold.
-#[derive(Clone, Debug)]
+/// The browser passes them as JS objects, camelCase (`Gemma.bench`); omitted fields take the
+/// defaults.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct ModelBenchOptions {
     /// Prompt tokens of the prefill (at least 1).
     pub prompt_len: u32,
@@ -311,8 +314,8 @@ pub async fn run(
     model.skip_ops(opts.skip_ops.clone());
 
     let ttft_cold = first_token(model, tok, &prompt).await?;
-    run_once(model, &prompt, opts.gen.min(8)).await?; // warm-up
-                                                      // A prefill and decode steps have run: every op name exists by now.
+    // Warm-up. After it a prefill and decode steps have run, so every op name has been seen.
+    run_once(model, &prompt, opts.gen.min(8)).await?;
     if let Some((unknown, known)) = model.unknown_skipped_ops() {
         return Err(Error::InvalidArgument(format!(
             "--skip-ops: no op named {} in this model's steps (its ops: {})",

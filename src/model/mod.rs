@@ -470,7 +470,7 @@ impl Model {
         Ok(())
     }
 
-    /// Leaves the ops with these profile labels (`attention`, `ffn_down`, …) out of every
+    /// Leaves the ops with these names (`attention`, `ffn_down`, …: see `Recorder::op`) out of every
     /// step from now on: an ablation for benchmarks, where the change in wall time is what those
     /// ops cost in the dependent chain of a step (GPU timestamps between ops overstate short
     /// ops). The model's outputs are meaningless while any op is skipped.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
+use crate::bench::model::ModelBenchOptions;
 use crate::chat::{ChatTemplate, Message};
 use crate::generate::{Finish, Generation};
 use crate::gguf::{read_header, Gguf, Halt, HeaderParser};
@@ -257,43 +258,6 @@ impl StartOptions {
         };
         p.validate()?;
         Ok(p)
-    }
-}
-
-/// Options of `bench`, as JS passes them (the CLI's defaults).
-#[derive(Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct BenchOptions {
-    prompt_len: u32,
-    gen: u32,
-    repeat: u32,
-    profile_tokens: u32,
-    copy_bandwidth: bool,
-}
-
-impl Default for BenchOptions {
-    fn default() -> Self {
-        let d = crate::bench::model::ModelBenchOptions::default();
-        Self {
-            prompt_len: d.prompt_len,
-            gen: d.gen,
-            repeat: d.repeat,
-            profile_tokens: d.profile_tokens,
-            copy_bandwidth: d.copy_bandwidth,
-        }
-    }
-}
-
-impl BenchOptions {
-    fn model_bench_options(&self) -> crate::bench::model::ModelBenchOptions {
-        crate::bench::model::ModelBenchOptions {
-            prompt_len: self.prompt_len,
-            gen: self.gen,
-            repeat: self.repeat,
-            profile_tokens: self.profile_tokens,
-            copy_bandwidth: self.copy_bandwidth,
-            ..Default::default()
-        }
     }
 }
 
@@ -712,17 +676,16 @@ impl Engine {
 
     /// Runs the model benchmark of `gemma-wgpu bench` on the loaded model, through this
     /// engine's WebGPU device: `{ results, pipelinesCompiled, pipelineCompileS, context }`,
-    /// `results` as in `bench --json`. `options`: `{ promptLen, gen, repeat, profileTokens,
-    /// copyBandwidth }` (the CLI's defaults); the model must have been loaded with a context
-    /// that holds them. For measuring the browser path (pkg-scripts/bench-web.mjs).
+    /// `results` as in `bench --json`. `options`: [`ModelBenchOptions`] in camelCase
+    /// (`{ promptLen, gen, repeat, profileTokens, copyBandwidth }`, the CLI's defaults); the
+    /// model must have been loaded with a context that holds them. For measuring the browser path (pkg-scripts/bench-web.mjs).
     pub fn bench(&self, options: JsValue) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let o: BenchOptions = from_js(options, "bench options")?;
-            let opts = o.model_bench_options();
+            let opts: ModelBenchOptions = from_js(options, "bench options")?;
+            // Refused before the conversation's cache is dropped (`run` checks them too).
             opts.check()?;
             let mut lease = Lease::take(&state)?;
-            state.borrow().cancel.set(false);
             let l = lease.get();
             l.gen = None;
             l.cached.clear();
