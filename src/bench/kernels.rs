@@ -425,8 +425,8 @@ pub async fn copy_bandwidth(ctx: &GpuContext) -> Result<CopyBandwidth> {
                 label: Some("bench.copy"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind, &[]);
+            pass.set_pipeline(kernel.pipeline());
+            pass.set_bind_group(0, bind.get(), &[]);
             for _ in 0..copies {
                 crate::gpu::dispatch(&mut pass, groups);
             }
@@ -474,7 +474,7 @@ pub async fn dispatch_cost(ctx: &GpuContext) -> Result<DispatchCost> {
     let buffers = (0..TICK_BUFFERS)
         .map(|_| ctx.storage("bench.tick", 4)) // [1] u32
         .collect::<Result<Vec<_>>>()?;
-    let groups: Vec<wgpu::BindGroup> = buffers
+    let groups: Vec<crate::gpu::BindGroup> = buffers
         .iter()
         .map(|b| ctx.bind(&kernel, &[b.as_entire_binding()]))
         .collect();
@@ -490,10 +490,10 @@ pub async fn dispatch_cost(ctx: &GpuContext) -> Result<DispatchCost> {
                 label: Some("bench.ticks"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&kernel.pipeline);
+            pass.set_pipeline(kernel.pipeline());
             for i in 0..TICKS as usize {
                 let g = if independent { i % TICK_BUFFERS } else { 0 };
-                pass.set_bind_group(0, &groups[g], &[]);
+                pass.set_bind_group(0, groups[g].get(), &[]);
                 crate::gpu::dispatch(&mut pass, [1, 1, 1]);
             }
         }

@@ -2,12 +2,11 @@
 //! needs, the kernel (pipeline) cache, and buffer helpers. Kernel code takes a `&GpuContext`; it
 //! never creates devices (the wgpu `hello_compute` split), so tests can inject their own.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use super::shader::preprocess;
+use super::kernel::KernelCache;
 use crate::{Error, Result};
 
 /// What the caller wants from the GPU. Defaults: any backend, the best adapter, every optional
@@ -157,92 +156,18 @@ impl Caps {
     }
 }
 
-/// A compiled compute pipeline plus the layout its bind groups use.
-#[derive(Debug)]
-pub struct Kernel {
-    pub name: String,
-    pub pipeline: wgpu::ComputePipeline,
-    pub layout: wgpu::BindGroupLayout,
-}
-
-/// What identifies a kernel: its source, entry point and specialisation. The capability flags
-/// (`F16`, `SUBGROUPS`) come from the context, so one context builds one variant.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct KernelSpec {
-    /// Label, also used in error messages (e.g. `matvec_q4_0`).
-    pub name: String,
-    /// WGSL source; `shaders/common.wgsl` is prepended.
-    pub source: &'static str,
-    pub entry: &'static str,
-    /// Extra boolean flags for `#if`.
-    pub flags: Vec<(&'static str, bool)>,
-    /// `{{NAME}}` substitutions.
-    pub defines: Vec<(&'static str, String)>,
-}
-
-impl KernelSpec {
-    pub fn new(name: impl Into<String>, source: &'static str) -> Self {
-        Self {
-            name: name.into(),
-            source,
-            entry: "main",
-            flags: Vec::new(),
-            defines: Vec::new(),
-        }
-    }
-
-    pub fn define(mut self, name: &'static str, value: impl ToString) -> Self {
-        self.defines.push((name, value.to_string()));
-        self
-    }
-
-    pub fn flag(mut self, name: &'static str, on: bool) -> Self {
-        self.flags.push((name, on));
-        self
-    }
-
-    pub fn entry(mut self, entry: &'static str) -> Self {
-        self.entry = entry;
-        self
-    }
-
-    /// The final WGSL text for a device with these capabilities.
-    pub fn expand(&self, caps: &Caps) -> Result<String> {
-        let mut flags = vec![
-            ("F16", caps.f16),
-            ("SUBGROUPS", caps.subgroups),
-            ("SUBGROUPS_DIRECTIVE", caps.subgroups && caps.browser),
-        ];
-        flags.extend(self.flags.iter().copied());
-        let mut defines = self.defines.clone();
-        let params = if caps.uniform_params {
-            "uniform"
-        } else {
-            "storage, read"
-        };
-        defines.push(("PARAMS", params.to_string()));
-        let mut text = String::from(COMMON_WGSL);
-        text.push_str(self.source);
-        preprocess(&self.name, &text, &flags, &defines)
-    }
-}
-
-/// Prelude shared by every kernel.
-pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
-
 /// Owns the device and queue and caches compiled kernels.
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
-    kernels: Mutex<HashMap<KernelSpec, Arc<Kernel>>>,
+    /// Compiled kernels, and the batch being collected (`super::kernel`).
+    pub(super) kernel_cache: Mutex<KernelCache>,
     /// `GpuOptions::shader_loop_bounding`.
-    loop_bounding: bool,
+    pub(super) loop_bounding: bool,
     /// The driver's pipeline cache and the file it is kept in (`GpuOptions::pipeline_cache_dir`).
-    pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
-    /// Pipelines compiled so far and the seconds spent compiling them (benchmarks report it).
-    compiled: Mutex<(u32, f64)>,
+    pub(super) pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
     /// The first GPU error nobody caught (wgpu's default would panic; a browser would only log
     /// it): reported by the next wait or readback, so a failed dispatch never reads as zeros.
     uncaptured: Arc<Mutex<Option<GpuFault>>>,
@@ -429,9 +354,8 @@ impl GpuContext {
             info,
             caps,
             pipeline_cache,
-            kernels: Mutex::new(HashMap::new()),
+            kernel_cache: Mutex::default(),
             loop_bounding: opts.shader_loop_bounding,
-            compiled: Mutex::new((0, 0.0)),
             uncaptured,
             lost,
             #[cfg(not(target_arch = "wasm32"))]
@@ -606,11 +530,6 @@ impl GpuContext {
         std::fs::rename(&tmp, file).map_err(io)
     }
 
-    /// Pipelines compiled by this context and the wall-clock seconds their creation took.
-    pub fn compile_stats(&self) -> (u32, f64) {
-        *self.compiled.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// One line naming the adapter, backend and the variant in use.
     pub fn describe(&self) -> String {
         format!(
@@ -627,106 +546,6 @@ impl GpuContext {
     /// Whether shaders are compiled with wgpu's loop bounding (`GpuOptions::shader_loop_bounding`).
     pub fn loop_bounding(&self) -> bool {
         self.loop_bounding
-    }
-
-    /// Compiles (or fetches from the cache) the kernel for `spec`. Shader errors become
-    /// `Error::Shader` instead of wgpu's default panic.
-    pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
-        if let Some(k) = self
-            .kernels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(spec)
-        {
-            return Ok(k.clone());
-        }
-        let started = web_time::Instant::now();
-        let text = spec.expand(&self.caps)?;
-        // Natively the scope resolves at once. In a browser it resolves later, so there errors
-        // go to the uncaptured-error sink instead and surface at the first wait or readback.
-        #[cfg(not(target_arch = "wasm32"))]
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let descriptor = wgpu::ShaderModuleDescriptor {
-            label: Some(&spec.name),
-            source: wgpu::ShaderSource::Wgsl(text.into()),
-        };
-        let checks = wgpu::ShaderRuntimeChecks {
-            force_loop_bounding: self.loop_bounding,
-            ..wgpu::ShaderRuntimeChecks::checked()
-        };
-        // SAFETY: only the loop bounding may be off, and every loop in the crate's shaders ends
-        // (constant positive steps, bounds from validated shapes: see
-        // `GpuOptions::shader_loop_bounding`); buffer bounds checks and the guards on integer
-        // division stay on.
-        let module = unsafe { self.device.create_shader_module_trusted(descriptor, checks) };
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&spec.name),
-                layout: None,
-                module: &module,
-                entry_point: Some(spec.entry),
-                compilation_options: Default::default(),
-                cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
-            });
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(error) = super::poll_ready(scope.pop()).flatten() {
-            return Err(Error::Shader {
-                name: spec.name.clone(),
-                message: error.to_string(),
-            });
-        }
-        let layout = pipeline.get_bind_group_layout(0);
-        {
-            let mut c = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-            c.0 += 1;
-            c.1 += started.elapsed().as_secs_f64();
-        }
-        let kernel = Arc::new(Kernel {
-            name: spec.name.clone(),
-            pipeline,
-            layout,
-        });
-        self.kernels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.clone(), kernel.clone());
-        Ok(kernel)
-    }
-
-    /// A bind group for `kernel` with `resources[i]` at binding `i`.
-    pub fn bind(
-        &self,
-        kernel: &Kernel,
-        resources: &[wgpu::BindingResource<'_>],
-    ) -> wgpu::BindGroup {
-        let entries: Vec<(u32, wgpu::BindingResource<'_>)> = resources
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i as u32, r.clone()))
-            .collect();
-        self.bind_at(kernel, &entries)
-    }
-
-    /// A bind group for `kernel` with each `(binding, resource)` of `entries` (for kernels
-    /// whose bindings depend on the variant, so their numbers are not contiguous).
-    pub fn bind_at(
-        &self,
-        kernel: &Kernel,
-        entries: &[(u32, wgpu::BindingResource<'_>)],
-    ) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
-            .iter()
-            .map(|(binding, r)| wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: r.clone(),
-            })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&kernel.name),
-            layout: &kernel.layout,
-            entries: &entries,
-        })
     }
 
     /// Checks that a storage buffer of `bytes` can be created and bound whole.

@@ -3,13 +3,12 @@
 //! and then only *encoded* into the step's compute pass).
 
 mod context;
+mod kernel;
 pub mod profile;
 pub mod shader;
 
-pub use context::{
-    map_read, Caps, GpuContext, GpuOptions, Kernel, KernelSpec, COMMON_WGSL, DEFAULT_MAX_BUFFER,
-    PARAMS_USAGE,
-};
+pub use context::{map_read, Caps, GpuContext, GpuOptions, DEFAULT_MAX_BUFFER, PARAMS_USAGE};
+pub use kernel::{BindGroup, Kernel, KernelSpec, COMMON_WGSL};
 pub use profile::{OpTime, Profile, Profiler, Recorder, SkipList};
 
 /// Values that change every step, uploaded once per step into one small buffer that every

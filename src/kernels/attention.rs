@@ -28,7 +28,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{grid, Caps, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, Caps, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
@@ -369,10 +369,10 @@ pub struct AttentionPlan {
 pub struct Attention {
     params: AttentionParams,
     /// The decode kernel, when a step may use it.
-    decode: Option<(DecodeShape, Arc<Kernel>, wgpu::BindGroup)>,
+    decode: Option<(DecodeShape, Arc<Kernel>, BindGroup)>,
     /// The tiled kernel, when a step may use it.
-    tiled: Option<(Tile, Arc<Kernel>, wgpu::BindGroup)>,
-    merge: (Arc<Kernel>, wgpu::BindGroup),
+    tiled: Option<(Tile, Arc<Kernel>, BindGroup)>,
+    merge: (Arc<Kernel>, BindGroup),
     /// Partial rows (split × token × head) the scratch holds.
     split_rows: u32,
     max_per_dim: u32,
@@ -403,7 +403,7 @@ impl Attention {
                 _pad: [0; 3],
             },
         );
-        let bind = |kernel: &Kernel| {
+        let bind = |kernel: &Arc<Kernel>| {
             ctx.bind(
                 kernel,
                 &[
@@ -585,15 +585,15 @@ impl Op for Attention {
             _ => return,
         };
         let [x, y, _] = grid(plan.row_tiles * p.n_kv_heads, self.max_per_dim);
-        pass.set_pipeline(&kernel.0.pipeline);
-        pass.set_bind_group(0, kernel.1, &[]);
+        pass.set_pipeline(kernel.0.pipeline());
+        pass.set_bind_group(0, kernel.1.get(), &[]);
         crate::gpu::dispatch(pass, [x, y, plan.splits]);
         if plan.splits > 1 {
             // attention_merge.wgsl: one workgroup per (row, 64 dims).
             let blocks = p.head_dim.div_ceil(64);
             let [x, y, z] = grid(step.n_tokens * p.n_q_heads * blocks, self.max_per_dim);
-            pass.set_pipeline(&self.merge.0.pipeline);
-            pass.set_bind_group(0, &self.merge.1, &[]);
+            pass.set_pipeline(self.merge.0.pipeline());
+            pass.set_bind_group(0, self.merge.1.get(), &[]);
             crate::gpu::dispatch(pass, [x, y, z]);
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::matvec::{quant_wgsl, SINGLE, TYPES};
 use crate::gguf::GgmlType;
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::quant::QuantMatrix;
 use crate::Result;
 
@@ -53,7 +53,7 @@ pub struct EmbedIo<'a> {
 /// Row gather from one embedding table, built once.
 pub struct Embed {
     kernel: Arc<Kernel>,
-    parts: Vec<(wgpu::BindGroup, wgpu::Buffer)>,
+    parts: Vec<(BindGroup, wgpu::Buffer)>,
     groups_per_token: u32,
     max_per_dim: u32,
 }
@@ -107,9 +107,9 @@ impl Op for Embed {
             return;
         }
         let [x, y, z] = grid(step.n_tokens * self.groups_per_token, self.max_per_dim);
-        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_pipeline(self.kernel.pipeline());
         for (bg, _) in &self.parts {
-            pass.set_bind_group(0, bg, &[]);
+            pass.set_bind_group(0, bg.get(), &[]);
             crate::gpu::dispatch(pass, [x, y, z]);
         }
     }

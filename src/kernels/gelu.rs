@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/gelu_mul.wgsl");
@@ -43,7 +43,7 @@ fn spec() -> KernelSpec {
 /// `a[t, i] = gelu_tanh(gate[t, i]) · up[t, i]` over `n_tokens` rows of `width`.
 pub struct GeluMul {
     kernel: Arc<Kernel>,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     width: u32,
     max_per_dim: u32,
 }
@@ -106,8 +106,8 @@ impl Op for GeluMul {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
         let groups = (step.n_tokens * self.width).div_ceil(super::ROW_WG);
         let [x, y, z] = grid(groups, self.max_per_dim);
-        pass.set_pipeline(&self.kernel.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(self.kernel.pipeline());
+        pass.set_bind_group(0, self.bind_group.get(), &[]);
         crate::gpu::dispatch(pass, [x, y, z]);
     }
 }

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/logits.wgsl");
@@ -144,8 +144,8 @@ fn spec(entry: &'static str) -> KernelSpec {
         .define("WG", WG)
 }
 
-fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry { binding, resource }
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> (u32, wgpu::BindingResource<'_>) {
+    (binding, resource)
 }
 
 /// `(n_in, n_out, group)` per level for this vocabulary and k.
@@ -168,7 +168,7 @@ pub struct Logits {
     merge: Arc<Kernel>,
     /// One bind group and one params buffer per possible level (k = 1 and k = MAX_K bound
     /// the count); level `l` writes `scratch[l % 2]` and `merge` levels read the other.
-    bind_groups: Vec<wgpu::BindGroup>,
+    bind_groups: Vec<BindGroup>,
     params: Vec<wgpu::Buffer>,
     _scratch: [wgpu::Buffer; 2],
     _no_ids: Option<wgpu::Buffer>,
@@ -276,11 +276,7 @@ impl Logits {
                     ],
                 )
             };
-            bind_groups.push(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&kernel.name),
-                layout: &kernel.layout,
-                entries: &entries,
-            }));
+            bind_groups.push(ctx.bind_at(kernel, &entries));
             params.push(buf);
         }
 
@@ -374,8 +370,8 @@ impl Op for Logits {
         for (l, &n_out) in self.active.iter().enumerate() {
             let kernel = if l == 0 { &self.first } else { &self.merge };
             let [x, y, z] = grid(rows * n_out, self.max_per_dim);
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &self.bind_groups[l], &[]);
+            pass.set_pipeline(kernel.pipeline());
+            pass.set_bind_group(0, self.bind_groups[l].get(), &[]);
             crate::gpu::dispatch(pass, [x, y, z]);
         }
     }

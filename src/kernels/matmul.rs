@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::matvec::{quant_wgsl, Matvec, MatvecIn, MatvecIo, MatvecOut, SINGLE};
 pub use super::matvec::{MATVEC_MAX_TOKENS, TYPES};
 use crate::gguf::GgmlType;
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::quant::QuantMatrix;
 use crate::Result;
 
@@ -105,7 +105,7 @@ impl<'a> MatmulIo<'a> {
 
 struct Part {
     rows: u32,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     _params: wgpu::Buffer,
 }
 
@@ -210,10 +210,10 @@ impl Op for Matmul {
         if t <= MATVEC_MAX_TOKENS {
             return self.mv4.encode(pass, step);
         }
-        pass.set_pipeline(&self.mm.pipeline);
+        pass.set_pipeline(self.mm.pipeline());
         for part in &self.parts {
             let groups = part.rows.div_ceil(MATMUL_TILE.0) * t.div_ceil(MATMUL_TILE.1);
-            pass.set_bind_group(0, &part.bind_group, &[]);
+            pass.set_bind_group(0, part.bind_group.get(), &[]);
             crate::gpu::dispatch(pass, grid(groups, self.max_per_dim));
         }
     }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use crate::gguf::GgmlType;
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::quant::QuantMatrix;
 use crate::{Error, Result};
 
@@ -498,7 +498,7 @@ pub struct MatvecIo<'a> {
 /// One dispatch per part of a single matrix, or one for several matrices.
 struct Part {
     rows: u32,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     _params: wgpu::Buffer,
 }
 
@@ -756,9 +756,9 @@ impl Op for Matvec {
             return;
         }
         debug_assert!(step.n_tokens <= self.nt || self.nt == 1);
-        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_pipeline(self.kernel.pipeline());
         for part in &self.parts {
-            pass.set_bind_group(0, &part.bind_group, &[]);
+            pass.set_bind_group(0, part.bind_group.get(), &[]);
             crate::gpu::dispatch(
                 pass,
                 grid(

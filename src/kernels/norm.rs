@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/rmsnorm.wgsl");
@@ -114,7 +114,7 @@ pub struct ResidualIo<'a> {
 /// workgroup per token.
 pub struct Residual {
     kernel: Arc<Kernel>,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     _params: wgpu::Buffer,
     max_per_dim: u32,
 }
@@ -182,8 +182,8 @@ impl Residual {
 
 impl Op for Residual {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
-        pass.set_pipeline(&self.kernel.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(self.kernel.pipeline());
+        pass.set_bind_group(0, self.bind_group.get(), &[]);
         crate::gpu::dispatch(pass, grid(step.n_tokens, self.max_per_dim));
     }
 }
@@ -191,7 +191,7 @@ impl Op for Residual {
 /// `rows_per_token` rows of `len` elements per token.
 pub struct RmsNorm {
     kernel: Arc<Kernel>,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     rows_per_token: u32,
     last_row: bool,
     max_per_dim: u32,
@@ -252,8 +252,8 @@ impl Op for RmsNorm {
             step.n_tokens * self.rows_per_token
         };
         let [x, y, z] = grid(rows, self.max_per_dim);
-        pass.set_pipeline(&self.kernel.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(self.kernel.pipeline());
+        pass.set_bind_group(0, self.bind_group.get(), &[]);
         crate::gpu::dispatch(pass, [x, y, z]);
     }
 }

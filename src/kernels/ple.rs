@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::{Error, Result};
 
 const COMBINE_SOURCE: &str = include_str!("../../shaders/ple_combine.wgsl");
@@ -85,7 +85,7 @@ pub struct PleCombineIo<'a> {
 /// `ple[t, l] = (rms(ctx[t, l]·ctx_scale)·w + tok[t, l]·tok_scale)·out_scale`.
 pub struct PleCombine {
     kernel: Arc<Kernel>,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     layers: u32,
     max_per_dim: u32,
 }
@@ -134,8 +134,8 @@ impl PleCombine {
 impl Op for PleCombine {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepParams) {
         let [x, y, z] = grid(step.n_tokens * self.layers, self.max_per_dim);
-        pass.set_pipeline(&self.kernel.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(self.kernel.pipeline());
+        pass.set_bind_group(0, self.bind_group.get(), &[]);
         crate::gpu::dispatch(pass, [x, y, z]);
     }
 }
@@ -150,7 +150,7 @@ struct CopyParams {
 /// `x[0, :] = x[n_tokens − 1, :]` over rows of `len` f32.
 pub struct LastRowToFront {
     kernel: Arc<Kernel>,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     len: u32,
     max_per_dim: u32,
 }
@@ -181,8 +181,8 @@ impl Op for LastRowToFront {
             return;
         }
         let [x, y, z] = grid(self.len.div_ceil(super::ROW_WG), self.max_per_dim);
-        pass.set_pipeline(&self.kernel.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(self.kernel.pipeline());
+        pass.set_bind_group(0, self.bind_group.get(), &[]);
         crate::gpu::dispatch(pass, [x, y, z]);
     }
 }

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{grid, GpuContext, Kernel, KernelSpec, Op, StepParams};
+use crate::gpu::{grid, BindGroup, GpuContext, Kernel, KernelSpec, Op, StepParams};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/qkv_prep.wgsl");
@@ -150,7 +150,7 @@ pub fn specs() -> Vec<KernelSpec> {
 /// Norm + RoPE + scale of every head of the step's tokens, with K/V written into the cache.
 pub struct QkvPrep {
     kernel: Arc<Kernel>,
-    bind_group: wgpu::BindGroup,
+    bind_group: BindGroup,
     heads: u32,
     max_per_dim: u32,
 }
@@ -223,8 +223,8 @@ impl Op for QkvPrep {
             return;
         }
         let [x, y, z] = grid(step.n_tokens * self.heads, self.max_per_dim);
-        pass.set_pipeline(&self.kernel.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(self.kernel.pipeline());
+        pass.set_bind_group(0, self.bind_group.get(), &[]);
         crate::gpu::dispatch(pass, [x, y, z]);
     }
 }

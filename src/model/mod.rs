@@ -199,8 +199,11 @@ impl Model {
             Some(r) => Some((r, gguf.tensor("per_layer_token_embd.weight")?.clone())),
             None => None,
         };
-        let mut model = Self::build(
-            ctx,
+        // The ops only name their kernels; the pipelines then compile as one batch (on every
+        // core natively, off the page's thread in a browser) instead of one after another.
+        ctx.defer_compilation();
+        let built = Self::build(
+            ctx.clone(),
             cfg,
             context,
             chunk,
@@ -208,7 +211,15 @@ impl Model {
             opts.kv_f32,
             weights,
             ple_table,
-        )?;
+        );
+        let mut model = match built {
+            Ok(model) => model,
+            Err(e) => {
+                ctx.discard_deferred();
+                return Err(e);
+            }
+        };
+        ctx.compile_deferred().await?;
         model.memory.largest_buffer = model.memory.largest_buffer.max(model.largest_activation());
         // The uploads have reached the GPU and any error they raised that nothing caught (an
         // allocation the device refused, reported late in a browser) fails the load, not the

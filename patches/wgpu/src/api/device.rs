@@ -272,6 +272,19 @@ impl Device {
         ComputePipeline { inner: pipeline }
     }
 
+    /// Creates a [`ComputePipeline`] through `GPUDevice.createComputePipelineAsync`, when this
+    /// device is on the WebGPU backend (`None` on the others): the browser compiles it without
+    /// blocking the caller, several at once where it can. The pipeline is requested before
+    /// this returns; the future gives it, or the browser's `GPUPipelineError` message.
+    #[cfg(webgpu)]
+    pub fn create_compute_pipeline_async(
+        &self,
+        desc: &ComputePipelineDescriptor<'_>,
+    ) -> Option<impl core::future::Future<Output = Result<ComputePipeline, String>> + 'static> {
+        let pending = self.inner.as_webgpu_opt()?.create_compute_pipeline_async(desc);
+        Some(async move { pending.await.map(|inner| ComputePipeline { inner }) })
+    }
+
     /// Creates a [`Buffer`].
     #[must_use]
     pub fn create_buffer(&self, desc: &BufferDescriptor<'_>) -> Buffer {

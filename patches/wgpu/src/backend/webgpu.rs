@@ -1032,6 +1032,62 @@ fn request_adapter_null_error(requested_backends: Backends) -> wgt::RequestAdapt
     }
 }
 
+/// The `GPUComputePipelineDescriptor` for `desc` (shared by the blocking and the async
+/// constructor).
+fn map_compute_pipeline_descriptor(
+    desc: &crate::ComputePipelineDescriptor<'_>,
+) -> webgpu_sys::GpuComputePipelineDescriptor {
+    let shader_module = desc.module.inner.as_webgpu();
+    let mapped_compute_stage = webgpu_sys::GpuProgrammableStage::new(&shader_module.module);
+    insert_constants_map(&mapped_compute_stage, desc.compilation_options.constants);
+    if let Some(ep) = desc.entry_point {
+        mapped_compute_stage.set_entry_point(ep);
+    }
+    let mapped_desc = match desc.layout {
+        Some(layout) => webgpu_sys::GpuComputePipelineDescriptor::new(
+            &layout.inner.as_webgpu().inner,
+            &mapped_compute_stage,
+        ),
+        None => webgpu_sys::GpuComputePipelineDescriptor::new_with_gpu_auto_layout_mode(
+            webgpu_sys::GpuAutoLayoutMode::Auto,
+            &mapped_compute_stage,
+        ),
+    };
+
+    if let Some(label) = desc.label {
+        mapped_desc.set_label(label);
+    }
+
+    mapped_desc
+}
+
+impl WebDevice {
+    /// `GPUDevice.createComputePipelineAsync`: the pipeline is compiled without blocking the
+    /// caller, and several such calls compile in parallel where the browser can. The promise
+    /// is made now; the future resolves to the pipeline or to the `GPUPipelineError` message.
+    pub(crate) fn create_compute_pipeline_async(
+        &self,
+        desc: &crate::ComputePipelineDescriptor<'_>,
+    ) -> impl Future<Output = Result<dispatch::DispatchComputePipeline, String>> + 'static {
+        let promise = self
+            .inner
+            .create_compute_pipeline_async(&map_compute_pipeline_descriptor(desc));
+        async move {
+            match wasm_bindgen_futures::JsFuture::from(promise).await {
+                Ok(pipeline) => Ok(WebComputePipeline {
+                    inner: pipeline.unchecked_into(),
+                    ident: crate::cmp::Identifier::create(),
+                }
+                .into()),
+                Err(error) => Err(match error.dyn_ref::<js_sys::Error>() {
+                    Some(error) => String::from(error.message()),
+                    None => format!("{error:?}"),
+                }),
+            }
+        }
+    }
+}
+
 fn future_request_device(
     result: Result<webgpu_sys::GpuDevice, wasm_bindgen::JsValue>,
 ) -> Result<(dispatch::DispatchDevice, dispatch::DispatchQueue), crate::RequestDeviceError> {
@@ -2415,27 +2471,7 @@ impl dispatch::DeviceInterface for WebDevice {
         &self,
         desc: &crate::ComputePipelineDescriptor<'_>,
     ) -> dispatch::DispatchComputePipeline {
-        let shader_module = desc.module.inner.as_webgpu();
-        let mapped_compute_stage = webgpu_sys::GpuProgrammableStage::new(&shader_module.module);
-        insert_constants_map(&mapped_compute_stage, desc.compilation_options.constants);
-        if let Some(ep) = desc.entry_point {
-            mapped_compute_stage.set_entry_point(ep);
-        }
-        let mapped_desc = match desc.layout {
-            Some(layout) => webgpu_sys::GpuComputePipelineDescriptor::new(
-                &layout.inner.as_webgpu().inner,
-                &mapped_compute_stage,
-            ),
-            None => webgpu_sys::GpuComputePipelineDescriptor::new_with_gpu_auto_layout_mode(
-                webgpu_sys::GpuAutoLayoutMode::Auto,
-                &mapped_compute_stage,
-            ),
-        };
-
-        if let Some(label) = desc.label {
-            mapped_desc.set_label(label);
-        }
-
+        let mapped_desc = map_compute_pipeline_descriptor(desc);
         let compute_pipeline = self.inner.create_compute_pipeline(&mapped_desc);
 
         WebComputePipeline {
