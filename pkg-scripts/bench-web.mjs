@@ -8,7 +8,7 @@
 //   pkg-scripts/build-web.sh            # pkg/ (once)
 //   node pkg-scripts/bench-web.mjs --model FILE.gguf [--json] [--prompt-len 512] [--gen 128]
 //        [--repeat 3] [--profile-tokens 32] [--prefill-chunk 512] [--no-f16] [--no-subgroups]
-//        [--backend vulkan|null] [--dawn-flag FLAG]... [--pkg DIR] [--dawn PATH/TO/webgpu/index.js]
+//        [--skip-ops OPS] [--backend vulkan|null] [--dawn-flag FLAG]... [--pkg DIR] [--dawn PATH/TO/webgpu/index.js]
 //
 // The shim is what a worker has and Node lacks, nothing more: `navigator.gpu` (Dawn's),
 // `WorkerGlobalScope` (wgpu looks for it to find `navigator`), `self`/`postMessage` (the worker
@@ -35,6 +35,10 @@ const { values: args } = parseArgs({
     'no-f16': { type: 'boolean', default: false },
     'no-subgroups': { type: 'boolean', default: false },
     'no-copy-bandwidth': { type: 'boolean', default: false },
+    // As the CLI's --skip-ops: these ops (comma-separated names from the breakdown) are left
+    // out of every step, an ablation. Skipping all of them leaves what a token costs besides
+    // the GPU's work: submission and the readback round trip.
+    'skip-ops': { type: 'string', default: '' },
     backend: { type: 'string', default: 'vulkan' },
     // Passed to Dawn as is, e.g. --dawn-flag enable-dawn-features=disable_robustness (what
     // Dawn's bounds checks cost: a page cannot turn them off).
@@ -191,7 +195,14 @@ let bench;
 try {
   bench = await request({
     type: 'bench',
-    options: { promptLen, gen, repeat, profileTokens, copyBandwidth: !args['no-copy-bandwidth'] },
+    options: {
+      promptLen,
+      gen,
+      repeat,
+      profileTokens,
+      copyBandwidth: !args['no-copy-bandwidth'],
+      skipOps: args['skip-ops'].split(',').filter((op) => op !== ''),
+    },
   });
 } catch (err) {
   fail(`the bench failed (${err.code}): ${err.message}`);

@@ -1,6 +1,7 @@
 //! The GPU context: adapter selection, device creation with the limits and features the engine
-//! needs, the kernel (pipeline) cache, and buffer helpers. Kernel code takes a `&GpuContext`; it
-//! never creates devices (the wgpu `hello_compute` split), so tests can inject their own.
+//! needs, error capture, and buffer helpers (the kernel cache is in `super::kernel`). Kernel code
+//! takes a `&GpuContext`; it never creates devices (the wgpu `hello_compute` split), so tests can
+//! inject their own.
 
 use std::sync::{Arc, Mutex};
 

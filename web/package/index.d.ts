@@ -291,6 +291,12 @@ export interface BenchOptions {
   profileTokens?: number;
   /** Also measure the device's shader-copy bandwidth as the yardstick (default true). */
   copyBandwidth?: boolean;
+  /**
+   * Ops left out of every step, by their name in the breakdown (e.g. `['attention']`): an
+   * ablation, whose decode speed shows what those ops cost; the output is meaningless. A name
+   * no op has is refused.
+   */
+  skipOps?: string[];
 }
 
 export interface BenchResult {
