@@ -6,18 +6,14 @@
 
 mod common;
 
-use common::{assert_close, block, Rng};
-use gemma_wgpu::gpu::{GpuContext, GpuOptions, KernelSpec, Op, StepParams};
+use common::{assert_close, block, make_with, Rng};
+use gemma_wgpu::gpu::{GpuContext, KernelSpec, Op, StepParams};
 use gemma_wgpu::kernels::gelu::{GeluMul, GeluMulIo};
 use gemma_wgpu::{reference, Error};
 
+/// A context of its own (not the shared `variants()`): the adapter's fast variant.
 fn context() -> GpuContext {
-    let opts = GpuOptions {
-        webgpu_default_limits: true,
-        backends: Some(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
-        ..Default::default()
-    };
-    block(GpuContext::new(&opts)).expect("tests need a GPU adapter")
+    make_with("batch", false, None).ctx
 }
 
 /// `gelu(gate) ⊙ up` through a GeluMul op built on `ctx` (inside a batch if one is open; the
@@ -57,10 +53,10 @@ fn batched_ops_compile_when_the_batch_closes_and_compute_the_same() {
         "a kernel asked for inside a batch compiled at once"
     );
     let got = gelu_mul(&ctx, &gate, &up);
-    assert!(
-        ctx.compile_stats().0 >= before + 2,
-        "the batch's kernels were not counted: {:?}",
-        ctx.compile_stats()
+    assert_eq!(
+        ctx.compile_stats().0,
+        before + 2,
+        "the batch's two kernels (the probe and gelu_mul) were not counted once each"
     );
     // The probe was compiled with the batch although no op bound it.
     let _ = pending.pipeline();
@@ -68,6 +64,11 @@ fn batched_ops_compile_when_the_batch_closes_and_compute_the_same() {
 
     // Outside a batch the same op compiles nothing new (the cache) and agrees bit for bit.
     let unbatched = gelu_mul(&ctx, &gate, &up);
+    assert_eq!(
+        ctx.compile_stats().0,
+        before + 2,
+        "the cached kernel compiled again"
+    );
     assert_eq!(got, unbatched);
 }
 

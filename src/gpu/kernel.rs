@@ -85,7 +85,6 @@ impl KernelSpec {
 /// with its batch ([`GpuContext::compile_deferred`]).
 #[derive(Debug)]
 pub struct Kernel {
-    pub name: String,
     spec: KernelSpec,
     compiled: OnceLock<Compiled>,
 }
@@ -106,7 +105,7 @@ impl Kernel {
     fn compiled(&self) -> &Compiled {
         self.compiled
             .get()
-            .unwrap_or_else(|| panic!("kernel {} used before its batch compiled", self.name))
+            .unwrap_or_else(|| panic!("kernel {} used before its batch compiled", self.spec.name))
     }
 }
 
@@ -171,7 +170,6 @@ impl GpuContext {
                 .entry(spec.clone())
                 .or_insert_with(|| {
                     Arc::new(Kernel {
-                        name: spec.name.clone(),
                         spec: spec.clone(),
                         compiled: OnceLock::new(),
                     })
@@ -192,18 +190,29 @@ impl GpuContext {
         Ok(kernel)
     }
 
-    /// Compiles `kernel` on this thread, if nothing has yet.
+    /// Compiles `kernel` on this thread, if nothing has yet, and counts it.
     fn compile_now(&self, kernel: &Kernel) -> Result<()> {
-        if kernel.compiled.get().is_some() {
-            return Ok(());
-        }
         let started = web_time::Instant::now();
-        let compiled = self.compile(&kernel.spec)?;
-        let _ = kernel.compiled.set(compiled);
-        let mut cache = self.cache();
-        cache.compiled += 1;
-        cache.seconds += started.elapsed().as_secs_f64();
+        if self.compile_one(kernel)? {
+            self.count_compiled(1, started);
+        }
         Ok(())
+    }
+
+    /// Compiles `kernel` on this thread unless it already is; `true` when this call compiled it.
+    fn compile_one(&self, kernel: &Kernel) -> Result<bool> {
+        if kernel.compiled.get().is_some() {
+            return Ok(false);
+        }
+        let _ = kernel.compiled.set(self.compile(&kernel.spec)?);
+        Ok(true)
+    }
+
+    /// Adds `n` pipelines compiled since `started` to [`compile_stats`](Self::compile_stats).
+    fn count_compiled(&self, n: usize, started: web_time::Instant) {
+        let mut cache = self.cache();
+        cache.compiled += n as u32;
+        cache.seconds += started.elapsed().as_secs_f64();
     }
 
     /// The shader module for `spec`.
@@ -224,6 +233,23 @@ impl GpuContext {
         Ok(unsafe { self.device.create_shader_module_trusted(descriptor, checks) })
     }
 
+    /// The pipeline of `spec` from its `module`: the entry point, the bind group layout derived
+    /// from the shader, and the driver's pipeline cache where there is one (native Vulkan).
+    fn pipeline_descriptor<'a>(
+        &'a self,
+        spec: &'a KernelSpec,
+        module: &'a wgpu::ShaderModule,
+    ) -> wgpu::ComputePipelineDescriptor<'a> {
+        wgpu::ComputePipelineDescriptor {
+            label: Some(&spec.name),
+            layout: None,
+            module,
+            entry_point: Some(spec.entry),
+            compilation_options: Default::default(),
+            cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
+        }
+    }
+
     /// Compiles `spec` into a pipeline (blocking).
     fn compile(&self, spec: &KernelSpec) -> Result<Compiled> {
         // Natively the scope (thread-local) resolves at once. In a browser it resolves later,
@@ -234,14 +260,7 @@ impl GpuContext {
         let module = self.shader_module(spec)?;
         let pipeline = self
             .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&spec.name),
-                layout: None,
-                module: &module,
-                entry_point: Some(spec.entry),
-                compilation_options: Default::default(),
-                cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
-            });
+            .create_compute_pipeline(&self.pipeline_descriptor(spec, &module));
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(error) = super::poll_ready(scope.pop()).flatten() {
             return Err(Error::Shader {
@@ -274,13 +293,17 @@ impl GpuContext {
         let Some(batch) = self.cache().batch.take() else {
             return Ok(());
         };
+        // A kernel of the batch may have compiled since it joined (bound with a resource that
+        // is not a buffer, which is made at once).
+        let pending: Vec<&Kernel> = batch
+            .kernels
+            .iter()
+            .map(|k| k.as_ref())
+            .filter(|k| k.compiled.get().is_none())
+            .collect();
         let started = web_time::Instant::now();
-        let compiled = self.compile_batch(&batch.kernels).await;
-        {
-            let mut cache = self.cache();
-            cache.compiled += batch.kernels.len() as u32;
-            cache.seconds += started.elapsed().as_secs_f64();
-        }
+        let compiled = self.compile_batch(&pending).await;
+        self.count_compiled(pending.len(), started);
         compiled?;
         for bind in batch.binds {
             let entries: Vec<(u32, wgpu::BindingResource<'_>)> = bind
@@ -303,13 +326,15 @@ impl GpuContext {
     /// Natively: the batch's pipelines on as many threads as there are cores (drivers and
     /// wgpu compile independent pipelines concurrently).
     #[cfg(not(target_arch = "wasm32"))]
-    async fn compile_batch(&self, kernels: &[Arc<Kernel>]) -> Result<()> {
+    async fn compile_batch(&self, kernels: &[&Kernel]) -> Result<()> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(kernels.len());
         if threads <= 1 {
-            return kernels.iter().try_for_each(|k| self.compile_one(k));
+            return kernels
+                .iter()
+                .try_for_each(|k| self.compile_one(k).map(drop));
         }
         let next = AtomicUsize::new(0);
         let first_error: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
@@ -317,7 +342,7 @@ impl GpuContext {
             for _ in 0..threads {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(kernel) = kernels.get(i) else { break };
+                    let Some(&kernel) = kernels.get(i) else { break };
                     if let Err(e) = self.compile_one(kernel) {
                         first_error
                             .lock()
@@ -338,44 +363,28 @@ impl GpuContext {
     /// off the page's thread and in parallel; a pipeline the browser refuses is an
     /// `Error::Shader` with its message.
     #[cfg(target_arch = "wasm32")]
-    async fn compile_batch(&self, kernels: &[Arc<Kernel>]) -> Result<()> {
+    async fn compile_batch(&self, kernels: &[&Kernel]) -> Result<()> {
         let mut pending = Vec::with_capacity(kernels.len());
-        for kernel in kernels {
-            if kernel.compiled.get().is_some() {
-                continue;
-            }
+        for &kernel in kernels {
             let module = self.shader_module(&kernel.spec)?;
-            let request =
-                self.device
-                    .create_compute_pipeline_async(&wgpu::ComputePipelineDescriptor {
-                        label: Some(&kernel.name),
-                        layout: None,
-                        module: &module,
-                        entry_point: Some(kernel.spec.entry),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    });
+            let request = self
+                .device
+                .create_compute_pipeline_async(&self.pipeline_descriptor(&kernel.spec, &module));
             match request {
                 Some(request) => pending.push((kernel, request)),
                 // Not the WebGPU backend (WebGL is not built): compile as outside a batch.
-                None => self.compile_one(kernel)?,
+                None => {
+                    self.compile_one(kernel)?;
+                }
             }
         }
         for (kernel, request) in pending {
             let pipeline = request.await.map_err(|message| Error::Shader {
-                name: kernel.name.clone(),
+                name: kernel.spec.name.clone(),
                 message,
             })?;
             let layout = pipeline.get_bind_group_layout(0);
             let _ = kernel.compiled.set(Compiled { pipeline, layout });
-        }
-        Ok(())
-    }
-
-    /// Compiles one kernel of a batch (its time is counted with the batch's).
-    fn compile_one(&self, kernel: &Kernel) -> Result<()> {
-        if kernel.compiled.get().is_none() {
-            let _ = kernel.compiled.set(self.compile(&kernel.spec)?);
         }
         Ok(())
     }
@@ -423,6 +432,9 @@ impl GpuContext {
             }
         }
         let group = OnceLock::new();
+        // Outside a batch the kernel compiled when it was asked for. One that fails here came
+        // from a batch that failed: `compile_deferred` returned that error, and the ops it was
+        // for are dropped with the failed load, so the empty group is never recorded.
         if self.compile_now(kernel).is_ok() {
             let _ = group.set(self.make_bind_group(kernel, entries));
         }
@@ -442,7 +454,7 @@ impl GpuContext {
             })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&kernel.name),
+            label: Some(&kernel.spec.name),
             layout: &kernel.compiled().layout,
             entries: &entries,
         })

@@ -481,10 +481,10 @@ impl Model {
         Ok(())
     }
 
-    /// Leaves the ops with these names (`attention`, `ffn_down`, …: see `Recorder::op`) out of every
-    /// step from now on: an ablation for benchmarks, where the change in wall time is what those
-    /// ops cost in the dependent chain of a step (GPU timestamps between ops overstate short
-    /// ops). The model's outputs are meaningless while any op is skipped.
+    /// Leaves the ops with these names (`attention`, `ffn_down`, …: see `Recorder::op`) out of
+    /// every step from now on: an ablation for benchmarks, where the change in wall time is what
+    /// those ops cost in the dependent chain of a step (GPU timestamps between ops overstate
+    /// short ops). The model's outputs are meaningless while any op is skipped.
     pub fn skip_ops(&mut self, names: Vec<String>) {
         self.pending = None;
         self.skipped_ops = SkipList {

@@ -677,8 +677,9 @@ impl Engine {
     /// Runs the model benchmark of `gemma-wgpu bench` on the loaded model, through this
     /// engine's WebGPU device: `{ results, pipelinesCompiled, pipelineCompileS, context }`,
     /// `results` as in `bench --json`. `options`: [`ModelBenchOptions`] in camelCase
-    /// (`{ promptLen, gen, repeat, profileTokens, copyBandwidth }`, the CLI's defaults); the
-    /// model must have been loaded with a context that holds them. For measuring the browser path (pkg-scripts/bench-web.mjs).
+    /// (`{ promptLen, gen, repeat, profileTokens, copyBandwidth, skipOps }`, the CLI's
+    /// defaults); the model must have been loaded with a context that holds them. For
+    /// measuring the browser path (pkg-scripts/bench-web.mjs).
     pub fn bench(&self, options: JsValue) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {

@@ -19,7 +19,7 @@ fn make(name: &'static str, portable: bool) -> Variant {
 /// `lane_rows`: the mat-vec's row mapping, with the parameter binding that goes with it on
 /// that kind of adapter (storage for a row per lane, as on CPUs; uniform otherwise); `None`:
 /// the adapter's own choice of both.
-fn make_with(name: &'static str, portable: bool, lane_rows: Option<bool>) -> Variant {
+pub fn make_with(name: &'static str, portable: bool, lane_rows: Option<bool>) -> Variant {
     let opts = GpuOptions {
         webgpu_default_limits: true,
         disable_f16: portable,
