@@ -236,3 +236,38 @@ fn top_k_above_the_gpu_candidates_is_rejected() {
     ]);
     assert!(e.contains("top-k 100"), "{e}");
 }
+
+/// `synth` writes exactly the bytes the library's `SynthSource` serves for the same arch,
+/// quantization, seed and context, and reports their size.
+#[test]
+fn synth_writes_the_specs_bytes() {
+    use gemma_wgpu::synth::{SynthArch, SynthQuant, SynthSource};
+    let out = scratch("synth-270m-q8_0.gguf", b"");
+    let run = bin()
+        .args(["synth", "--arch", "gemma3-270m", "--quant", "q8_0"])
+        .args(["--seed", "11", "--context", "2048", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run gemma-wgpu");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    assert!(
+        stdout.contains(&format!("{} bytes", file.len())),
+        "{stdout}"
+    );
+    let mut spec = SynthArch::Gemma3_270m.spec(SynthQuant::Q8_0, 11);
+    spec.context_length = 2048;
+    let src = SynthSource::new(&spec).unwrap();
+    let mut want = vec![0u8; src.size() as usize];
+    src.read(0, &mut want).unwrap();
+    assert!(
+        file == want,
+        "the written file differs from the spec's bytes"
+    );
+}

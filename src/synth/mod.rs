@@ -7,6 +7,9 @@
 //! chosen f16 scale per block — and streamed through [`crate::gguf::writer`], so memory use is
 //! one chunk plus the header whatever the model size.
 //!
+//! [`SynthSource`] serves the same bytes without writing them: each chunk is generated when a
+//! read touches it, so full-size models load in tests without gigabytes of disk.
+//!
 //! **Weights** (what [`Init`] encodes), chosen so that a forward pass through every layer stays
 //! finite and gives distinct logits:
 //! * every matrix has dequantized values of mean ≈ 0 and standard deviation `1/sqrt(ne[0])`
@@ -64,6 +67,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::gguf::writer::{GgufWriter, TensorDataWriter};
 use crate::gguf::{Array, GgmlType, Value};
 use crate::{Error, Result};
+
+mod source;
+pub use source::SynthSource;
 
 /// The model family: which GGUF architecture, metadata keys and tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -907,27 +913,67 @@ fn write_tensor<W: Write>(
     progress: &mut impl FnMut(u64, u64),
     total: u64,
 ) -> Result<()> {
-    let key = tensor_key(seed, &t.name);
-    let n = t.n_elements();
-    let block_elems = t.ty.block_elems();
-    let bb = t.ty.block_bytes() as usize;
-    let units = n / block_elems;
-    let per_chunk = (CHUNK_BYTES / bb).max(1) as u64;
-    let gen = Generator::new(t, &mut rng_stream(key, u64::MAX))?;
-    let mut buf = vec![0u8; (per_chunk.min(units) as usize) * bb];
-    let mut done = 0u64;
-    let mut chunk = 0u64;
-    while done < units {
-        let take = per_chunk.min(units - done);
-        let bytes = &mut buf[..take as usize * bb];
-        let mut r = rng_stream(key, chunk);
-        gen.fill(&mut r, bytes, done * block_elems);
+    let stream = TensorStream::new(t, seed)?;
+    let mut buf = vec![0u8; stream.chunk_len(0)];
+    for chunk in 0..stream.n_chunks() {
+        let bytes = &mut buf[..stream.chunk_len(chunk)];
+        stream.fill_chunk(chunk, bytes);
         w.write(bytes)?;
         progress(w.position(), total);
-        done += take;
-        chunk += 1;
     }
     Ok(())
+}
+
+/// One tensor's bytes as a run of chunks, each generated from its own ChaCha stream, so any
+/// chunk can be made without the ones before it: [`write()`] makes them in order, and
+/// [`SynthSource`] makes the ones a read touches.
+struct TensorStream {
+    key: [u8; 32],
+    gen: Generator,
+    block_elems: u64,
+    block_bytes: u64,
+    /// Blocks in the tensor.
+    blocks: u64,
+    /// Blocks per chunk: [`CHUNK_BYTES`] rounded down to whole blocks.
+    per_chunk: u64,
+}
+
+impl TensorStream {
+    fn new(t: &SynthTensor, seed: u64) -> Result<Self> {
+        let key = tensor_key(seed, &t.name);
+        let block_bytes = t.ty.block_bytes();
+        Ok(Self {
+            key,
+            gen: Generator::new(t, &mut rng_stream(key, u64::MAX))?,
+            block_elems: t.ty.block_elems(),
+            block_bytes,
+            blocks: t.n_elements() / t.ty.block_elems(),
+            per_chunk: (CHUNK_BYTES as u64 / block_bytes).max(1),
+        })
+    }
+
+    fn n_chunks(&self) -> u64 {
+        self.blocks.div_ceil(self.per_chunk)
+    }
+
+    /// Bytes of a full chunk (every chunk but the last).
+    fn chunk_bytes(&self) -> u64 {
+        self.per_chunk * self.block_bytes
+    }
+
+    /// Bytes of chunk `i` (0 past the end).
+    fn chunk_len(&self, i: u64) -> usize {
+        let first = i.saturating_mul(self.per_chunk).min(self.blocks);
+        (self.per_chunk.min(self.blocks - first) * self.block_bytes) as usize
+    }
+
+    /// Generates chunk `i` into `buf` (exactly [`TensorStream::chunk_len`] bytes).
+    fn fill_chunk(&self, i: u64, buf: &mut [u8]) {
+        debug_assert_eq!(buf.len(), self.chunk_len(i));
+        let mut r = rng_stream(self.key, i);
+        self.gen
+            .fill(&mut r, buf, i * self.per_chunk * self.block_elems);
+    }
 }
 
 /// Per-block header fields (scales) are taken from a table of 256 variants, indexed by a random
