@@ -84,6 +84,10 @@ struct ModelArgs {
     /// Keep the KV cache in f32 instead of f16 (twice the memory, no rounding of K and V).
     #[arg(long)]
     kv_f32: bool,
+    /// Least keys per attention split (default: the kernels' own, 32 for decode steps and 256
+    /// for prompts; fewer keys per split spread a layer's K/V over more workgroups); for tuning.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    attention_split_keys: Option<u32>,
     /// Do not read or write the compiled-pipeline cache in the cache directory (Vulkan).
     #[arg(long)]
     no_pipeline_cache: bool,
@@ -414,6 +418,7 @@ fn load_with(args: &ModelArgs, quiet: bool, opts: GpuOptions) -> Result<Loaded> 
         prefill_chunk: args.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK),
         rows,
         kv_f32: args.kv_f32,
+        attention_split_keys: args.attention_split_keys.unwrap_or(0),
         ..Default::default()
     };
     let model = pollster::block_on(Model::load(
@@ -923,6 +928,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
             "context": l.model.context,
             "prefill_chunk": a.model.prefill_chunk,
             "kv_f32": a.model.kv_f32,
+            "attention_split_keys": a.model.attention_split_keys,
             "webgpu_limits": a.model.webgpu_limits,
         },
         "load_s": load_s,

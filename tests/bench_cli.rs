@@ -98,6 +98,7 @@ const MODEL_FIELDS: &[&str] = &[
     "/options/context",
     "/options/prefill_chunk",
     "/options/kv_f32",
+    "/options/attention_split_keys",
     "/options/webgpu_limits",
     "/load_s",
     "/pipelines_compiled",
@@ -309,7 +310,10 @@ fn bench_writes_and_reuses_a_synthetic_model() {
     check_breakdown(&j, 18.0);
     // A second run reuses the file (same bytes, no rewrite).
     let before = std::fs::metadata(&file).unwrap().modified().unwrap();
-    bench(&[&args[..], &["--profile-tokens", "0"]].concat(), &cache);
+    assert!(at(&j, "/options/attention_split_keys").is_null());
+    let split = ["--profile-tokens", "0", "--attention-split-keys", "2"];
+    let j = bench(&[&args[..], &split].concat(), &cache);
+    assert_eq!(at(&j, "/options/attention_split_keys"), 2);
     assert_eq!(
         std::fs::metadata(&file).unwrap().modified().unwrap(),
         before

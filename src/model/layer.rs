@@ -27,7 +27,7 @@ use super::config::{Arch, ModelConfig};
 use super::plan::{attention_params, layer_tensor};
 use super::weights::Weights;
 use crate::gpu::{GpuContext, Op, Recorder, StepParams};
-use crate::kernels::attention::{kv_bytes_per_elem, Attention, AttentionIo};
+use crate::kernels::attention::{kv_bytes_per_elem, Attention, AttentionIo, AttentionParams};
 use crate::kernels::gelu::{GeluMul, GeluMulIo};
 use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut, MATVEC_MAX_TOKENS};
 use crate::kernels::matvec::{Matvec, MatvecIn, MatvecIo, MatvecOut, NormTerm};
@@ -235,6 +235,8 @@ pub(super) struct LayerEnv<'a> {
     pub context: u32,
     pub chunk: u32,
     pub kv_f32: bool,
+    /// Least keys per attention split (0: the kernels' defaults).
+    pub attention_split_keys: u32,
     /// Each layer's RoPE table (index into `acts.ropes`).
     pub rope_of_layer: &'a [usize],
 }
@@ -316,7 +318,10 @@ pub(super) fn build_layer(
     let kv_rows = lc.n_kv_heads * d;
     let qkv_stride: u32 = qkv_mats.iter().map(|w| w.n).sum();
     let qkv = Projections::new(ctx, &qkv_mats, &a.xn, &a.qkv, (0, qkv_stride), step_buf)?;
-    let params = attention_params(cfg, l, env.context, env.chunk, env.kv_f32);
+    let params = AttentionParams {
+        split_keys: env.attention_split_keys,
+        ..attention_params(cfg, l, env.context, env.chunk, env.kv_f32)
+    };
     let mut cache_bytes = 0;
     let own_cache = if shared {
         None

@@ -61,6 +61,9 @@ pub struct LoadOptions {
     /// Keep the KV cache in f32 instead of f16: twice its memory, no rounding of K and V
     /// (what the reference implementations compute; the tests use it for tight tolerances).
     pub kv_f32: bool,
+    /// Least keys per attention split, decode and prompt kernels alike (0: each kernel's
+    /// default); for tuning.
+    pub attention_split_keys: u32,
 }
 
 impl Default for LoadOptions {
@@ -71,6 +74,7 @@ impl Default for LoadOptions {
             max_candidates: 64,
             rows: None,
             kv_f32: false,
+            attention_split_keys: 0,
         }
     }
 }
@@ -144,6 +148,9 @@ pub struct Model {
     max_candidates: u32,
     /// Tokens already in the KV cache (the next token's position).
     pos: u32,
+    /// One past the highest position stored since the last reset (above `pos` after a
+    /// rewind): what a sliding-window ring may have overwritten.
+    stored: u32,
     acts: Activations,
     embed: Embed,
     ple: Option<PleInput>,
@@ -208,7 +215,7 @@ impl Model {
             context,
             chunk,
             max_candidates,
-            opts.kv_f32,
+            opts,
             weights,
             ple_table,
         );
@@ -235,10 +242,11 @@ impl Model {
         context: u32,
         chunk: u32,
         max_candidates: u32,
-        kv_f32: bool,
+        opts: &LoadOptions,
         mut weights: Weights,
         ple_table: Option<(Arc<dyn RowSource>, crate::gguf::TensorInfo)>,
     ) -> Result<Model> {
+        let kv_f32 = opts.kv_f32;
         let mut memory = std::mem::take(&mut weights.memory);
         let (ropes, rope_of_layer) = buffers::rope_tables(&cfg, &weights.host)?;
         let acts = Activations::new(&ctx, &cfg, context, chunk, kv_f32, &ropes)?;
@@ -266,6 +274,7 @@ impl Model {
             context,
             chunk,
             kv_f32,
+            attention_split_keys: opts.attention_split_keys,
             rope_of_layer: &rope_of_layer,
         };
         let mut caches = Vec::new();
@@ -315,6 +324,7 @@ impl Model {
             chunk,
             max_candidates,
             pos: 0,
+            stored: 0,
             acts,
             embed,
             ple,
@@ -363,19 +373,49 @@ impl Model {
     /// Forgets the KV cache (the next token is position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.stored = 0;
     }
 
-    /// Rolls the cache back to `n` tokens. Possible only while sliding-window rings still hold
-    /// the keys position `n` needs: rolling back at most one token, or staying within the
-    /// window. Returns `false` (and changes nothing) when a fresh prefill is needed instead.
+    /// Rolls the cache back to `n` tokens: the next step runs at position `n` as if nothing
+    /// after it had been fed (a chat's re-rendered history, speculative decoding's rejected
+    /// drafts). Possible while every sliding-window ring still holds the `W − 1` keys before
+    /// position `n`: a ring of `W + C − 1` slots (`C` the prefill chunk) keeps them for a
+    /// rollback of up to `C` tokens past the highest position stored, and a context no longer
+    /// than the ring never overwrites anything. Returns `false` (and changes nothing) when a
+    /// fresh prefill is needed instead.
     pub fn rewind(&mut self, n: u32) -> bool {
-        let w = self.cfg.sliding_window;
-        let has_sliding = self.context > w && self.cfg.layers.iter().any(|l| l.sliding);
-        let ok = n <= self.pos && (!has_sliding || self.pos <= n + 1 || self.pos <= w);
+        let ok = n <= self.pos && self.rings_hold(n);
         if ok {
             self.pos = n;
         }
         ok
+    }
+
+    /// Most tokens [`Model::rewind`] can always roll back from the highest position stored
+    /// (`u32::MAX` when no ring ever overwrites a key: no sliding layer, or a context within
+    /// the ring).
+    pub fn max_rewind(&self) -> u32 {
+        let w = self.cfg.sliding_window;
+        (0..self.cfg.layers.len())
+            .filter(|&l| self.cfg.layers[l].sliding)
+            .map(|l| plan::cache_slots(&self.cfg, l, self.context, self.chunk))
+            .filter(|&cap| cap < self.context)
+            .map(|cap| (cap + 1).saturating_sub(w))
+            .min()
+            .unwrap_or(u32::MAX)
+    }
+
+    /// Whether a step at position `n` finds every key it reads: positions `n − W + 1 … n − 1`
+    /// of a ring of `cap` slots survive while nothing at or past their position + `cap` was
+    /// stored.
+    fn rings_hold(&self, n: u32) -> bool {
+        let first_needed = (n + 1).saturating_sub(self.cfg.sliding_window);
+        (0..self.cfg.layers.len())
+            .filter(|&l| self.cfg.layers[l].sliding)
+            .all(|l| {
+                let cap = plan::cache_slots(&self.cfg, l, self.context, self.chunk);
+                first_needed as u64 + cap as u64 >= self.stored as u64
+            })
     }
 
     /// Feeds `tokens` at the current position and returns the next-token candidates after the

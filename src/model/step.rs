@@ -109,6 +109,7 @@ impl Model {
         ctx.submit([commands]);
         crate::gpu::count_submitted(dispatches);
         self.pos += n;
+        self.stored = self.stored.max(self.pos);
         // Record the next decode step while the GPU runs this one.
         if head == StepHead::Generate
             && n == 1
