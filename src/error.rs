@@ -97,6 +97,10 @@ pub enum Error {
     #[error("prompt has {tokens} tokens but the context holds {context}")]
     ContextOverflow { tokens: usize, context: usize },
 
+    /// A Gemma 4 MTP assistant that cannot draft for the model it was given: what differs.
+    #[error("the assistant does not fit the target model: {0}")]
+    AssistantMismatch(String),
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 

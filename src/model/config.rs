@@ -21,6 +21,14 @@ impl Arch {
         match name {
             "gemma3" => Ok(Arch::Gemma3),
             "gemma4" => Ok(Arch::Gemma4),
+            super::assistant::ASSISTANT_ARCH => Err(Error::UnsupportedArchitecture {
+                found: name.to_string(),
+                supported: format!(
+                    "{}; this file is a Gemma 4 MTP assistant, which drafts tokens beside its \
+                     target model and does not run alone",
+                    Self::SUPPORTED
+                ),
+            }),
             other => Err(Error::UnsupportedArchitecture {
                 found: other.to_string(),
                 supported: Self::SUPPORTED.to_string(),
@@ -387,17 +395,17 @@ impl ModelConfig {
 }
 
 /// Keys both families store the same way, with llama.cpp's defaults where a file leaves one out.
-struct Shared {
-    context_length: u32,
-    sliding_window: u32,
-    eps: f32,
+pub(super) struct Shared {
+    pub context_length: u32,
+    pub sliding_window: u32,
+    pub eps: f32,
     /// RoPE θ of full and of sliding layers.
-    theta_full: f32,
-    theta_local: f32,
+    pub theta_full: f32,
+    pub theta_local: f32,
 }
 
 impl Shared {
-    fn read(g: &Gguf, arch: &str) -> Result<Self> {
+    pub(super) fn read(g: &Gguf, arch: &str) -> Result<Self> {
         let md = &g.metadata;
         let key = |k: &str| format!("{arch}.{k}");
         let s = Self {
@@ -434,7 +442,7 @@ impl Shared {
 /// Refuses a zero among the model dimensions `dims` (`(key, value)`, `block_count` first), and a
 /// layer count above the file's tensor count (every layer has several tensors, so that header is
 /// corrupt); checked before anything is sized per layer.
-fn check_dims(g: &Gguf, arch: &str, dims: &[(&str, u32)]) -> Result<()> {
+pub(super) fn check_dims(g: &Gguf, arch: &str, dims: &[(&str, u32)]) -> Result<()> {
     let bad = |k: &str, problem: String| Error::Metadata {
         key: format!("{arch}.{k}"),
         problem,
@@ -462,7 +470,7 @@ fn check_dims(g: &Gguf, arch: &str, dims: &[(&str, u32)]) -> Result<()> {
 const MAX_TENSOR_DATA: u64 = 1 << 40;
 
 /// Refuses a header whose tensors add up to more than [`MAX_TENSOR_DATA`].
-fn check_tensor_bytes(g: &Gguf) -> Result<()> {
+pub(super) fn check_tensor_bytes(g: &Gguf) -> Result<()> {
     let total = g
         .tensors
         .iter()
@@ -482,7 +490,7 @@ fn check_tensor_bytes(g: &Gguf) -> Result<()> {
 /// loader sizes attention buffers in `u32` from `heads × head size` (preflight's KV-cache size
 /// overflowed on one, found while triaging fuzz/gguf). KV heads divide the query heads, so this bounds
 /// them too.
-fn check_heads_width(arch: &str, n_heads: u32, head_dim: u32) -> Result<()> {
+pub(super) fn check_heads_width(arch: &str, n_heads: u32, head_dim: u32) -> Result<()> {
     if n_heads.checked_mul(head_dim).is_none() {
         return Err(Error::Metadata {
             key: format!("{arch}.attention.head_count"),
@@ -493,7 +501,7 @@ fn check_heads_width(arch: &str, n_heads: u32, head_dim: u32) -> Result<()> {
 }
 
 /// The vocabulary size: the rows of the token embedding table.
-fn vocab_rows(g: &Gguf) -> Result<u32> {
+pub(super) fn vocab_rows(g: &Gguf) -> Result<u32> {
     let t = g.tensor("token_embd.weight")?;
     u32::try_from(t.n_rows())
         .ok()
@@ -507,7 +515,7 @@ fn vocab_rows(g: &Gguf) -> Result<u32> {
 
 /// A per-layer count stored either as one number for every layer or as an array of
 /// `n_layers` numbers (Gemma 4's `feed_forward_length` with double-wide MLPs).
-fn per_layer_u32(g: &Gguf, key: &str, n_layers: u32) -> Result<Vec<u32>> {
+pub(super) fn per_layer_u32(g: &Gguf, key: &str, n_layers: u32) -> Result<Vec<u32>> {
     use crate::gguf::{Array, Value};
     let bad = |problem: String| Error::Metadata {
         key: key.into(),
@@ -534,7 +542,7 @@ fn per_layer_u32(g: &Gguf, key: &str, n_layers: u32) -> Result<Vec<u32>> {
 }
 
 /// `true` where layer i uses sliding-window attention.
-fn sliding_pattern(g: &Gguf, key: &str, n_layers: u32) -> Result<Vec<bool>> {
+pub(super) fn sliding_pattern(g: &Gguf, key: &str, n_layers: u32) -> Result<Vec<bool>> {
     use crate::gguf::{Array, Value};
     match g.metadata.get(key) {
         None => Ok((0..n_layers).map(|i| i % 6 < 5).collect()),

@@ -19,6 +19,7 @@
 //! (one layer's ops and their order), `head` (per-layer inputs, final norm, LM head, top-k),
 //! `step` (recording and running a step).
 
+pub mod assistant;
 mod buffers;
 pub mod config;
 mod head;
@@ -27,6 +28,7 @@ mod plan;
 mod step;
 mod weights;
 
+pub use assistant::{check_assistant, AssistantConfig, ASSISTANT_ARCH};
 pub use buffers::MAX_PENALTY_TOKENS;
 pub use config::{Arch, LayerConfig, ModelConfig};
 pub use plan::{check, preflight, Preflight};

@@ -50,6 +50,7 @@ pub fn error_code(e: &Error) -> &'static str {
         | Error::Shape { .. }
         | Error::BadTensorData { .. }
         | Error::NonFiniteLogits { .. }
+        | Error::AssistantMismatch(_)
         | Error::Tokenizer(_) => "bad-model",
         Error::Limit { .. } => "adapter-limits",
         Error::NoAdapter { .. } | Error::Device(_) => "no-webgpu",
