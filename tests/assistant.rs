@@ -63,32 +63,32 @@ impl Spec {
         let n = self.sliding.len() as u32;
         let mut w = GgufWriter::new();
         w.str("general.architecture", a)
-            .u32(&format!("{a}.block_count"), n)
-            .u32(&format!("{a}.context_length"), 4096)
-            .u32(&format!("{a}.embedding_length"), self.hidden as u32)
-            .u32(&format!("{a}.embedding_length_out"), self.backbone as u32)
-            .u32(&format!("{a}.feed_forward_length"), 96)
-            .u32(&format!("{a}.attention.head_count"), self.heads as u32)
+            .u32(format!("{a}.block_count"), n)
+            .u32(format!("{a}.context_length"), 4096)
+            .u32(format!("{a}.embedding_length"), self.hidden as u32)
+            .u32(format!("{a}.embedding_length_out"), self.backbone as u32)
+            .u32(format!("{a}.feed_forward_length"), 96)
+            .u32(format!("{a}.attention.head_count"), self.heads as u32)
             .array(
-                &format!("{a}.attention.head_count_kv"),
+                format!("{a}.attention.head_count_kv"),
                 Array::U32(vec![self.kv_heads; n as usize]),
             )
-            .u32(&format!("{a}.attention.key_length"), self.head_full)
-            .u32(&format!("{a}.attention.value_length"), self.head_full)
-            .u32(&format!("{a}.attention.key_length_swa"), self.head_swa)
-            .u32(&format!("{a}.attention.value_length_swa"), self.head_swa)
-            .u32(&format!("{a}.attention.sliding_window"), self.window)
+            .u32(format!("{a}.attention.key_length"), self.head_full)
+            .u32(format!("{a}.attention.value_length"), self.head_full)
+            .u32(format!("{a}.attention.key_length_swa"), self.head_swa)
+            .u32(format!("{a}.attention.value_length_swa"), self.head_swa)
+            .u32(format!("{a}.attention.sliding_window"), self.window)
             .array(
-                &format!("{a}.attention.sliding_window_pattern"),
+                format!("{a}.attention.sliding_window_pattern"),
                 Array::Bool(self.sliding.clone()),
             )
-            .f32(&format!("{a}.attention.layer_norm_rms_epsilon"), 1e-6)
-            .f32(&format!("{a}.rope.freq_base"), 1e6)
-            .f32(&format!("{a}.rope.freq_base_swa"), 1e4)
-            .f32(&format!("{a}.final_logit_softcapping"), 30.0)
-            .u32(&format!("{a}.attention.shared_kv_layers"), 0);
+            .f32(format!("{a}.attention.layer_norm_rms_epsilon"), 1e-6)
+            .f32(format!("{a}.rope.freq_base"), 1e6)
+            .f32(format!("{a}.rope.freq_base_swa"), 1e4)
+            .f32(format!("{a}.final_logit_softcapping"), 30.0)
+            .u32(format!("{a}.attention.shared_kv_layers"), 0);
         if let Some(k) = self.nextn_layers {
-            w.u32(&format!("{a}.nextn_predict_layers"), k);
+            w.u32(format!("{a}.nextn_predict_layers"), k);
         }
         let (h, hb, v) = (self.hidden, self.backbone, self.vocab);
         let mut tensors: Vec<(String, Vec<u64>)> = vec![
