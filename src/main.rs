@@ -202,6 +202,9 @@ struct ScoreArgs {
 struct InfoArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// A Gemma 4 MTP assistant (drafter) GGUF: check that it fits the model and describe it.
+    #[arg(long)]
+    draft: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -626,6 +629,10 @@ fn info(a: InfoArgs) -> Result<()> {
         e.1 += t.n_bytes;
     }
     let ratio = mem.weights as f64 / mem.file_tensor_bytes.max(1) as f64;
+    let draft = match &a.draft {
+        Some(path) => Some(describe_assistant(path, cfg)?),
+        None => None,
+    };
     if a.json {
         println!(
             "{}",
@@ -646,9 +653,13 @@ fn info(a: InfoArgs) -> Result<()> {
                 "first_shared_layer": cfg.first_shared,
                 "per_layer_input_dim": cfg.ple_dim,
                 "gpu_weight_bytes_over_file_tensor_bytes": ratio,
+                "assistant": draft.as_ref().map(|d| &d.json),
             })
         );
         return Ok(());
+    }
+    if let Some(d) = &draft {
+        println!("{}", d.text);
     }
     println!("model: {}", l.path.display());
     println!(
@@ -733,6 +744,49 @@ fn info(a: InfoArgs) -> Result<()> {
         mib(mem.mapped)
     );
     Ok(())
+}
+
+/// An assistant file checked against its target, as `info` prints it.
+struct AssistantInfo {
+    text: String,
+    json: serde_json::Value,
+}
+
+fn describe_assistant(
+    path: &std::path::Path,
+    target: &gemma_wgpu::model::ModelConfig,
+) -> Result<AssistantInfo> {
+    let (g, _) = gguf::open(path)?;
+    let (cfg, caches) = gemma_wgpu::model::check_assistant(&g, target)
+        .with_context(|| format!("{}", path.display()))?;
+    let bytes = g.tensor_data_bytes();
+    let kinds: Vec<&str> = cfg
+        .layers
+        .iter()
+        .map(|l| if l.sliding { "sliding" } else { "full" })
+        .collect();
+    let text = format!(
+        "assistant: {} ({}: {} layers ({}), hidden {}, {} heads, {:.1} MiB of tensors); its layers read the KV caches of target layers {:?}",
+        path.display(),
+        gemma_wgpu::model::ASSISTANT_ARCH,
+        cfg.n_layers,
+        kinds.join(", "),
+        cfg.hidden,
+        cfg.n_heads,
+        bytes as f64 / (1u64 << 20) as f64,
+        caches
+    );
+    let json = serde_json::json!({
+        "path": path.display().to_string(),
+        "layers": cfg.n_layers,
+        "sliding": cfg.layers.iter().map(|l| l.sliding).collect::<Vec<_>>(),
+        "hidden": cfg.hidden,
+        "heads": cfg.n_heads,
+        "vocab": cfg.vocab,
+        "tensor_bytes": bytes,
+        "target_caches": caches,
+    });
+    Ok(AssistantInfo { text, json })
 }
 
 fn synth(a: SynthArgs) -> Result<()> {

@@ -317,3 +317,63 @@ fn an_assistant_loaded_as_a_model_says_what_it_is() {
         "{e}"
     );
 }
+
+/// `info --draft` checks an assistant against the model and describes it; a misfit is one
+/// error line naming the file and the mismatch.
+#[test]
+fn info_checks_a_draft_against_the_model() {
+    let model = format!(
+        "{}/tests/data/gemma4/gemma4_tiny_a.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let dir = std::env::temp_dir().join(format!("gemma-wgpu-info-draft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.gguf");
+    let bad = dir.join("bad.gguf");
+    std::fs::write(&good, Spec::default().bytes()).unwrap();
+    let misfit = Spec {
+        vocab: 2048,
+        ..Spec::default()
+    };
+    std::fs::write(&bad, misfit.bytes()).unwrap();
+    let info = |draft: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gemma-wgpu"))
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .args([
+                "info",
+                "--no-pipeline-cache",
+                "--json",
+                "--model",
+                &model,
+                "--draft",
+            ])
+            .arg(draft)
+            .output()
+            .unwrap()
+    };
+    let ok = info(&good);
+    let bad_run = info(&bad);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&ok.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(j["assistant"]["layers"], 4);
+    assert_eq!(
+        j["assistant"]["target_caches"],
+        serde_json::json!([0, 0, 0, 1])
+    );
+    assert_eq!(bad_run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad_run.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("bad.gguf")
+            && last.contains("the assistant's vocabulary has 2048 tokens, the target's 1024"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
