@@ -11,6 +11,10 @@
 //! Temperature 0 means greedy: the largest logit, ties broken towards the lowest id so results
 //! do not depend on the GPU's sort stability.
 //!
+//! Speculative decoding checks each drafted token with [`Sampler::verify_draft`] against the
+//! same pipeline's distribution ([`Sampler::distribution`]), so drafting leaves the output
+//! distribution exactly the target's.
+//!
 //! Randomness comes from ChaCha8 seeded with [`SamplingParams::seed`]: the same seed and the
 //! same logits give the same tokens on every platform, wasm32 included (no OS entropy needed).
 
@@ -194,17 +198,98 @@ impl Sampler {
     /// applied, normally the GPU's top-K sorted descending (the order is not trusted; they are
     /// re-sorted). Errors on an empty list or when no logit is finite.
     pub fn sample(&mut self, candidates: &[(u32, f32)]) -> Result<u32> {
-        if candidates.is_empty() {
-            return Err(Error::InvalidArgument("sampler got no candidates".into()));
-        }
-        if !candidates.iter().any(|c| c.1.is_finite()) {
-            return Err(Error::InvalidArgument(
-                "sampler got no finite logit (NaN/inf in the logits?)".into(),
-            ));
-        }
         if self.params.is_greedy() {
+            check_candidates(candidates)?;
             return Ok(argmax(candidates));
         }
+        let keep = self.filter(candidates)?;
+        let total: f64 = self.probs[..keep].iter().sum();
+        let u = uniform01(&mut self.rng) * total;
+        let mut cum = 0.0;
+        for i in 0..keep {
+            cum += self.probs[i];
+            if u < cum {
+                return Ok(self.work[i].0);
+            }
+        }
+        Ok(self.work[keep - 1].0) // rounding left u at the very top
+    }
+
+    /// The distribution [`Sampler::sample`] draws from: `(id, probability)` of every token it
+    /// can pick, most likely first, summing to 1 (greedy: the argmax with probability 1).
+    /// Speculative decoding compares the target's and the drafter's distributions with it.
+    pub fn distribution(&mut self, candidates: &[(u32, f32)]) -> Result<Vec<(u32, f64)>> {
+        if self.params.is_greedy() {
+            check_candidates(candidates)?;
+            return Ok(vec![(argmax(candidates), 1.0)]);
+        }
+        let keep = self.filter(candidates)?;
+        let total: f64 = self.probs[..keep].iter().sum();
+        Ok(self.work[..keep]
+            .iter()
+            .zip(&self.probs)
+            .map(|(c, p)| (c.0, p / total))
+            .collect())
+    }
+
+    /// Draws one id from a distribution of [`Sampler::distribution`]'s form.
+    pub fn draw(&mut self, dist: &[(u32, f64)]) -> Result<u32> {
+        let Some(last) = dist.last() else {
+            return Err(Error::InvalidArgument("an empty distribution".into()));
+        };
+        let u = uniform01(&mut self.rng) * dist.iter().map(|d| d.1).sum::<f64>();
+        let mut cum = 0.0;
+        for &(id, p) in dist {
+            cum += p;
+            if u < cum {
+                return Ok(id);
+            }
+        }
+        Ok(last.0)
+    }
+
+    /// Speculative sampling's test of one drafted token (Leviathan et al. 2023; Chen et al.
+    /// 2023): `target` are the target model's candidates at the drafted position, `draft` the
+    /// distribution the drafter drew `drafted` from (its [`Sampler::distribution`] under the
+    /// same settings). The token is kept with probability `min(1, p(x)/q(x))`; otherwise a
+    /// replacement is drawn from `max(0, p − q)` renormalised. Either way the token that
+    /// comes out is distributed exactly as `p`, the target's own sampling distribution, so
+    /// drafting never changes what the model generates, only how fast. Greedy settings keep
+    /// the draft exactly when it is the target's argmax.
+    pub fn verify_draft(
+        &mut self,
+        target: &[(u32, f32)],
+        draft: &[(u32, f64)],
+        drafted: u32,
+    ) -> Result<Verdict> {
+        let p = self.distribution(target)?;
+        if self.params.is_greedy() {
+            return Ok(if p[0].0 == drafted {
+                Verdict::Accept
+            } else {
+                Verdict::Replace(p[0].0)
+            });
+        }
+        let prob = |d: &[(u32, f64)], id: u32| d.iter().find(|x| x.0 == id).map_or(0.0, |x| x.1);
+        let (px, qx) = (prob(&p, drafted), prob(draft, drafted));
+        if qx > 0.0 && uniform01(&mut self.rng) * qx < px {
+            return Ok(Verdict::Accept);
+        }
+        let residual: Vec<(u32, f64)> = p
+            .iter()
+            .map(|&(id, pi)| (id, (pi - prob(draft, id)).max(0.0)))
+            .filter(|r| r.1 > 0.0)
+            .collect();
+        // p = q (up to rounding) leaves no residual mass: then p itself is the residual.
+        let from = if residual.is_empty() { &p } else { &residual };
+        Ok(Verdict::Replace(self.draw(from)?))
+    }
+
+    /// Temperature, top-k, softmax, top-p and min-p over `candidates` into `self.work` (sorted,
+    /// ids and logits) and `self.probs` (unnormalised probabilities); returns how many lead
+    /// entries survive the cuts (at least one).
+    fn filter(&mut self, candidates: &[(u32, f32)]) -> Result<usize> {
+        check_candidates(candidates)?;
         self.work.clear();
         self.work
             .extend(candidates.iter().filter(|c| c.1.is_finite()));
@@ -247,16 +332,7 @@ impl Sampler {
                 .unwrap_or(keep)
                 .max(1);
         }
-        let total: f64 = self.probs[..keep].iter().sum();
-        let u = uniform01(&mut self.rng) * total;
-        let mut cum = 0.0;
-        for i in 0..keep {
-            cum += self.probs[i];
-            if u < cum {
-                return Ok(self.work[i].0);
-            }
-        }
-        Ok(self.work[keep - 1].0) // rounding left u at the very top
+        Ok(keep)
     }
 
     /// Samples from a full logits row (when `top_k` is 0 the GPU sends the whole row). The
@@ -269,6 +345,28 @@ impl Sampler {
             .collect();
         self.sample(&cands)
     }
+}
+
+/// What [`Sampler::verify_draft`] decided for a drafted token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The drafted token stands.
+    Accept,
+    /// The draft is rejected; this token takes its place and drafting restarts after it.
+    Replace(u32),
+}
+
+/// Refuses an empty candidate list and one without a finite logit.
+fn check_candidates(candidates: &[(u32, f32)]) -> Result<()> {
+    if candidates.is_empty() {
+        return Err(Error::InvalidArgument("sampler got no candidates".into()));
+    }
+    if !candidates.iter().any(|c| c.1.is_finite()) {
+        return Err(Error::InvalidArgument(
+            "sampler got no finite logit (NaN/inf in the logits?)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Largest logit, lowest id on ties; NaN never wins.

@@ -1,8 +1,10 @@
 //! Sampler: greedy, each filter on a hand-built distribution, determinism, empirical
-//! frequencies, the repetition-penalty reference, and parameter validation.
+//! frequencies, the repetition-penalty reference, parameter validation, and speculative
+//! sampling's accept/replace rule (the tokens it lets through follow the target's
+//! distribution, whatever the drafter's).
 
 use gemma_wgpu::sampler::{
-    apply_repeat_penalty, apply_repeat_penalty_candidates, Sampler, SamplingParams,
+    apply_repeat_penalty, apply_repeat_penalty_candidates, Sampler, SamplingParams, Verdict,
 };
 
 /// Candidates whose softmax (at temperature 1) is exactly `probs`.
@@ -188,4 +190,120 @@ fn invalid_params_and_inputs_are_errors() {
     assert!(s.sample(&[(0, f32::NAN), (1, f32::NAN)]).is_err());
     let mut g = Sampler::new(SamplingParams::greedy()).unwrap();
     assert!(g.sample(&[]).is_err());
+}
+
+/// `distribution` is what `sample` draws from: the same cuts, renormalised.
+#[test]
+fn distribution_matches_what_sample_draws() {
+    let c = cands(&[0.4, 0.3, 0.15, 0.1, 0.05]);
+    let p = params(|p| p.top_p = 0.8);
+    let d = Sampler::new(p).unwrap().distribution(&c).unwrap();
+    let ids: Vec<u32> = d.iter().map(|x| x.0).collect();
+    assert_eq!(ids, [0, 1, 2]);
+    for (x, want) in d.iter().zip([0.4 / 0.85, 0.3 / 0.85, 0.15 / 0.85]) {
+        assert!((x.1 - want).abs() < 1e-6, "{d:?}");
+    }
+    let g = Sampler::new(SamplingParams::greedy())
+        .unwrap()
+        .distribution(&c)
+        .unwrap();
+    assert_eq!(g, [(0, 1.0)]);
+    assert!(Sampler::new(p).unwrap().distribution(&[]).is_err());
+}
+
+/// χ² critical values at significance 1e-4 for 1..=10 degrees of freedom.
+const CHI2_1E4: [f64; 10] = [
+    15.14, 18.42, 21.11, 23.51, 25.74, 27.86, 29.88, 31.83, 33.72, 35.56,
+];
+
+/// Draws from the drafter's distribution, lets the target verify, and checks that what comes
+/// out — the draft where kept, the replacement where not — follows the target's distribution
+/// (χ² test at significance 1e-4 over 200,000 rounds), that nothing outside the target's
+/// support ever comes out, and that the share of kept drafts is Σ min(p, q), as the theory
+/// says. The drafter is deliberately unlike the target: other logits, another temperature.
+#[test]
+fn speculative_sampling_keeps_the_targets_distribution() {
+    let target = cands(&[0.30, 0.22, 0.15, 0.10, 0.08, 0.06, 0.04, 0.03, 0.015, 0.005]);
+    let drafter = cands(&[0.05, 0.35, 0.05, 0.25, 0.02, 0.08, 0.10, 0.05, 0.03, 0.02]);
+    let settings = [
+        params(|_| {}),
+        params(|p| {
+            p.temperature = 0.7;
+            p.top_p = 0.9;
+        }),
+        params(|p| {
+            p.top_k = 6;
+            p.min_p = 0.1;
+        }),
+    ];
+    const N: usize = 200_000;
+    for (case, target_params) in settings.into_iter().enumerate() {
+        let mut t = Sampler::new(SamplingParams {
+            seed: 7 + case as u64,
+            ..target_params
+        })
+        .unwrap();
+        let mut d = Sampler::new(SamplingParams {
+            temperature: target_params.temperature * 1.3,
+            seed: 1000 + case as u64,
+            ..target_params
+        })
+        .unwrap();
+        let p = t.distribution(&target).unwrap();
+        let q = d.distribution(&drafter).unwrap();
+        let mut counts = vec![0usize; target.len()];
+        let mut kept = 0usize;
+        for _ in 0..N {
+            let x = d.draw(&q).unwrap();
+            let out = match t.verify_draft(&target, &q, x).unwrap() {
+                Verdict::Accept => {
+                    kept += 1;
+                    x
+                }
+                Verdict::Replace(y) => y,
+            };
+            counts[out as usize] += 1;
+        }
+        let prob = |d: &[(u32, f64)], id: u32| d.iter().find(|x| x.0 == id).map_or(0.0, |x| x.1);
+        let mut chi2 = 0.0;
+        for (id, &n) in counts.iter().enumerate() {
+            let pi = prob(&p, id as u32);
+            if pi == 0.0 {
+                assert_eq!(
+                    n, 0,
+                    "case {case}: token {id} is outside the target's support"
+                );
+                continue;
+            }
+            let e = pi * N as f64;
+            chi2 += (n as f64 - e).powi(2) / e;
+        }
+        let df = p.len() - 1;
+        assert!(
+            chi2 < CHI2_1E4[df - 1],
+            "case {case}: χ² = {chi2:.1} over {df} degrees of freedom; counts {counts:?}, p {p:?}"
+        );
+        let overlap: f64 = (0..target.len() as u32)
+            .map(|id| prob(&p, id).min(prob(&q, id)))
+            .sum();
+        let rate = kept as f64 / N as f64;
+        let sigma = (overlap * (1.0 - overlap) / N as f64).sqrt();
+        assert!(
+            (rate - overlap).abs() < 5.0 * sigma,
+            "case {case}: kept {rate:.4} of drafts, theory Σ min(p, q) = {overlap:.4}"
+        );
+    }
+}
+
+/// Greedy: a draft stands exactly when it is the target's argmax (lowest id on ties), else the
+/// argmax replaces it.
+#[test]
+fn greedy_verification_keeps_only_the_argmax() {
+    let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+    let target = [(4, 1.0), (9, 3.0), (2, 3.0), (7, -1.0)];
+    let q = [(2, 1.0)];
+    assert_eq!(s.verify_draft(&target, &q, 2).unwrap(), Verdict::Accept);
+    assert_eq!(s.verify_draft(&target, &q, 9).unwrap(), Verdict::Replace(2));
+    assert_eq!(s.verify_draft(&target, &q, 5).unwrap(), Verdict::Replace(2));
+    assert!(s.verify_draft(&[], &q, 2).is_err());
 }
