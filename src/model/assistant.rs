@@ -18,12 +18,11 @@
 //!   dense head only.
 
 use super::config::{
-    check_dims, check_heads_width, check_tensor_bytes, per_layer_u32, sliding_pattern, vocab_rows,
-    Arch, ModelConfig, Shared,
+    check_dims, check_layer_shape, check_tensor_bytes, sliding_pattern, vocab_rows, Arch,
+    LayerKeys, ModelConfig, Shared,
 };
-use super::plan::layer_tensor;
+use super::plan::{check_tensor, layer_tensor};
 use crate::gguf::Gguf;
-use crate::kernels::attention::HEAD_DIMS;
 use crate::{Error, Result};
 
 /// `general.architecture` of an assistant file.
@@ -103,20 +102,12 @@ impl AssistantConfig {
                 ));
             }
         }
-        let kv_heads = per_layer_u32(g, &key("attention.head_count_kv"), n_layers)?;
-        let ff = per_layer_u32(g, &key("feed_forward_length"), n_layers)?;
-        let head_full = md.u32(&key("attention.key_length"))?;
-        let head_swa = md
-            .opt_u32(&key("attention.key_length_swa"))?
-            .unwrap_or(head_full);
-        for (k, d) in [
-            ("attention.value_length", head_full),
-            ("attention.value_length_swa", head_swa),
-        ] {
-            if let Some(v) = md.opt_u32(&key(k))?.filter(|&v| v != d) {
-                return Err(bad(k, format!("{v} differs from the key length {d}")));
-            }
-        }
+        let LayerKeys {
+            kv_heads,
+            ff,
+            head_full,
+            head_swa,
+        } = LayerKeys::read(g, arch, n_layers)?;
         let shared = Shared::read(g, arch)?;
         let pattern = sliding_pattern(g, &key("attention.sliding_window_pattern"), n_layers)?;
         let has_rope_freqs = g.opt_tensor("rope_freqs.weight").is_some();
@@ -124,29 +115,8 @@ impl AssistantConfig {
         for i in 0..n_layers as usize {
             let sliding = shared.sliding_window > 0 && pattern[i];
             let head_dim = if sliding { head_swa } else { head_full };
-            if !HEAD_DIMS.contains(&head_dim) {
-                return Err(bad(
-                    if sliding {
-                        "attention.key_length_swa"
-                    } else {
-                        "attention.key_length"
-                    },
-                    format!(
-                        "layer {i}: head size {head_dim} is not supported (the attention kernels are built for {HEAD_DIMS:?})"
-                    ),
-                ));
-            }
-            check_heads_width(arch, n_heads, head_dim)?;
             let n_kv_heads = kv_heads[i];
-            if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-                return Err(bad(
-                    "attention.head_count_kv",
-                    format!("layer {i}: {n_kv_heads} KV heads do not divide {n_heads} query heads"),
-                ));
-            }
-            if ff[i] == 0 {
-                return Err(bad("feed_forward_length", format!("layer {i} has width 0")));
-            }
+            check_layer_shape(arch, i, sliding, head_dim, n_heads, n_kv_heads, ff[i])?;
             layers.push(AssistantLayer {
                 sliding,
                 head_dim,
@@ -264,15 +234,7 @@ pub fn check_assistant(g: &Gguf, target: &ModelConfig) -> Result<(AssistantConfi
         }
     }
     for (name, expected) in &wanted {
-        let info = g.tensor(name)?;
-        if &info.dims != expected {
-            return Err(Error::Shape {
-                tensor: info.name.clone(),
-                expected: format!("{expected:?}"),
-                found: format!("{:?}", info.dims),
-            });
-        }
-        info.check_supported()?;
+        check_tensor(g, name, expected)?;
     }
     let caches = cfg.target_caches(target)?;
     Ok((cfg, caches))

@@ -251,29 +251,12 @@ impl ModelConfig {
                 ("attention.head_count", n_heads),
             ],
         )?;
-        let per_layer = |k: &str| per_layer_u32(g, &key(k), n_layers);
-        let kv_heads = per_layer("attention.head_count_kv")?;
-        let ff = per_layer("feed_forward_length")?;
-        let head_full = md.u32(&key("attention.key_length"))?;
-        let head_swa = md
-            .opt_u32(&key("attention.key_length_swa"))?
-            .unwrap_or(head_full);
-        for (k, d, v) in [
-            (
-                "attention.value_length",
-                head_full,
-                md.opt_u32(&key("attention.value_length"))?,
-            ),
-            (
-                "attention.value_length_swa",
-                head_swa,
-                md.opt_u32(&key("attention.value_length_swa"))?,
-            ),
-        ] {
-            if v.is_some_and(|v| v != d) {
-                return Err(bad(k, format!("{v:?} differs from the key length {d}")));
-            }
-        }
+        let LayerKeys {
+            kv_heads,
+            ff,
+            head_full,
+            head_swa,
+        } = LayerKeys::read(g, arch_name, n_layers)?;
         let Shared {
             context_length,
             sliding_window,
@@ -300,28 +283,7 @@ impl ModelConfig {
             let sliding = sliding_window > 0 && pattern[i];
             let head_dim = if sliding { head_swa } else { head_full };
             let n_kv_heads = kv_heads[i];
-            if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-                return Err(bad(
-                    "attention.head_count_kv",
-                    format!("layer {i}: {n_kv_heads} KV heads do not divide {n_heads} query heads"),
-                ));
-            }
-            if ff[i] == 0 {
-                return Err(bad("feed_forward_length", format!("layer {i} has width 0")));
-            }
-            if !HEAD_DIMS.contains(&head_dim) {
-                return Err(bad(
-                    if sliding {
-                        "attention.key_length_swa"
-                    } else {
-                        "attention.key_length"
-                    },
-                    format!(
-                        "layer {i}: head size {head_dim} is not supported (the attention kernels are built for {HEAD_DIMS:?})"
-                    ),
-                ));
-            }
-            check_heads_width(arch_name, n_heads, head_dim)?;
+            check_layer_shape(arch_name, i, sliding, head_dim, n_heads, n_kv_heads, ff[i])?;
             // A shared layer reads the cache of the last earlier layer of its own type
             // (transformers' `kv_sharing` rule; GEMMA.md §1.2).
             let kv_source = if (i as u32) < first_shared {
@@ -437,6 +399,86 @@ impl Shared {
         }
         Ok(s)
     }
+}
+
+/// Gemma 4's per-layer shape keys, which models and MTP assistants store alike.
+pub(super) struct LayerKeys {
+    /// KV heads per layer.
+    pub kv_heads: Vec<u32>,
+    /// MLP width per layer.
+    pub ff: Vec<u32>,
+    /// Head size of full and of sliding layers.
+    pub head_full: u32,
+    pub head_swa: u32,
+}
+
+impl LayerKeys {
+    /// Reads them for `n_layers` layers under `arch`; a value length must equal its key length.
+    pub(super) fn read(g: &Gguf, arch: &str, n_layers: u32) -> Result<Self> {
+        let md = &g.metadata;
+        let key = |k: &str| format!("{arch}.{k}");
+        let head_full = md.u32(&key("attention.key_length"))?;
+        let head_swa = md
+            .opt_u32(&key("attention.key_length_swa"))?
+            .unwrap_or(head_full);
+        for (k, d) in [
+            ("attention.value_length", head_full),
+            ("attention.value_length_swa", head_swa),
+        ] {
+            if let Some(v) = md.opt_u32(&key(k))?.filter(|&v| v != d) {
+                return Err(Error::Metadata {
+                    key: key(k),
+                    problem: format!("{v} differs from the key length {d}"),
+                });
+            }
+        }
+        Ok(Self {
+            kv_heads: per_layer_u32(g, &key("attention.head_count_kv"), n_layers)?,
+            ff: per_layer_u32(g, &key("feed_forward_length"), n_layers)?,
+            head_full,
+            head_swa,
+        })
+    }
+}
+
+/// Refuses a layer the kernels cannot run: a head size they are not built for, KV heads that
+/// do not divide the query heads, an MLP of width 0.
+pub(super) fn check_layer_shape(
+    arch: &str,
+    i: usize,
+    sliding: bool,
+    head_dim: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    ff: u32,
+) -> Result<()> {
+    let bad = |k: &str, problem: String| Error::Metadata {
+        key: format!("{arch}.{k}"),
+        problem,
+    };
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return Err(bad(
+            "attention.head_count_kv",
+            format!("layer {i}: {n_kv_heads} KV heads do not divide {n_heads} query heads"),
+        ));
+    }
+    if ff == 0 {
+        return Err(bad("feed_forward_length", format!("layer {i} has width 0")));
+    }
+    if !HEAD_DIMS.contains(&head_dim) {
+        return Err(bad(
+            if sliding {
+                "attention.key_length_swa"
+            } else {
+                "attention.key_length"
+            },
+            format!(
+                "layer {i}: head size {head_dim} is not supported (the attention kernels are built for {HEAD_DIMS:?})"
+            ),
+        ));
+    }
+    check_heads_width(arch, n_heads, head_dim)?;
+    Ok(())
 }
 
 /// Refuses a zero among the model dimensions `dims` (`(key, value)`, `block_count` first), and a

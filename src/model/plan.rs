@@ -137,18 +137,23 @@ pub(super) fn plan(gguf: &Gguf) -> Result<(ModelConfig, TensorPlan)> {
     let mut names: Vec<&String> = wanted.keys().collect();
     names.sort();
     for name in names {
-        let info = gguf.tensor(name)?;
-        let (expected, _) = &wanted[name];
-        if &info.dims != expected {
-            return Err(Error::Shape {
-                tensor: info.name.clone(),
-                expected: format!("{expected:?}"),
-                found: format!("{:?}", info.dims),
-            });
-        }
-        info.check_supported()?;
+        check_tensor(gguf, name, &wanted[name].0)?;
     }
     Ok((cfg, wanted))
+}
+
+/// Refuses a tensor that is missing, of another shape than `expected` (`ne` order) or of a
+/// type the kernels do not run, naming it.
+pub(super) fn check_tensor(gguf: &Gguf, name: &str, expected: &[u64]) -> Result<()> {
+    let info = gguf.tensor(name)?;
+    if info.dims != expected {
+        return Err(Error::Shape {
+            tensor: info.name.clone(),
+            expected: format!("{expected:?}"),
+            found: format!("{:?}", info.dims),
+        });
+    }
+    info.check_supported()
 }
 
 /// KV cache length and prefill chunk for `opts`. A context the model was not trained for is
