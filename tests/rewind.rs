@@ -1,8 +1,10 @@
-//! `Model::rewind`: rolling the KV cache back (a chat's re-rendered history, speculative
-//! decoding's rejected drafts) leaves the model exactly as if the rolled-back tokens had never
-//! been fed, for rollbacks up to the prefill chunk even after the sliding-window rings have
-//! wrapped several times; a rollback the rings cannot serve is refused and changes nothing.
-//! On the tiny Gemma 4 fixture (windows of 16–32 tokens) with a prefill chunk of 8.
+//! The two model operations speculative decoding is made of. `Model::rewind`: rolling the KV
+//! cache back (a chat's re-rendered history, rejected drafts) leaves the model exactly as if
+//! the rolled-back tokens had never been fed, for rollbacks up to the prefill chunk even after
+//! the sliding-window rings have wrapped several times; a rollback the rings cannot serve is
+//! refused and changes nothing. `Model::verify`: one step over several tokens gives, after
+//! each, the candidates that decoding them one by one gives. On the tiny Gemma 4 fixture
+//! (windows of 16–32 tokens) with a prefill chunk of 8.
 
 mod common;
 
@@ -111,4 +113,74 @@ fn rewind_past_what_the_rings_hold_is_refused() {
     feed(&mut model, &prefix[..w / 2], 1);
     assert!(model.rewind(0));
     assert!(!model.rewind(1), "past the current position");
+}
+
+/// `verify`'s rows against one-token decode steps: the same candidates after every drafted
+/// token (the multi-row step runs other kernels: logits agree to 5e-4, about 15 times the
+/// largest difference seen on lavapipe, 3.2e-5, while a wrong position or mask moves them by
+/// whole units); then
+/// the speculative loop's pattern — verify, keep a prefix, rewind, verify again — gives the
+/// same rows once more.
+#[test]
+fn verify_scores_every_token_as_decoding_does() {
+    const TOL: f32 = 5e-4;
+    let mut model = load();
+    let w = model.cfg.sliding_window as usize;
+    let vocab = model.cfg.vocab;
+    let prefix = ids(3 * w + 5, 1, vocab);
+    let drafts = ids(5, 31, vocab);
+    let n = prefix.len() as u32;
+
+    feed(&mut model, &prefix, CHUNK as usize);
+    let decoded: Vec<Candidates> = drafts.iter().map(|&t| feed(&mut model, &[t], 1)).collect();
+
+    let close = |what: &str, got: &Candidates, want: &Candidates| {
+        for (id, v) in want.ids.iter().zip(&want.values).take(5) {
+            let at = got.ids.iter().position(|g| g == id);
+            let g = at.map(|i| got.values[i]);
+            assert!(
+                g.is_some_and(|g| (g - v).abs() <= TOL),
+                "{what}: token {id} has logit {g:?}, decoding gave {v}"
+            );
+        }
+        if want.values[0] - want.values[1] > 2.0 * TOL {
+            assert_eq!(got.ids[0], want.ids[0], "{what}: another top token");
+        }
+    };
+    model.reset();
+    feed(&mut model, &prefix, CHUNK as usize);
+    let rows = common::block(model.verify(&drafts, 10)).expect("verify");
+    assert_eq!(rows.len(), drafts.len());
+    assert_eq!(model.position(), n + drafts.len() as u32);
+    for (i, (r, d)) in rows.iter().zip(&decoded).enumerate() {
+        assert_eq!(r.ids.len(), 10);
+        close(&format!("row {i}"), r, d);
+    }
+    // Keep two drafts, roll the other three back, verify them again.
+    assert!(model.rewind(n + 2));
+    let again = common::block(model.verify(&drafts[2..], 10)).expect("verify again");
+    for (i, (r, d)) in again.iter().zip(&decoded[2..]).enumerate() {
+        close(&format!("row {} after the rewind", i + 2), r, d);
+    }
+    // The next decode step carries on from the verified tokens.
+    let next = feed(&mut model, &ids(1, 77, vocab), 1);
+    model.reset();
+    feed(&mut model, &prefix, CHUNK as usize);
+    feed(&mut model, &drafts, 1);
+    close(
+        "the step after",
+        &next,
+        &feed(&mut model, &ids(1, 77, vocab), 1),
+    );
+
+    let max = model.max_verify_tokens() as usize;
+    assert_eq!(max, CHUNK as usize);
+    let e = common::block(model.verify(&ids(max + 1, 3, vocab), 10)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a verify step takes 1..=8 tokens, got 9"),
+        "{e}"
+    );
+    assert!(common::block(model.verify(&[], 10)).is_err());
+    assert!(common::block(model.verify(&[vocab], 10)).is_err());
 }

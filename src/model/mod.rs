@@ -453,21 +453,64 @@ impl Model {
     /// Scores a whole sequence from position 0: the top-`k` candidates after every position
     /// (teacher forcing). This is how numerics are compared with a reference implementation.
     pub async fn score(&mut self, tokens: &[u32], k: u32) -> Result<Vec<Candidates>> {
+        self.check_score_k(k)?;
+        self.reset();
+        self.check_room(tokens.len())?;
+        self.check_ids(tokens)?;
+        let rows = self.score_rows();
+        let mut out = Vec::with_capacity(tokens.len());
+        for part in tokens.chunks(rows as usize) {
+            out.extend(self.score_step(part, k).await?);
+        }
+        Ok(out)
+    }
+
+    /// Feeds `tokens` at the current position in one step and returns the top-`k` candidates
+    /// after every one of them: speculative decoding's verify step, which checks a drafted
+    /// continuation (the last sampled token and the drafts after it) in a single pass over the
+    /// weights. At most [`Model::max_verify_tokens`] tokens. No repetition penalty is applied
+    /// (each row would need its own window of recent tokens). Rejected drafts are dropped with
+    /// [`Model::rewind`].
+    pub async fn verify(&mut self, tokens: &[u32], k: u32) -> Result<Vec<Candidates>> {
+        self.check_score_k(k)?;
+        if tokens.is_empty() || tokens.len() > self.max_verify_tokens() as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a verify step takes 1..={} tokens, got {}",
+                self.max_verify_tokens(),
+                tokens.len()
+            )));
+        }
+        self.check_room(tokens.len())?;
+        self.check_ids(tokens)?;
+        self.score_step(tokens, k).await
+    }
+
+    /// Most tokens one [`Model::verify`] step takes.
+    pub fn max_verify_tokens(&self) -> u32 {
+        self.score_rows()
+    }
+
+    fn check_score_k(&self, k: u32) -> Result<()> {
         if k == 0 || k > self.max_candidates {
             return Err(Error::InvalidArgument(format!(
                 "top-k must be 1..={}",
                 self.max_candidates
             )));
         }
-        self.reset();
-        self.check_room(tokens.len())?;
-        self.check_ids(tokens)?;
-        // Rows per step: the [rows, V] logits must fit one binding.
+        Ok(())
+    }
+
+    /// Rows per scoring step: the [rows, V] logits must fit one binding.
+    fn score_rows(&self) -> u32 {
         let row_bytes = self.cfg.vocab as u64 * 4;
-        let rows = self
-            .chunk
+        self.chunk
             .min(SCORE_ROWS)
-            .min((self.ctx.caps.max_binding / row_bytes).max(1) as u32);
+            .min((self.ctx.caps.max_binding / row_bytes).max(1) as u32)
+    }
+
+    /// One step over `tokens` (at most [`Model::score_rows`]) with candidates after each.
+    async fn score_step(&mut self, tokens: &[u32], k: u32) -> Result<Vec<Candidates>> {
+        let rows = self.score_rows();
         if self.score_head.as_ref().is_none_or(|h| h.rows < rows) {
             self.score_head = Some(Head::new(
                 &self.ctx,
@@ -478,16 +521,12 @@ impl Model {
                 Some(rows),
             )?);
         }
-        let mut out = Vec::with_capacity(tokens.len());
-        for part in tokens.chunks(rows as usize) {
-            let mut got = self.run_step(part, StepHead::Score, &[], 1.0).await?;
-            for c in got.iter_mut() {
-                c.ids.truncate(k as usize);
-                c.values.truncate(k as usize);
-            }
-            out.extend(got);
+        let mut got = self.run_step(tokens, StepHead::Score, &[], 1.0).await?;
+        for c in got.iter_mut() {
+            c.ids.truncate(k as usize);
+            c.values.truncate(k as usize);
         }
-        Ok(out)
+        Ok(got)
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
