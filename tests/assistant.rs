@@ -2,7 +2,9 @@
 //! a drafter that fits its target is accepted with the right cache for each of its layers, and
 //! every way one can fail to fit — another vocabulary, another target width, heads that do not
 //! match the cache they read, a Gemma 3 target — is refused with one error naming the mismatch,
-//! as are a missing tensor, a wrong shape, inconsistent metadata and a truncated file.
+//! as are a missing tensor, a wrong shape, inconsistent metadata and a truncated file. The
+//! parser is checked against what llama.cpp's converter really writes: the tiny target and
+//! assistant pair of `tests/data/gemma4_mtp` (`pkg-scripts/make_gemma4_mtp_reference.py`).
 
 use gemma_wgpu::gguf::writer::GgufWriter;
 use gemma_wgpu::gguf::{self, Array, GgmlType, Gguf, Value};
@@ -153,7 +155,6 @@ fn a_fitting_assistant_reads_the_targets_last_caches() {
     let (cfg, caches) = Spec::default().check(&target).unwrap();
     assert_eq!((cfg.n_layers, cfg.hidden, cfg.backbone_hidden), (4, 48, 64));
     assert_eq!((cfg.vocab, cfg.n_heads, cfg.sliding_window), (1024, 4, 16));
-    assert_eq!(cfg.final_softcap, Some(30.0));
     let heads: Vec<u32> = cfg.layers.iter().map(|l| l.head_dim).collect();
     assert_eq!(heads, [64, 64, 64, 128]);
     assert!(cfg.layers[3].rope_freq_factors && !cfg.layers[0].rope_freq_factors);
@@ -376,4 +377,61 @@ fn info_checks_a_draft_against_the_model() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The assistant llama.cpp's converter wrote from transformers' `Gemma4AssistantForCausalLM`
+/// fits the target it was built for, with the configuration transformers had, and the tensors
+/// the check expects are exactly the file's.
+#[test]
+fn the_converters_assistant_fits_its_target() {
+    let dir = format!("{}/tests/data/gemma4_mtp", env!("CARGO_MANIFEST_DIR"));
+    let (tg, _) = gguf::open(format!("{dir}/gemma4_mtp_target.gguf")).unwrap();
+    let (ag, _) = gguf::open(format!("{dir}/gemma4_mtp_assistant.gguf")).unwrap();
+    let target = gemma_wgpu::model::check(&tg).unwrap();
+    let (cfg, caches) = check_assistant(&ag, &target).unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/gemma4_mtp.json")).unwrap())
+            .unwrap();
+    let a = &fixture["assistant_config"];
+    let text = &a["text_config"];
+    assert_eq!(cfg.hidden as u64, text["hidden_size"].as_u64().unwrap());
+    assert_eq!(
+        cfg.n_layers as u64,
+        text["num_hidden_layers"].as_u64().unwrap()
+    );
+    assert_eq!(
+        cfg.n_heads as u64,
+        text["num_attention_heads"].as_u64().unwrap()
+    );
+    assert_eq!(
+        cfg.backbone_hidden as u64,
+        a["backbone_hidden_size"].as_u64().unwrap()
+    );
+    assert_eq!(
+        cfg.sliding_window as u64,
+        text["sliding_window"].as_u64().unwrap()
+    );
+    let types: Vec<bool> = text["layer_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t == "sliding_attention")
+        .collect();
+    let sliding: Vec<bool> = cfg.layers.iter().map(|l| l.sliding).collect();
+    assert_eq!(sliding, types);
+    assert_eq!(cfg.vocab, target.vocab);
+    // The target's producers: layer 0 (sliding) and layer 1 (full), the E2B layout.
+    assert_eq!(caches, [0, 0, 0, 1]);
+    // Every tensor of the file is one the drafter uses.
+    let mut names: Vec<&str> = ag.tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    let mut listed: Vec<&str> = fixture["assistant_gguf"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(names, listed);
+    assert_eq!(names.len(), 4 + 1 + 11 * cfg.n_layers as usize);
 }

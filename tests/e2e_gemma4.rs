@@ -55,8 +55,11 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn load(name: &str, portable: bool, kv_f32: bool) -> Model {
-    let path = data(&format!("{name}.gguf"));
-    let (g, mut src) = gguf::open(&path).expect("open model");
+    load_file(&data(&format!("{name}.gguf")), portable, kv_f32)
+}
+
+fn load_file(path: &std::path::Path, portable: bool, kv_f32: bool) -> Model {
+    let (g, mut src) = gguf::open(path).expect("open model");
     let ctx = Arc::new(
         common::block(GpuContext::new(&GpuOptions {
             webgpu_default_limits: true,
@@ -69,7 +72,7 @@ fn load(name: &str, portable: bool, kv_f32: bool) -> Model {
     );
     let opts = LoadOptions {
         context: Some(1024),
-        rows: Some(Arc::new(MmapSource::open(&path).expect("map model"))),
+        rows: Some(Arc::new(MmapSource::open(path).expect("map model"))),
         kv_f32,
         ..Default::default()
     };
@@ -136,5 +139,18 @@ fn f32_kv_cache_matches_transformers_tightly() {
         for name in MODELS {
             check_model_with(name, portable, true, TIGHT);
         }
+    }
+}
+
+/// The target of the speculative-decoding fixtures (`tests/data/gemma4_mtp`, its own seed and a
+/// window of 8) runs like transformers too, with the f16 and the f32 KV cache.
+#[test]
+fn mtp_target_matches_transformers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/gemma4_mtp");
+    let prompts = common::reference::load("tests/data/gemma4_mtp/gemma4_mtp.json");
+    for (kv_f32, tol) in [(false, TOL), (true, TIGHT)] {
+        let mut model = load_file(&dir.join("gemma4_mtp_target.gguf"), false, kv_f32);
+        let variant = format!("gemma4_mtp_target{}", if kv_f32 { " f32 KV" } else { "" });
+        common::reference::check(&mut model, &prompts, &variant, tol, true);
     }
 }

@@ -12,7 +12,13 @@
 //! * its layers are Gemma 4 layers with query-only attention: q/o projections, a q norm and
 //!   RoPE, no K or V of their own. A sliding layer attends over the KV cache of the target's
 //!   last sliding layer, a full layer over that of the target's last full layer;
-//! * it scores the vocabulary through its own tied `token_embd` (`[H, V]`) after `output_norm`.
+//! * it scores the vocabulary through its own tied `token_embd` (`[H, V]`) after `output_norm`,
+//!   without a softcap.
+//!
+//! The target's `h` is its hidden state after the final norm (the LM head's input) at the
+//! position before the drafted one, and every draft step of a round uses the same RoPE position
+//! and sees the same K/V (`pkg-scripts/make_gemma4_mtp_reference.py` records how transformers
+//! and llama.cpp differ in which cache rows a draft sees).
 //!   Google's E2B/E4B assistants can also restrict the head to a few token clusters
 //!   (`masked_embedding.*`); the converter drops those tensors, so a GGUF assistant has the
 //!   dense head only.
@@ -57,8 +63,9 @@ pub struct AssistantConfig {
     /// Sliding window W of its sliding layers (the target's).
     pub sliding_window: u32,
     pub eps: f32,
-    /// `c·tanh(x/c)` on the draft logits, if any.
-    pub final_softcap: Option<f32>,
+    /// Draft logits are not softcapped: neither transformers nor llama.cpp applies the
+    /// `final_logit_softcapping` the converter copies into the file (checked by
+    /// `pkg-scripts/make_gemma4_mtp_reference.py`), so it is not read.
     pub layers: Vec<AssistantLayer>,
 }
 
@@ -138,9 +145,6 @@ impl AssistantConfig {
             vocab: vocab_rows(g)?,
             sliding_window: shared.sliding_window,
             eps: shared.eps,
-            final_softcap: md
-                .opt_f32(&key("final_logit_softcapping"))?
-                .filter(|c| *c > 0.0),
             layers,
         })
     }
