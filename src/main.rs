@@ -619,6 +619,17 @@ fn score(a: ScoreArgs) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
+    // A draft that does not fit is refused from the headers alone, before the GPU is touched.
+    let draft = match &a.draft {
+        Some(path) => {
+            let model = model_path(&a.model)?;
+            let (gguf, _) = gguf::open(&model)?;
+            let target =
+                gemma_wgpu::model::check(&gguf).with_context(|| format!("{}", model.display()))?;
+            Some(describe_assistant(path, &target)?)
+        }
+        None => None,
+    };
     let l = load(&a.model, true)?;
     let cfg = &l.model.cfg;
     let mem = l.model.memory().clone();
@@ -629,10 +640,6 @@ fn info(a: InfoArgs) -> Result<()> {
         e.1 += t.n_bytes;
     }
     let ratio = mem.weights as f64 / mem.file_tensor_bytes.max(1) as f64;
-    let draft = match &a.draft {
-        Some(path) => Some(describe_assistant(path, cfg)?),
-        None => None,
-    };
     if a.json {
         println!(
             "{}",

@@ -31,6 +31,7 @@ pub mod writer;
 
 pub use metadata::{Array, Metadata, Value};
 pub use parse::MAX_HEADER_BYTES;
+pub(crate) use source::range_end;
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::MmapSource;
 pub use source::{MemorySource, RowSource, TensorSource};

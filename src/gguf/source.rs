@@ -65,20 +65,21 @@ impl<S: TensorSource + ?Sized> TensorSource for &mut S {
     }
 }
 
-/// The error every in-memory source gives for a range outside its bytes.
-fn out_of_range(offset: u64, len: u64, size: u64) -> Error {
-    Error::Truncated(format!(
-        "read of {len} bytes at offset {offset} passes the end of the data ({size} bytes)"
-    ))
+/// `offset + len` when those bytes lie within a source of `size` bytes; otherwise the error
+/// every in-memory source gives for a range outside its bytes.
+pub(crate) fn range_end(offset: u64, len: u64, size: u64) -> Result<u64> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(end),
+        _ => Err(Error::Truncated(format!(
+            "read of {len} bytes at offset {offset} passes the end of the data ({size} bytes)"
+        ))),
+    }
 }
 
 /// `bytes[offset .. offset + len]`, with overflow-safe bounds checks.
 fn slice_at(bytes: &[u8], offset: u64, len: u64) -> Result<&[u8]> {
-    let size = bytes.len() as u64;
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(&bytes[offset as usize..end as usize]),
-        _ => Err(out_of_range(offset, len, size)),
-    }
+    let end = range_end(offset, len, bytes.len() as u64)?;
+    Ok(&bytes[offset as usize..end as usize])
 }
 
 /// A whole file held in memory: tests, small files, and a browser that already has the bytes.

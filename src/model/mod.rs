@@ -398,9 +398,7 @@ impl Model {
     /// the ring).
     pub fn max_rewind(&self) -> u32 {
         let w = self.cfg.sliding_window;
-        (0..self.cfg.layers.len())
-            .filter(|&l| self.cfg.layers[l].sliding)
-            .map(|l| plan::cache_slots(&self.cfg, l, self.context, self.chunk))
+        self.ring_slots()
             .filter(|&cap| cap < self.context)
             .map(|cap| (cap + 1).saturating_sub(w))
             .min()
@@ -412,12 +410,15 @@ impl Model {
     /// stored.
     fn rings_hold(&self, n: u32) -> bool {
         let first_needed = (n + 1).saturating_sub(self.cfg.sliding_window);
+        self.ring_slots()
+            .all(|cap| first_needed as u64 + cap as u64 >= self.stored as u64)
+    }
+
+    /// The KV-cache slots of every sliding-window layer.
+    fn ring_slots(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.cfg.layers.len())
             .filter(|&l| self.cfg.layers[l].sliding)
-            .all(|l| {
-                let cap = plan::cache_slots(&self.cfg, l, self.context, self.chunk);
-                first_needed as u64 + cap as u64 >= self.stored as u64
-            })
+            .map(|l| plan::cache_slots(&self.cfg, l, self.context, self.chunk))
     }
 
     /// Feeds `tokens` at the current position and returns the next-token candidates after the

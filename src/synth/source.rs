@@ -6,8 +6,8 @@
 use std::sync::Mutex;
 
 use super::{SynthSpec, TensorStream};
-use crate::gguf::{RowSource, TensorSource};
-use crate::{Error, Result};
+use crate::gguf::{range_end, RowSource, TensorSource};
+use crate::Result;
 
 /// The bytes of the GGUF file [`super::write()`] would write for a spec, served on demand.
 ///
@@ -68,16 +68,7 @@ impl SynthSource {
 
     /// Fills `buf` with the file's bytes from `offset`; a range past the end is an error.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        match offset.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.size => {}
-            _ => {
-                return Err(Error::Truncated(format!(
-                    "read of {} bytes at offset {offset} passes the end of the synthetic file ({} bytes)",
-                    buf.len(),
-                    self.size
-                )))
-            }
-        }
+        range_end(offset, buf.len() as u64, self.size)?;
         let mut pos = offset;
         let mut out = buf;
         while !out.is_empty() {
