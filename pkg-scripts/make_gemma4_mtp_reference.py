@@ -544,6 +544,23 @@ def topk_rec(lg, tok_in):
 # ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
+def save_and_reload(model, cls, name, work, tokdir):
+    """Saves `model` with the tokenizer beside it into work/name and loads it back as `cls`
+    (fp32, eager attention), aborting unless every tensor reloads bit for bit. Returns the
+    directory (the converter's input) and the reloaded model."""
+    import torch
+    d = os.path.join(work, name)
+    model.save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokdir, f), os.path.join(d, f))
+    back = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+    back.eval()
+    s0, s1 = model.state_dict(), back.state_dict()
+    check(s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) for k in s0),
+          f"{name} reloaded bit-identical ({len(s0)} tensors)")
+    return d, back
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llama-cpp", required=True, help="llama.cpp source tree (convert_hf_to_gguf.py, gguf-py/)")
@@ -590,14 +607,7 @@ def main():
     target0.eval()
     g4.init_weights(target0, TARGET)
     g4.check_structure(target0, TARGET)
-    tdir = os.path.join(work, TARGET["name"])
-    target0.save_pretrained(tdir)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(tokdir, f), os.path.join(tdir, f))
-    target = Gemma4ForCausalLM.from_pretrained(tdir, dtype=torch.float32, attn_implementation="eager")
-    target.eval()
-    sd0, sd1 = target0.state_dict(), target.state_dict()
-    check(sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0), "target reloaded bit-identical")
+    tdir, target = save_and_reload(target0, Gemma4ForCausalLM, TARGET["name"], work, tokdir)
     prod = g4.check_runtime_paths(target, prompts[0][2])
     tgguf = os.path.join(args.out_dir, TARGET["name"] + ".gguf")
     warn = g4.convert(tdir, tgguf, "f32", args.llama_cpp)
@@ -636,15 +646,7 @@ def main():
     check(at.num_kv_shared_layers == at.num_hidden_layers and all(
         not hasattr(l.self_attn, "k_proj") for l in asst0.model.layers), "assistant layers are all KV-shared (no k/v)")
     hist = distill(asst0, target, train_seqs, W_, args.distill_steps)
-    adir = os.path.join(work, ASSISTANT["name"])
-    asst0.save_pretrained(adir)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(tokdir, f), os.path.join(adir, f))
-    asst = Gemma4AssistantForCausalLM.from_pretrained(adir, dtype=torch.float32, attn_implementation="eager")
-    asst.eval()
-    sa0, sa1 = asst0.state_dict(), asst.state_dict()
-    check(sa0.keys() == sa1.keys() and all(torch.equal(sa0[k], sa1[k]) for k in sa0),
-          f"assistant reloaded bit-identical ({len(sa0)} tensors)")
+    adir, asst = save_and_reload(asst0, Gemma4AssistantForCausalLM, ASSISTANT["name"], work, tokdir)
     agguf = os.path.join(args.out_dir, ASSISTANT["name"] + ".gguf")
     warn = g4.convert(adir, agguf, "f32", args.llama_cpp)
     log(f"converted -> {agguf} ({os.path.getsize(agguf)} bytes); warnings: {warn}")
