@@ -161,6 +161,8 @@ pub(super) struct LayerOps {
     /// Per-head norms and RoPE of q (and k), k and v into the cache.
     prep: QkvPrep,
     attention: Attention,
+    /// The attention's label in profiles: sliding or full, own cache or an earlier layer's.
+    attention_label: &'static str,
     o: Matmul,
     /// Decode: the gate/up pair with the post-attention and FFN norms in its prologue.
     mlp_fused: Option<Matvec>,
@@ -191,7 +193,7 @@ impl LayerOps {
         }
         rec.op("attn_qkv", &self.qkv, step);
         rec.op("qkv_norm_rope_store", &self.prep, step);
-        rec.op("attention", &self.attention, step);
+        rec.op(self.attention_label, &self.attention, step);
         rec.op("attn_output", &self.o, step);
         if self.fused(step.n_tokens) {
             let mlp = self.mlp_fused.as_ref().expect("checked by fused()");
@@ -580,6 +582,12 @@ pub(super) fn build_layer(
         qkv,
         prep,
         attention,
+        attention_label: match (params.window > 0, shared) {
+            (true, false) => "attention (sliding)",
+            (true, true) => "attention (sliding, shared cache)",
+            (false, false) => "attention (full)",
+            (false, true) => "attention (full, shared cache)",
+        },
         o,
         mlp_fused,
         post_attn: residual(vec![pa], 1.0, Some(norm("ffn_norm")?))?,
