@@ -19,6 +19,22 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
+# Debian 12 ships Mesa 22.3, whose lavapipe loads a storage buffer one lane at a time (a scalar
+# load and a stack round trip per lane and 4-byte word): our kernels run 3-4x slower on it than
+# on Mesa 25 from bookworm-backports. On a bookworm machine without a GPU (no DRM render node,
+# no NVIDIA device: nothing but lavapipe can run there, so no GPU driver changes under the
+# user), take Mesa from backports.
+no_gpu() { ! ls /dev/dri/renderD* /dev/nvidia0 >/dev/null 2>&1; }
+mesa_version=$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || true)
+if grep -q '^VERSION_CODENAME=bookworm$' /etc/os-release 2>/dev/null && no_gpu &&
+    [ -n "$mesa_version" ] && dpkg --compare-versions "$mesa_version" lt 24; then
+    echo "setup: installing Mesa's lavapipe from bookworm-backports (Mesa $mesa_version is 3-4x slower)" >&2
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+        as_root tee /etc/apt/sources.list.d/gemma-wgpu-backports.list >/dev/null
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers >&2
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: installing Rust with rustup" >&2
     curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >&2
