@@ -23,13 +23,15 @@
 //!   (`masked_embedding.*`); the converter drops those tensors, so a GGUF assistant has the
 //!   dense head only.
 
+use super::config::LayerConfig;
 use super::config::{
     check_dims, check_layer_shape, check_tensor_bytes, sliding_pattern, vocab_rows, Arch,
     LayerKeys, ModelConfig, Shared,
 };
-use super::plan::{check_tensor, layer_tensor};
+use super::plan::{check_tensor, layer_tensor, Placement, TensorPlan};
 use crate::gguf::Gguf;
 use crate::{Error, Result};
+use std::collections::HashMap;
 
 /// `general.architecture` of an assistant file.
 pub const ASSISTANT_ARCH: &str = "gemma4-assistant";
@@ -204,20 +206,37 @@ impl AssistantConfig {
 /// expected shape, a supported type), and that it fits `target`. Returns the configuration
 /// and the target layer whose KV cache each assistant layer reads.
 pub fn check_assistant(g: &Gguf, target: &ModelConfig) -> Result<(AssistantConfig, Vec<usize>)> {
+    plan_assistant(g, target).map(|(cfg, caches, _)| (cfg, caches))
+}
+
+/// [`check_assistant`], and where each tensor goes when the drafter is loaded.
+pub(super) fn plan_assistant(
+    g: &Gguf,
+    target: &ModelConfig,
+) -> Result<(AssistantConfig, Vec<usize>, TensorPlan)> {
     let cfg = AssistantConfig::from_gguf(g)?;
     let (h, hb, v) = (
         cfg.hidden as u64,
         cfg.backbone_hidden as u64,
         cfg.vocab as u64,
     );
-    let mut wanted: Vec<(String, Vec<u64>)> = vec![
-        ("token_embd.weight".into(), vec![h, v]),
-        ("output_norm.weight".into(), vec![h]),
-        ("nextn.pre_projection.weight".into(), vec![2 * hb, h]),
-        ("nextn.post_projection.weight".into(), vec![h, hb]),
-    ];
+    let mut wanted: TensorPlan = HashMap::new();
+    let mut want = |name: String, shape: Vec<u64>| {
+        let at = match shape.len() {
+            1 if name.ends_with(".layer_output_scale.weight") || name == "rope_freqs.weight" => {
+                Placement::Host
+            }
+            1 => Placement::Norm,
+            _ => Placement::Gpu,
+        };
+        wanted.insert(name, (shape, at));
+    };
+    want("token_embd.weight".into(), vec![h, v]);
+    want("output_norm.weight".into(), vec![h]);
+    want("nextn.pre_projection.weight".into(), vec![2 * hb, h]);
+    want("nextn.post_projection.weight".into(), vec![h, hb]);
     if let Some(full) = cfg.layers.iter().find(|l| l.rope_freq_factors) {
-        wanted.push(("rope_freqs.weight".into(), vec![full.head_dim as u64 / 2]));
+        want("rope_freqs.weight".into(), vec![full.head_dim as u64 / 2]);
     }
     for (i, l) in cfg.layers.iter().enumerate() {
         let (q, ff) = (cfg.n_heads as u64 * l.head_dim as u64, l.ff_len as u64);
@@ -234,12 +253,53 @@ pub fn check_assistant(g: &Gguf, target: &ModelConfig) -> Result<(AssistantConfi
             ("post_ffw_norm", vec![h]),
             ("layer_output_scale", vec![1]),
         ] {
-            wanted.push((layer_tensor(i, what), shape));
+            want(layer_tensor(i, what), shape);
         }
     }
-    for (name, expected) in &wanted {
-        check_tensor(g, name, expected)?;
+    let mut names: Vec<&String> = wanted.keys().collect();
+    names.sort();
+    for name in names {
+        check_tensor(g, name, &wanted[name].0)?;
     }
     let caches = cfg.target_caches(target)?;
-    Ok((cfg, caches))
+    Ok((cfg, caches, wanted))
+}
+
+impl AssistantConfig {
+    /// The assistant as a Gemma 4 model whose every layer is KV-shared: the form the layer
+    /// builder takes. Layer `i` reads the cache of target layer `caches[i]` (its `kv_source`
+    /// names a layer of the target, not of this model); the RoPE, window and attention scale
+    /// are the target's.
+    pub(super) fn as_model(&self, target: &ModelConfig, caches: &[usize]) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Gemma4,
+            n_layers: self.n_layers,
+            hidden: self.hidden,
+            n_heads: self.n_heads,
+            vocab: self.vocab,
+            context_length: target.context_length,
+            sliding_window: self.sliding_window,
+            eps: self.eps,
+            attn_scale: target.attn_scale,
+            final_softcap: None,
+            embed_scale: target.embed_scale,
+            ple_dim: 0,
+            first_shared: 0,
+            layers: self
+                .layers
+                .iter()
+                .zip(caches)
+                .map(|(l, &source)| LayerConfig {
+                    sliding: l.sliding,
+                    head_dim: l.head_dim,
+                    n_kv_heads: l.n_kv_heads,
+                    ff_len: l.ff_len,
+                    rope_theta: l.rope_theta,
+                    rope_scale: 1.0,
+                    rope_freq_factors: l.rope_freq_factors,
+                    kv_source: source,
+                })
+                .collect(),
+        }
+    }
 }

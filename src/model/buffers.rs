@@ -8,9 +8,8 @@
 //! `kernels::matvec::MatvecIn::Prologue`), so nothing writes `h` until the layer ends.
 
 use super::config::ModelConfig;
-use super::plan::attention_params;
 use crate::gpu::{GpuContext, StepParams};
-use crate::kernels::attention::Attention;
+use crate::kernels::attention::{Attention, AttentionParams};
 use crate::rope::RopeTable;
 use crate::{Error, Result};
 
@@ -78,12 +77,13 @@ impl Activations {
         slot as u32 * self.chunk * self.hidden
     }
 
+    /// Buffers for steps of up to `chunk` rows of a model `cfg` whose layers attend as
+    /// `attention` says (it sizes the split scratch they share).
     pub(super) fn new(
         ctx: &GpuContext,
         cfg: &ModelConfig,
-        context: u32,
         chunk: u32,
-        kv_f32: bool,
+        attention: &[AttentionParams],
         ropes: &[RopeTable],
     ) -> Result<Self> {
         let c = chunk as u64;
@@ -113,8 +113,9 @@ impl Activations {
             })
         };
         let sharing = cfg.has_kv_sharing();
-        let scratch = (0..cfg.layers.len())
-            .map(|l| Attention::scratch_bytes(&attention_params(cfg, l, context, chunk, kv_f32)))
+        let scratch = attention
+            .iter()
+            .map(Attention::scratch_bytes)
             .max()
             .unwrap_or(4);
         let rope_bufs = |buf: &mut dyn FnMut(&str, u64) -> Result<wgpu::Buffer>| {

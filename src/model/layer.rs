@@ -246,13 +246,27 @@ pub(super) struct LayerEnv<'a> {
 /// The KV caches of the layers that own one, by layer (K, V): `[cap, nkv, d]` each.
 pub(super) type KvCaches = Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>;
 
-/// Builds layer `l`'s ops. `caches` holds the caches of the layers before it (the layer's own
-/// is appended when it owns one); returns the bytes of the caches it allocated.
+/// Where a layer's attention finds its keys and values.
+pub(super) enum LayerCache<'a> {
+    /// The layer computes K/V and stores them in a cache of its own, allocated with the layer.
+    Own,
+    /// The layer computes only queries and reads a cache another layer fills: an earlier
+    /// layer's (Gemma 4 KV sharing) or the target model's (an MTP assistant). `params` is the
+    /// attention over it (the cache's slots, this layer's query heads and mask).
+    Read {
+        k: &'a wgpu::Buffer,
+        v: &'a wgpu::Buffer,
+        params: AttentionParams,
+    },
+}
+
+/// Builds layer `l`'s ops over `cache`; returns them with the cache the layer allocated, if it
+/// owns one.
 pub(super) fn build_layer(
     env: &LayerEnv<'_>,
     l: usize,
-    caches: &mut KvCaches,
-) -> Result<(LayerOps, u64)> {
+    cache: LayerCache<'_>,
+) -> Result<(LayerOps, Option<(wgpu::Buffer, wgpu::Buffer)>)> {
     let LayerEnv {
         ctx,
         cfg,
@@ -265,7 +279,7 @@ pub(super) fn build_layer(
     let m = |w: &str| weights.matrix(&t(w));
     let norm = |w: &str| weights.norms.offset(&t(w));
     let (d, eps, hidden) = (lc.head_dim, cfg.eps, cfg.hidden);
-    let shared = lc.shares_kv(l);
+    let shared = matches!(cache, LayerCache::Read { .. });
     let sharing = cfg.has_kv_sharing();
     // KV-shared layers run as the tail of the step (see `Activations::step_tail`).
     let (step_buf, rope) = if shared {
@@ -320,16 +334,18 @@ pub(super) fn build_layer(
     let kv_rows = lc.n_kv_heads * d;
     let qkv_stride: u32 = qkv_mats.iter().map(|w| w.n).sum();
     let qkv = Projections::new(ctx, &qkv_mats, &a.xn, &a.qkv, (0, qkv_stride), step_buf)?;
+    let params = match &cache {
+        LayerCache::Own => attention_params(cfg, l, env.context, env.chunk, env.kv_f32),
+        LayerCache::Read { params, .. } => *params,
+    };
     let params = AttentionParams {
         split_keys: env.attention_split_keys,
-        ..attention_params(cfg, l, env.context, env.chunk, env.kv_f32)
+        ..params
     };
-    let mut cache_bytes = 0;
     let own_cache = if shared {
         None
     } else {
         let bytes = params.cap as u64 * kv_rows as u64 * kv_bytes_per_elem(env.kv_f32);
-        cache_bytes = 2 * bytes;
         Some((
             ctx.storage(&format!("blk.{l}.k_cache"), bytes)?,
             ctx.storage(&format!("blk.{l}.v_cache"), bytes)?,
@@ -361,13 +377,11 @@ pub(super) fn build_layer(
             kv_f32: env.kv_f32,
         },
     )?;
-    caches.push(own_cache);
-    let (k_cache, v_cache) = caches[lc.kv_source].as_ref().ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "layer {l} reads the KV cache of layer {}, which has none",
-            lc.kv_source
-        ))
-    })?;
+    let (k_cache, v_cache) = match (&cache, &own_cache) {
+        (LayerCache::Read { k, v, .. }, _) => (*k, *v),
+        (LayerCache::Own, Some((k, v))) => (k, v),
+        (LayerCache::Own, None) => unreachable!("a layer with its own cache allocates it"),
+    };
     let attention = Attention::new(
         ctx,
         AttentionIo {
@@ -597,5 +611,5 @@ pub(super) fn build_layer(
         end_fused: residual(end_terms_fused, layer_scale, next_norm)?,
         end: residual(vec![end_term], layer_scale, next_norm)?,
     };
-    Ok((ops, cache_bytes))
+    Ok((ops, own_cache))
 }

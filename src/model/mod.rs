@@ -22,6 +22,7 @@
 pub mod assistant;
 mod buffers;
 pub mod config;
+pub mod drafter;
 mod head;
 mod layer;
 mod plan;
@@ -31,6 +32,7 @@ mod weights;
 pub use assistant::{check_assistant, AssistantConfig, ASSISTANT_ARCH};
 pub use buffers::MAX_PENALTY_TOKENS;
 pub use config::{Arch, LayerConfig, ModelConfig};
+pub use drafter::{Drafter, HiddenRow, MAX_DRAFT_TOKENS};
 pub use plan::{check, preflight, Preflight};
 
 use std::sync::Arc;
@@ -44,7 +46,8 @@ use crate::rope::RopeTable;
 use crate::{Error, Result};
 use buffers::{Activations, Slot};
 use head::{Head, PleInput};
-use layer::{build_layer, LayerEnv, LayerOps};
+use layer::{build_layer, KvCaches, LayerCache, LayerEnv, LayerOps};
+use plan::attention_params;
 use step::{PendingStep, StepHead};
 use weights::Weights;
 
@@ -148,6 +151,8 @@ pub struct Model {
     pub context: u32,
     chunk: u32,
     max_candidates: u32,
+    /// The KV cache holds f32 (`LoadOptions::kv_f32`).
+    kv_f32: bool,
     /// Tokens already in the KV cache (the next token's position).
     pos: u32,
     /// One past the highest position stored since the last reset (above `pos` after a
@@ -157,6 +162,9 @@ pub struct Model {
     embed: Embed,
     ple: Option<PleInput>,
     layers: Vec<LayerOps>,
+    /// Each layer's own KV cache (K, V), `None` for a KV-shared layer: an MTP assistant's
+    /// layers read them too.
+    caches: KvCaches,
     /// Moves the last row of `h` and of the per-layer inputs to row 0 before the KV-shared
     /// layers run on a prompt's last token.
     to_front: Vec<LastRowToFront>,
@@ -251,7 +259,10 @@ impl Model {
         let kv_f32 = opts.kv_f32;
         let mut memory = std::mem::take(&mut weights.memory);
         let (ropes, rope_of_layer) = buffers::rope_tables(&cfg, &weights.host)?;
-        let acts = Activations::new(&ctx, &cfg, context, chunk, kv_f32, &ropes)?;
+        let attention: Vec<_> = (0..cfg.layers.len())
+            .map(|l| attention_params(&cfg, l, context, chunk, kv_f32))
+            .collect();
+        let acts = Activations::new(&ctx, &cfg, chunk, &attention, &ropes)?;
         memory.activations = acts.bytes;
 
         let embed = Embed::new(
@@ -279,11 +290,27 @@ impl Model {
             attention_split_keys: opts.attention_split_keys,
             rope_of_layer: &rope_of_layer,
         };
-        let mut caches = Vec::new();
+        let mut caches: KvCaches = Vec::new();
         let mut layers = Vec::with_capacity(cfg.layers.len());
-        for l in 0..cfg.layers.len() {
-            let (ops, cache_bytes) = build_layer(&env, l, &mut caches)?;
-            memory.kv_cache += cache_bytes;
+        for (l, lc) in cfg.layers.iter().enumerate() {
+            let cache = if lc.shares_kv(l) {
+                let (k, v) = caches[lc.kv_source].as_ref().ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "layer {l} reads the KV cache of layer {}, which has none",
+                        lc.kv_source
+                    ))
+                })?;
+                LayerCache::Read {
+                    k,
+                    v,
+                    params: attention[l],
+                }
+            } else {
+                LayerCache::Own
+            };
+            let (ops, own) = build_layer(&env, l, cache)?;
+            memory.kv_cache += own.iter().map(|(k, v)| k.size() + v.size()).sum::<u64>();
+            caches.push(own);
             layers.push(ops);
         }
         memory.largest_buffer = caches
@@ -325,12 +352,14 @@ impl Model {
             context,
             chunk,
             max_candidates,
+            kv_f32,
             pos: 0,
             stored: 0,
             acts,
             embed,
             ple,
             layers,
+            caches,
             to_front,
             head,
             score_head: None,
