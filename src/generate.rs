@@ -1,11 +1,22 @@
 //! Token generation: prefill the prompt, then sample, stream and feed back one token at a
 //! time until an end token of the model, the token budget or the context limit. One async path
 //! serves the CLI and the browser; callers pull pieces with `next`.
+//!
+//! With a drafter (a Gemma 4 MTP assistant, [`Generation::next_drafted`]) a step becomes a
+//! round of speculative decoding: the assistant drafts `k` tokens after the last one, the
+//! model verifies them all in one step, every draft up to the first the target's sampler
+//! rejects is kept, plus the target's own token at the first rejection (or after the last
+//! draft), and the KV cache is rolled back past the rest. Drafts are the assistant's argmax;
+//! each is kept with probability `p(d)` under the target's sampling settings and otherwise
+//! replaced by a draw from the target's distribution without it (`Sampler::verify_draft`), so
+//! the tokens are distributed exactly as without a drafter, and greedy output is identical.
+
+use std::collections::VecDeque;
 
 use web_time::Instant;
 
-use crate::model::{Candidates, Model};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::model::{Candidates, Drafter, HiddenRow, Model, MAX_DRAFT_TOKENS};
+use crate::sampler::{Sampler, SamplingParams, Verdict};
 use crate::tokenizer::{TokenStream, Tokenizer};
 use crate::{Error, Result};
 
@@ -40,6 +51,23 @@ pub struct Stats {
     pub prefill_tokens_per_s: f64,
     /// Tokens per second after the first one.
     pub decode_tokens_per_s: f64,
+    /// Speculative decoding: rounds run, tokens drafted, drafts kept.
+    pub draft_rounds: usize,
+    pub drafted_tokens: usize,
+    pub accepted_drafts: usize,
+}
+
+impl Stats {
+    /// Share of the drafted tokens the model kept (0 without drafting).
+    pub fn acceptance_rate(&self) -> f64 {
+        self.accepted_drafts as f64 / self.drafted_tokens.max(1) as f64
+    }
+
+    /// Tokens each round of speculative decoding produced on average: the kept drafts plus
+    /// the model's own token (0 without drafting).
+    pub fn tokens_per_round(&self) -> f64 {
+        (self.accepted_drafts + self.draft_rounds) as f64 / self.draft_rounds.max(1) as f64
+    }
 }
 
 /// The state of a generation in progress, without borrows: the model and tokenizer are passed
@@ -51,11 +79,20 @@ pub struct Generation {
     next: Option<Candidates>,
     max_tokens: usize,
     produced: Vec<u32>,
-    /// How many of `produced` went through the model (are in the KV cache).
+    /// How many of `produced` went through the model (are in the KV cache); after a draft
+    /// round it counts the kept drafts still waiting in `queue` too.
     fed: usize,
     /// The last token returned, to be fed at the start of the next call: a piece streams out
     /// as soon as it is sampled instead of one decode step later, and a stop costs no step.
     to_feed: Option<u32>,
+    /// Tokens a draft round produced that have not been returned yet.
+    queue: VecDeque<u32>,
+    /// Drafts per round (0: no drafting).
+    draft_tokens: u32,
+    /// Which row of the model's last step the next draft round continues from.
+    hidden: HiddenRow,
+    /// The model's position after the prompt: `fed` tokens follow it in the cache.
+    base_pos: u32,
     finish: Option<Finish>,
     stats: Stats,
     started: Instant,
@@ -105,6 +142,10 @@ impl Generation {
             produced: Vec::new(),
             fed: 0,
             to_feed: None,
+            queue: VecDeque::new(),
+            draft_tokens: 0,
+            hidden: HiddenRow::Last,
+            base_pos: model.position(),
             finish: None,
             stats: Stats {
                 prompt_tokens: prompt.len(),
@@ -116,11 +157,49 @@ impl Generation {
         })
     }
 
+    /// Drafts `k` tokens per round with the drafter [`Generation::next_drafted`] is given
+    /// (1..=[`MAX_DRAFT_TOKENS`], and at most what one verify step of `model` takes).
+    /// Without a repetition penalty only: each verified row would need its own window of
+    /// recent tokens, so with one the generation decodes token by token.
+    pub fn set_draft_tokens(&mut self, model: &Model, k: u32) -> Result<()> {
+        let most = MAX_DRAFT_TOKENS.min(model.max_verify_tokens().saturating_sub(1));
+        if k == 0 || k > most {
+            return Err(Error::InvalidArgument(format!(
+                "draft tokens must be 1..={most}, got {k}"
+            )));
+        }
+        self.draft_tokens = k;
+        Ok(())
+    }
+
     /// The next piece, or `None` when generation has finished (see [`Generation::finish`]).
     pub async fn next(&mut self, model: &mut Model, tok: &Tokenizer) -> Result<Option<Piece>> {
+        self.next_drafted(model, None, tok).await
+    }
+
+    /// [`Generation::next`], drafting with `drafter` (loaded for `model`) where a round can
+    /// run: the tokens come out one by one either way.
+    pub async fn next_drafted(
+        &mut self,
+        model: &mut Model,
+        drafter: Option<&mut Drafter>,
+        tok: &Tokenizer,
+    ) -> Result<Option<Piece>> {
         if self.finish.is_some() || self.max_tokens == 0 {
             self.finish.get_or_insert(Finish::MaxTokens);
             return Ok(None);
+        }
+        if let Some(id) = self.queue.pop_front() {
+            return self.emit(model, tok, id);
+        }
+        if let (Some(prev), Some(drafter)) = (self.to_feed, drafter) {
+            let n = self.round_drafts(model);
+            if n > 0 {
+                self.to_feed = None;
+                self.round(model, drafter, prev, n).await?;
+                let id = self.queue.pop_front().expect("a round yields a token");
+                return self.emit(model, tok, id);
+            }
         }
         if let Some(prev) = self.to_feed.take() {
             let params = *self.sampler.params();
@@ -135,11 +214,86 @@ impl Generation {
                     .await?,
             );
             self.fed = self.produced.len();
+            self.hidden = HiddenRow::Last;
         }
         let Some(candidates) = self.next.take() else {
             return Ok(None);
         };
         let id = self.sampler.sample(&candidates.pairs())?;
+        self.emit(model, tok, id)
+    }
+
+    /// Drafts the next round may make: none without drafting, with a repetition penalty, or
+    /// when too few tokens remain (the round's last token is always the model's own).
+    fn round_drafts(&self, model: &Model) -> u32 {
+        if self.draft_tokens == 0 || self.sampler.params().repeat_penalty != 1.0 {
+            return 0;
+        }
+        let budget = self.max_tokens.saturating_sub(self.produced.len()) as u32;
+        let room = model.context.saturating_sub(model.position());
+        self.draft_tokens
+            .min(budget.saturating_sub(1))
+            .min(room.saturating_sub(1))
+    }
+
+    /// One round: draft `n` tokens after `prev` (the last token returned, not yet fed), verify
+    /// `prev` and the drafts in one step, keep what the sampler accepts, roll the rest back,
+    /// and queue the kept drafts and the model's own token.
+    async fn round(
+        &mut self,
+        model: &mut Model,
+        drafter: &mut Drafter,
+        prev: u32,
+        n: u32,
+    ) -> Result<()> {
+        let p = model.position();
+        let drafts: Vec<u32> = drafter
+            .draft(model, prev, self.hidden, n)
+            .await?
+            .iter()
+            .map(|c| c.ids[0])
+            .collect();
+        let mut batch = Vec::with_capacity(drafts.len() + 1);
+        batch.push(prev);
+        batch.extend(&drafts);
+        let rows = model.verify(&batch, model.max_candidates()).await?;
+        let mut kept = 0;
+        let mut own = None;
+        for (&d, row) in drafts.iter().zip(&rows) {
+            match self.sampler.verify_draft(&row.pairs(), &[(d, 1.0)], d)? {
+                Verdict::Accept => {
+                    self.queue.push_back(d);
+                    kept += 1;
+                }
+                Verdict::Replace(id) => {
+                    own = Some(id);
+                    break;
+                }
+            }
+        }
+        let own = match own {
+            Some(id) => id,
+            None => self.sampler.sample(&rows[kept].pairs())?,
+        };
+        self.queue.push_back(own);
+        // `prev` and the kept drafts stay in the cache; the rest of the batch goes.
+        if !model.rewind(p + kept as u32 + 1) {
+            return Err(Error::InvalidArgument(format!(
+                "the KV cache cannot roll back {} rejected drafts",
+                n as usize - kept
+            )));
+        }
+        self.fed = self.produced.len() + kept;
+        self.hidden = HiddenRow::Verified(kept as u32);
+        self.stats.draft_rounds += 1;
+        self.stats.drafted_tokens += n as usize;
+        self.stats.accepted_drafts += kept;
+        Ok(())
+    }
+
+    /// Returns `id` as the next piece: the end of the generation if it is an end token, else
+    /// the text it completes, feeding it at the next call unless a limit ends the generation.
+    fn emit(&mut self, model: &mut Model, tok: &Tokenizer, id: u32) -> Result<Option<Piece>> {
         self.sampler.accept(id);
         if self.first_token_at.is_none() {
             let now = Instant::now();
@@ -148,6 +302,7 @@ impl Generation {
         }
         if tok.is_eos(id) {
             self.finish = Some(Finish::EndToken(id));
+            self.drop_queue(model);
             let text = self.stream.finish();
             self.update_decode_stats();
             return Ok((!text.is_empty()).then_some(Piece { id, text }));
@@ -156,6 +311,9 @@ impl Generation {
         let text = self.stream.push(id)?;
         if self.produced.len() >= self.max_tokens {
             self.finish = Some(Finish::MaxTokens);
+            self.drop_queue(model);
+        } else if !self.queue.is_empty() {
+            // A kept draft: already in the cache; the round's last token is fed next.
         } else if model.position() >= model.context {
             self.finish = Some(Finish::ContextFull);
         } else {
@@ -170,12 +328,25 @@ impl Generation {
     }
 
     /// Ends the generation early (the caller stopped it). Every generated token except the last
-    /// has been fed to the model; see [`Generation::fed`].
+    /// has been fed to the model; see [`Generation::fed`]. In a draft round the cache may also
+    /// hold kept drafts that were never returned: callers that continue from the cache roll it
+    /// back to what they know it holds, as they do after any generation.
     pub fn cancel(&mut self) {
         if self.finish.is_none() {
             self.finish = Some(Finish::Cancelled);
             self.next = None;
             self.to_feed = None;
+        }
+    }
+
+    /// Ends a draft round early: its tokens not returned are forgotten, and those of them
+    /// already in the cache are rolled back, so the cache holds exactly [`Generation::fed`].
+    fn drop_queue(&mut self, model: &mut Model) {
+        self.queue.clear();
+        if self.fed > self.produced.len() {
+            self.fed = self.produced.len();
+            // Never refused: it rolls back fewer tokens than the round's verify step fed.
+            model.rewind(self.base_pos + self.fed as u32);
         }
     }
 
@@ -203,7 +374,7 @@ impl Generation {
     /// Generated ids that went through the model and so sit in its KV cache: all of them,
     /// except the last when generation stopped on a limit (it was sampled but never fed).
     pub fn fed(&self) -> &[u32] {
-        &self.produced[..self.fed]
+        &self.produced[..self.fed.min(self.produced.len())]
     }
 
     pub fn stats(&self) -> &Stats {
@@ -215,6 +386,7 @@ impl Generation {
 pub struct Generator<'a> {
     model: &'a mut Model,
     tok: &'a Tokenizer,
+    drafter: Option<&'a mut Drafter>,
     state: Generation,
 }
 
@@ -228,12 +400,25 @@ impl<'a> Generator<'a> {
         max_tokens: usize,
     ) -> Result<Generator<'a>> {
         let state = Generation::start(model, tok, prompt, params, max_tokens).await?;
-        Ok(Generator { model, tok, state })
+        Ok(Generator {
+            model,
+            tok,
+            drafter: None,
+            state,
+        })
+    }
+
+    /// Drafts `k` tokens per round with `drafter` (see [`Generation::set_draft_tokens`]).
+    pub fn draft_with(&mut self, drafter: &'a mut Drafter, k: u32) -> Result<()> {
+        self.state.set_draft_tokens(self.model, k)?;
+        self.drafter = Some(drafter);
+        Ok(())
     }
 
     /// The next piece, or `None` when generation has finished (see [`Generator::finish`]).
     pub async fn next(&mut self) -> Result<Option<Piece>> {
-        self.state.next(self.model, self.tok).await
+        let drafter = self.drafter.as_deref_mut();
+        self.state.next_drafted(self.model, drafter, self.tok).await
     }
 
     /// Why generation ended (`None` while it runs).

@@ -15,9 +15,12 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use gemma_wgpu::generate::{Finish, Generation};
 use gemma_wgpu::gguf::{self, MmapSource};
 use gemma_wgpu::gpu::{GpuContext, GpuOptions};
 use gemma_wgpu::model::{Candidates, Drafter, HiddenRow, LoadOptions, Model};
+use gemma_wgpu::sampler::SamplingParams;
+use gemma_wgpu::tokenizer::Tokenizer;
 use serde_json::Value;
 
 /// Largest |our draft logit − transformers'| over both top-10 lists (see the module doc).
@@ -45,6 +48,11 @@ fn gpu(portable: bool) -> Arc<GpuContext> {
         }))
         .expect("GPU"),
     )
+}
+
+fn tokenizer() -> Tokenizer {
+    let (g, _) = gguf::open(data("gemma4_mtp_target.gguf")).expect("open target");
+    Tokenizer::from_gguf(&g.metadata).expect("tokenizer")
 }
 
 fn load(portable: bool, kv_f32: bool) -> (Model, Drafter) {
@@ -105,7 +113,14 @@ fn compare_step(what: &str, got: &Candidates, want: &Value) -> f32 {
 
 /// Replays the fixture's llama.cpp-convention assisted run: the same rounds, drafts,
 /// acceptances and final tokens, and every draft step's logits.
-fn replay(model: &mut Model, drafter: &mut Drafter, prompt: &Value, check_logits: bool) -> f32 {
+/// Returns the largest draft-logit difference and the target's candidates after every token
+/// the run kept, by the position of that token (from the verify steps).
+fn replay(
+    model: &mut Model,
+    drafter: &mut Drafter,
+    prompt: &Value,
+    check_logits: bool,
+) -> (f32, Vec<(u32, Candidates)>) {
     let name = prompt["name"].as_str().unwrap();
     let run = &prompt["assisted_llamacpp"];
     let want_tokens = u32s(&run["tokens"]);
@@ -122,6 +137,7 @@ fn replay(model: &mut Model, drafter: &mut Drafter, prompt: &Value, check_logits
     let mut h = HiddenRow::Last;
     let mut produced = vec![token];
     let mut worst = 0f32;
+    let mut verified = Vec::new();
     for (r, round) in run["rounds"].as_array().unwrap().iter().enumerate() {
         let what = format!("{name}, round {r}");
         assert_eq!(
@@ -155,11 +171,10 @@ fn replay(model: &mut Model, drafter: &mut Drafter, prompt: &Value, check_logits
         batch.extend(&d);
         let p = model.position();
         let rows = common::block(model.verify(&batch, 10)).expect("verify");
-        let accepted = d
-            .iter()
-            .zip(&rows)
-            .take_while(|(d, row)| **d == argmax(row))
-            .count();
+        for (i, row) in rows.iter().enumerate().take(accepted_len(&d, &rows) + 1) {
+            verified.push((p + i as u32, row.clone()));
+        }
+        let accepted = accepted_len(&d, &rows);
         assert_eq!(
             accepted as u64,
             round["accepted"].as_u64().unwrap(),
@@ -173,8 +188,57 @@ fn replay(model: &mut Model, drafter: &mut Drafter, prompt: &Value, check_logits
     }
     produced.truncate(want_tokens.len());
     assert_eq!(produced, want_tokens, "{name}: assisted greedy tokens");
+    (worst, verified)
+}
+
+/// How many drafts the target's argmax agrees with, from the first.
+fn accepted_len(drafts: &[u32], rows: &[Candidates]) -> usize {
+    drafts
+        .iter()
+        .zip(rows)
+        .take_while(|(d, row)| **d == argmax(row))
+        .count()
+}
+
+/// Rollback: the target's candidates in every verify step (after rounds whose rejected drafts
+/// were fed and rolled back) are those of plain decoding, which never saw the rejected tokens.
+/// The two take different kernels (a several-row step against one-token steps), so they agree
+/// to f32 rounding, not bit for bit: within `ROLLBACK_ATOL`, while one rejected draft left
+/// visible in the cache moves these logits by whole units. Returns the largest difference.
+fn same_as_plain(model: &mut Model, prompt: &Value, verified: &[(u32, Candidates)]) -> f32 {
+    let name = prompt["name"].as_str().unwrap();
+    let ids = u32s(&prompt["prompt_ids"]);
+    let tokens = u32s(&prompt["greedy"]["tokens"]);
+    model.reset();
+    let mut plain = vec![common::block(model.forward(&ids, &[], 1.0)).unwrap()];
+    for &t in &tokens[..tokens.len() - 1] {
+        plain.push(common::block(model.forward(&[t], &[], 1.0)).unwrap());
+    }
+    let mut worst = 0f32;
+    for (pos, got) in verified {
+        // Position `pos` holds generated token `pos − prompt`: plain[..] is after it.
+        let Some(want) = plain.get(*pos as usize + 1 - ids.len()) else {
+            continue;
+        };
+        assert_eq!(
+            got.ids[0], want.ids[0],
+            "{name}: argmax after position {pos}"
+        );
+        for (id, v) in got.ids.iter().zip(&got.values) {
+            if let Some(i) = want.ids.iter().position(|w| w == id) {
+                worst = worst.max((v - want.values[i]).abs());
+            }
+        }
+    }
+    assert!(
+        worst <= ROLLBACK_ATOL,
+        "{name}: verify steps differ from plain decoding by {worst}"
+    );
     worst
 }
+
+/// See [`same_as_plain`].
+const ROLLBACK_ATOL: f32 = 1e-3;
 
 #[test]
 fn drafts_match_the_reference_round_by_round() {
@@ -182,9 +246,84 @@ fn drafts_match_the_reference_round_by_round() {
     for portable in [false, true] {
         let (mut model, mut drafter) = load(portable, true);
         let mut worst = 0f32;
+        let mut rollback = 0f32;
         for prompt in f["prompts"].as_array().unwrap() {
-            worst = worst.max(replay(&mut model, &mut drafter, prompt, true));
+            let (w, verified) = replay(&mut model, &mut drafter, prompt, true);
+            worst = worst.max(w);
+            rollback = rollback.max(same_as_plain(&mut model, prompt, &verified));
         }
-        eprintln!("portable {portable}: largest draft-logit difference {worst}");
+        eprintln!(
+            "portable {portable}: largest draft-logit difference {worst}, verified against plain decoding {rollback}"
+        );
     }
+}
+
+/// Generates up to `max_tokens` after `prompt` (from an empty cache), drafting `k` tokens per
+/// round when `k > 0`; returns the tokens, why it stopped, and the generation's statistics.
+fn generate(
+    model: &mut Model,
+    drafter: &mut Drafter,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    params: SamplingParams,
+    max_tokens: usize,
+    k: u32,
+) -> (Vec<u32>, Finish, gemma_wgpu::generate::Stats) {
+    model.reset();
+    let mut g =
+        common::block(Generation::start(model, tok, prompt, params, max_tokens)).expect("start");
+    if k > 0 {
+        g.set_draft_tokens(model, k).expect("draft tokens");
+    }
+    let mut out = Vec::new();
+    while let Some(piece) = common::block(g.next_drafted(model, Some(&mut *drafter), tok)).unwrap()
+    {
+        out.push(piece.id);
+    }
+    // What the generation says is in the cache is: the model sits right after it.
+    assert_eq!(
+        model.position() as usize,
+        prompt.len() + g.fed().len(),
+        "cache position after generating"
+    );
+    (out, g.finish().unwrap(), g.stats().clone())
+}
+
+/// Greedy decoding with the drafter gives exactly the tokens of greedy decoding without it
+/// (and transformers'), for every draft length, on every prompt (all of them wrap the
+/// window of 8 several times), and with budgets that cut rounds short.
+#[test]
+fn greedy_with_drafts_is_greedy() {
+    let f = fixture();
+    let tok = tokenizer();
+    let (mut model, mut drafter) = load(false, false);
+    let greedy = SamplingParams::greedy();
+    let mut kept = 0;
+    for prompt in f["prompts"].as_array().unwrap() {
+        let name = prompt["name"].as_str().unwrap();
+        let ids = u32s(&prompt["prompt_ids"]);
+        let want = u32s(&prompt["greedy"]["tokens"]);
+        let (plain, finish, _) = generate(&mut model, &mut drafter, &tok, &ids, greedy, 24, 0);
+        assert_eq!(finish, Finish::MaxTokens);
+        // The f16 cache rounds K/V: the tokens match transformers' where its margins allow.
+        let margins: Vec<f64> = prompt["greedy"]["margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
+        let sure = margins.iter().take_while(|&&m| m > 0.3).count();
+        assert_eq!(plain[..sure], want[..sure], "{name}: plain greedy");
+        for k in [1, 2, 3, 5, 8] {
+            for budget in [24, 7] {
+                let (got, finish, stats) =
+                    generate(&mut model, &mut drafter, &tok, &ids, greedy, budget, k);
+                assert_eq!(got, plain[..budget], "{name}: k = {k}, {budget} tokens");
+                assert_eq!(finish, Finish::MaxTokens);
+                assert!(stats.draft_rounds > 0, "{name}: k = {k}: no round ran");
+                kept += stats.accepted_drafts;
+            }
+        }
+    }
+    assert!(kept > 0, "no draft was ever accepted");
 }
