@@ -15,7 +15,7 @@ use gemma_wgpu::chat::{ChatTemplate, Conversation, Message};
 use gemma_wgpu::generate::{Finish, Generator};
 use gemma_wgpu::gguf::{self, Gguf, MmapSource};
 use gemma_wgpu::gpu::{GpuContext, GpuOptions};
-use gemma_wgpu::model::{LoadOptions, Model};
+use gemma_wgpu::model::{Drafter, LoadOptions, Model};
 use gemma_wgpu::sampler::SamplingParams;
 use gemma_wgpu::tokenizer::Tokenizer;
 
@@ -150,12 +150,29 @@ impl SamplingArgs {
     }
 }
 
+/// Speculative decoding with a Gemma 4 MTP assistant.
+#[derive(Args, Clone)]
+struct DraftArgs {
+    /// A Gemma 4 MTP assistant GGUF (`gemma4-assistant`) for the model: it drafts tokens that
+    /// the model then verifies several at a time. The output is the same as without it
+    /// (greedy: identical; sampling: the same distribution); only the speed changes.
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Tokens drafted per round.
+    #[arg(long, default_value_t = gemma_wgpu::model::drafter::DEFAULT_DRAFT_TOKENS,
+          value_parser = clap::value_parser!(u32).range(1..=gemma_wgpu::model::MAX_DRAFT_TOKENS as i64),
+          requires = "draft")]
+    draft_tokens: u32,
+}
+
 #[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    draft: DraftArgs,
     /// The prompt.
     #[arg(long, short)]
     prompt: String,
@@ -176,6 +193,8 @@ struct ChatArgs {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    draft: DraftArgs,
     /// Most tokens per reply.
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
@@ -447,12 +466,45 @@ fn load_with(args: &ModelArgs, quiet: bool, opts: GpuOptions) -> Result<Loaded> 
     })
 }
 
+/// Loads the assistant `a` names for `model`, or `None` without `--draft`.
+fn load_drafter(a: &DraftArgs, model: &Model) -> Result<Option<Drafter>> {
+    let Some(path) = &a.draft else {
+        return Ok(None);
+    };
+    let (gguf, mut src): (Gguf, MmapSource) = gguf::open(path)?;
+    let drafter = pollster::block_on(Drafter::load(model, &gguf, &mut src, |_, _| {}))
+        .with_context(|| format!("loading the assistant {}", path.display()))?;
+    eprintln!(
+        "assistant: {} ({} layers, hidden {}), {} drafts per round",
+        path.display(),
+        drafter.cfg.n_layers,
+        drafter.cfg.hidden,
+        a.draft_tokens
+    );
+    Ok(Some(drafter))
+}
+
+/// The drafting figures of a generation, for its summary line.
+fn draft_summary(stats: &gemma_wgpu::generate::Stats) -> String {
+    if stats.draft_rounds == 0 {
+        return String::new();
+    }
+    format!(
+        ", drafts: {} of {} accepted ({:.0}%), {:.2} tokens per round",
+        stats.accepted_drafts,
+        stats.drafted_tokens,
+        100.0 * stats.acceptance_rate(),
+        stats.tokens_per_round()
+    )
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
     let mut l = load(&a.model, false)?;
+    let mut drafter = load_drafter(&a.draft, &l.model)?;
     let prompt_ids = if a.chat {
         let template = ChatTemplate::from_gguf(&l.gguf.metadata, &l.tok)?;
         template
@@ -473,6 +525,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
             a.max_tokens,
         )
         .await?;
+        if let Some(d) = drafter.as_mut() {
+            g.draft_with(d, a.draft.draft_tokens)?;
+        }
         let mut out = std::io::stdout().lock();
         while let Some(piece) = g.next().await? {
             text.push_str(&piece.text);
@@ -487,7 +542,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         anyhow::Ok((g.tokens().to_vec(), g.stats().clone(), g.finish()))
     })?;
     eprintln!(
-        "prefill: {:.1} tok/s, time to first token: {:.3} s, decode: {:.1} tok/s ({} tokens, {})",
+        "prefill: {:.1} tok/s, time to first token: {:.3} s, decode: {:.1} tok/s ({} tokens, {}){}",
         stats.prefill_tokens_per_s,
         stats.time_to_first_token_s,
         stats.decode_tokens_per_s,
@@ -498,14 +553,20 @@ fn generate(a: GenerateArgs) -> Result<()> {
             Some(Finish::ContextFull) => "context full".into(),
             Some(Finish::Cancelled) => "cancelled".into(),
             None => "unfinished".into(),
-        }
+        },
+        draft_summary(&stats)
     );
+    let assistant_mem = drafter.as_ref().map(|d| d.memory().clone());
     eprintln!(
-        "GPU memory: {} (weights {}, KV cache {}, activations {})",
-        mib(mem.total()),
+        "GPU memory: {} (weights {}, KV cache {}, activations {}{})",
+        mib(mem.total() + assistant_mem.as_ref().map_or(0, |m| m.total())),
         mib(mem.weights),
         mib(mem.kv_cache),
-        mib(mem.activations)
+        mib(mem.activations),
+        assistant_mem
+            .as_ref()
+            .map(|m| format!(", assistant {}", mib(m.total())))
+            .unwrap_or_default()
     );
     if a.json {
         let json = serde_json::json!({
@@ -519,6 +580,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
             "decode_tokens_per_s": stats.decode_tokens_per_s,
             "time_to_first_token_s": stats.time_to_first_token_s,
             "gpu_memory_bytes": mem,
+            "assistant_gpu_memory_bytes": assistant_mem,
+            "draft": (stats.draft_rounds > 0).then(|| serde_json::json!({
+                "rounds": stats.draft_rounds,
+                "drafted_tokens": stats.drafted_tokens,
+                "accepted_drafts": stats.accepted_drafts,
+                "acceptance_rate": stats.acceptance_rate(),
+                "tokens_per_round": stats.tokens_per_round(),
+            })),
         });
         println!("{json}");
     }
@@ -527,6 +596,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn chat(a: ChatArgs) -> Result<()> {
     let mut l = load(&a.model, false)?;
+    let mut drafter = load_drafter(&a.draft, &l.model)?;
     let template = ChatTemplate::from_gguf(&l.gguf.metadata, &l.tok)?;
     let mut conv = Conversation::new();
     if let Some(s) = &a.system {
@@ -562,6 +632,9 @@ fn chat(a: ChatArgs) -> Result<()> {
                 a.max_tokens,
             )
             .await?;
+            if let Some(d) = drafter.as_mut() {
+                g.draft_with(d, a.draft.draft_tokens)?;
+            }
             let mut out = std::io::stdout().lock();
             let mut reply = String::new();
             while let Some(piece) = g.next().await? {
@@ -572,8 +645,11 @@ fn chat(a: ChatArgs) -> Result<()> {
             writeln!(out)?;
             let s = g.stats();
             eprintln!(
-                "[{} new prompt tokens, {:.1} tok/s prefill, {:.1} tok/s decode]",
-                s.prompt_tokens, s.prefill_tokens_per_s, s.decode_tokens_per_s
+                "[{} new prompt tokens, {:.1} tok/s prefill, {:.1} tok/s decode{}]",
+                s.prompt_tokens,
+                s.prefill_tokens_per_s,
+                s.decode_tokens_per_s,
+                draft_summary(s)
             );
             anyhow::Ok((reply, g.fed().to_vec()))
         })?;

@@ -327,3 +327,116 @@ fn greedy_with_drafts_is_greedy() {
     }
     assert!(kept > 0, "no draft was ever accepted");
 }
+
+/// χ² goodness of fit of `counts` against `probs` (same cells), cells with an expected count
+/// under 5 pooled into one: returns (statistic, degrees of freedom).
+fn chi_square(counts: &[u64], probs: &[f64]) -> (f64, usize) {
+    let n: u64 = counts.iter().sum();
+    let (mut stat, mut cells) = (0.0, 0usize);
+    let (mut pooled_obs, mut pooled_exp) = (0.0, 0.0);
+    for (&c, &p) in counts.iter().zip(probs) {
+        let e = p * n as f64;
+        if e < 5.0 {
+            pooled_obs += c as f64;
+            pooled_exp += e;
+            continue;
+        }
+        stat += (c as f64 - e).powi(2) / e;
+        cells += 1;
+    }
+    if pooled_exp > 0.0 {
+        stat += (pooled_obs - pooled_exp).powi(2) / pooled_exp.max(1e-9);
+        cells += 1;
+    }
+    (stat, cells.saturating_sub(1))
+}
+
+/// Upper-tail z-score of a χ² statistic with `df` degrees of freedom (Wilson–Hilferty: the
+/// cube root of χ²/df is close to normal).
+fn chi_square_z(stat: f64, df: usize) -> f64 {
+    let k = df.max(1) as f64;
+    let v = 2.0 / (9.0 * k);
+    ((stat / k).cbrt() - (1.0 - v)) / v.sqrt()
+}
+
+/// Sampling with the drafter keeps the target's distribution. After a fixed prompt, the first
+/// token A is sampled from the prompt's candidates and the second, B, comes out of a draft
+/// round (one draft: kept with probability p(draft), else replaced by a draw from the rest).
+/// The exact law of (A, B) is known from the model: P(A) from the prompt's candidates, P(B | A)
+/// from one more step per value of A, both through the sampler's own `distribution`. Over
+/// `SAMPLES` seeds, the observed pairs must fit it: χ² goodness of fit, rejected at
+/// z > 3.09 (one-sided α = 0.001). Broken acceptance (say, every draft kept) moves the
+/// statistic by hundreds.
+#[test]
+fn sampling_with_drafts_keeps_the_target_distribution() {
+    const SAMPLES: u64 = 1500;
+    let f = fixture();
+    let tok = tokenizer();
+    let (mut model, mut drafter) = load(false, false);
+    let prompt = u32s(&f["prompts"][0]["prompt_ids"]);
+    let params = |seed| SamplingParams {
+        temperature: 1.0,
+        top_k: 6,
+        top_p: 1.0,
+        seed,
+        ..Default::default()
+    };
+    // The exact law, from plain steps.
+    let mut sampler = gemma_wgpu::sampler::Sampler::new(params(0)).unwrap();
+    model.reset();
+    let first = common::block(model.forward(&prompt, &[], 1.0)).unwrap();
+    let p_a = sampler.distribution(&first.pairs()).unwrap();
+    let mut cells: Vec<(u32, u32, f64)> = Vec::new();
+    for &(a, pa) in &p_a {
+        assert!(model.rewind(prompt.len() as u32));
+        let next = common::block(model.forward(&[a], &[], 1.0)).unwrap();
+        for (b, pb) in sampler.distribution(&next.pairs()).unwrap() {
+            cells.push((a, b, pa * pb));
+        }
+    }
+    // Drafted runs.
+    let mut counts = vec![0u64; cells.len()];
+    let (mut kept, mut rounds) = (0, 0);
+    for seed in 0..SAMPLES {
+        model.reset();
+        let mut g = common::block(Generation::start(
+            &mut model,
+            &tok,
+            &prompt,
+            params(seed),
+            3,
+        ))
+        .expect("start");
+        g.set_draft_tokens(&model, 1).unwrap();
+        let mut next = || {
+            common::block(g.next_drafted(&mut model, Some(&mut drafter), &tok))
+                .unwrap()
+                .expect("a token")
+                .id
+        };
+        let (a, b) = (next(), next());
+        let cell = cells
+            .iter()
+            .position(|&(ca, cb, _)| (ca, cb) == (a, b))
+            .unwrap_or_else(|| panic!("({a}, {b}) has probability 0 under the target"));
+        counts[cell] += 1;
+        kept += g.stats().accepted_drafts;
+        rounds += g.stats().draft_rounds;
+    }
+    assert_eq!(rounds as u64, SAMPLES, "every B came out of a draft round");
+    let probs: Vec<f64> = cells.iter().map(|c| c.2).collect();
+    let (stat, df) = chi_square(&counts, &probs);
+    let z = chi_square_z(stat, df);
+    eprintln!(
+        "{SAMPLES} samples, {} of them kept the draft; χ² = {stat:.1}, df = {df}, z = {z:.2}",
+        kept
+    );
+    assert!(
+        kept > 0 && (kept as u64) < SAMPLES,
+        "the test needs drafts kept and rejected"
+    );
+    assert!(
+        z <= 3.09,
+        "the drafted pairs do not follow the target (χ² = {stat:.1}, df = {df}, z = {z:.2})"
+    );
+}

@@ -35,6 +35,11 @@ use crate::{Error, Result};
 /// Most draft steps of one round.
 pub const MAX_DRAFT_TOKENS: u32 = 16;
 
+/// Draft steps per round unless the caller says otherwise: a verify step of 5 tokens costs
+/// little more than one on a byte-bound GPU, and the chance that a fifth draft is still
+/// accepted is small.
+pub const DEFAULT_DRAFT_TOKENS: u32 = 4;
+
 /// Where the first draft step of a round takes `h`, the target's final-normed hidden state at
 /// the position before the drafted one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
