@@ -15,7 +15,8 @@
 // cache, and only the query tile (≤ 8 KiB, read once) and one block of scores live in
 // workgroup memory.
 //
-// Dispatch: one workgroup of WG invocations (128; 256 at d = 512) per (row tile, KV head) on
+// Dispatch: one workgroup of WG invocations (256 at d = 512, and at d = 256 with subgroups; else
+// 128) per (row tile, KV head) on
 // x/y (linear index tile · nkv + g, split by gpu::grid) and one per key split on z. A KV
 // head's query rows are the T·G pairs (token t, head h of its group) in order
 // R = t·G + (h mod G); a tile is RQ rows.
@@ -42,7 +43,8 @@
 // Specialisation: HEAD_DIM = d ∈ {8, …, 512}; RQ ≤ 8 with RQ·d ≤ 2048 (the query tile is 8 KiB
 // at most); LS | d/8 and LS ≤ 8; NB a multiple of BK = WG/LS; KG·(RQ/RPL)·(d/8) ≤ WG.
 // Workgroup memory: 4·(RQ·d + RQ·NB + 2·WG + 4·RQ) bytes, plus 4·WG·RQ without subgroups:
-// ≤ 15.4 KiB (d = 512, RQ = 4, WG = 256), within WebGPU's 16 KiB.
+// ≤ 15.4 KiB (d = 512, RQ = 4, WG = 256), within WebGPU's 16 KiB, for every shape Rust builds
+// without subgroups (d = 256 at WG = 256 would need 20.4 KiB: it is built with subgroups only).
 // Precision: K/V are f16 (packed pairs, read as 16-byte words and unpacked) or f32 with KV_F32;
 // everything else f32.
 

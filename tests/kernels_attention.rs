@@ -712,7 +712,15 @@ fn shaders_validate() {
     // Every variant builds on every context (naga validation through wgpu).
     for var in variants() {
         for spec in gemma_wgpu::kernels::attention::specs() {
-            var.ctx.kernel(&spec).unwrap();
+            if spec.runs_on(&var.ctx.caps) {
+                var.ctx.kernel(&spec).unwrap();
+            } else {
+                assert!(
+                    var.ctx.kernel(&spec).is_err(),
+                    "{} built without subgroups",
+                    spec.name
+                );
+            }
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct KernelSpec {
     pub flags: Vec<(&'static str, bool)>,
     /// `{{NAME}}` substitutions.
     pub defines: Vec<(&'static str, String)>,
+    /// Built only for devices with subgroups (its portable form would exceed a WebGPU limit):
+    /// expanding it without them is an error, and shader validation skips those variants.
+    pub requires_subgroups: bool,
 }
 
 impl KernelSpec {
@@ -42,7 +45,29 @@ impl KernelSpec {
             entry: "main",
             flags: Vec::new(),
             defines: Vec::new(),
+            requires_subgroups: false,
         }
+    }
+
+    /// Marks the spec as built for subgroup devices only (see `requires_subgroups`).
+    pub fn subgroups_only(mut self, only: bool) -> Self {
+        self.requires_subgroups = only;
+        self
+    }
+
+    /// Whether a device with `caps` can run the spec.
+    pub fn runs_on(&self, caps: &Caps) -> bool {
+        caps.subgroups || !self.requires_subgroups
+    }
+
+    fn check_runs_on(&self, caps: &Caps) -> Result<()> {
+        if self.runs_on(caps) {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "shader {} is built for devices with subgroups only",
+            self.name
+        )))
     }
 
     pub fn define(mut self, name: &'static str, value: impl ToString) -> Self {
@@ -62,6 +87,7 @@ impl KernelSpec {
 
     /// The final WGSL text for a device with these capabilities.
     pub fn expand(&self, caps: &Caps) -> Result<String> {
+        self.check_runs_on(caps)?;
         let mut flags = vec![
             ("F16", caps.f16),
             ("SUBGROUPS", caps.subgroups),
@@ -163,6 +189,7 @@ impl GpuContext {
     /// the batch; otherwise at once, and shader errors become `Error::Shader` instead of
     /// wgpu's default panic.
     pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
+        spec.check_runs_on(&self.caps)?;
         let kernel = {
             let mut cache = self.cache();
             let kernel = cache

@@ -39,8 +39,14 @@ const MERGE_SOURCE: &str = include_str!("../../shaders/attention_merge.wgsl");
 /// two that other configurations (and tiny test models) use.
 pub const HEAD_DIMS: [u32; 7] = [8, 16, 32, 64, 128, 256, 512];
 
-/// Steps with at most this many query rows per KV head (`T·nq/nkv`) run the decode kernel.
-pub const DECODE_MAX_ROWS: u32 = 8;
+/// Steps with at most this many query rows per KV head (`T·nq/nkv`) run the decode kernel:
+/// decode steps, and the few-token steps that verify drafts (E2B: up to 4 tokens). The tiled
+/// kernel's 64-row tiles would leave such a step's rows mostly empty (H100, E2B: a 2–4 token
+/// step took 16.8 ms with it, against 4.6 ms for one token).
+pub const DECODE_MAX_ROWS: u32 = 32;
+/// Rows per KV head the decode kernel's split scratch is sized for (one E2B token): a step with
+/// more rows gets proportionally fewer splits, and its extra row tiles keep the GPU busy.
+const DECODE_SCRATCH_ROWS: u32 = 8;
 /// Most key splits of a decode step (bounds the partials scratch): 128 splits of 32 keys cover
 /// 4,096 keys; longer contexts get longer splits.
 const DECODE_MAX_SPLITS: u32 = 128;
@@ -49,6 +55,9 @@ const DECODE_TARGET_WORKGROUPS: u32 = 256;
 /// Default least number of keys per split of the decode kernel: two score passes. Below it the
 /// partials (`rows·d` floats per split) outweigh the split's own K/V.
 pub const DEFAULT_DECODE_SPLIT_KEYS: u32 = 32;
+
+/// WebGPU's default workgroup memory limit, which every portable kernel shape fits.
+const WEBGPU_WORKGROUP_BYTES: u32 = 16 << 10;
 
 /// Most key splits of one tiled step (bounds the partials scratch).
 const MAX_SPLITS: u32 = 32;
@@ -211,8 +220,10 @@ fn tile(d: u32) -> Tile {
 /// The decode kernel's shape for one head size (see attention_decode.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct DecodeShape {
-    /// Invocations per workgroup: 128, or 256 at d = 512 (where 128 would leave each P·V lane
-    /// half a block of keys, two rounds of V loads).
+    /// Invocations per workgroup: 256 at d = 512 (where 128 would leave each P·V lane half a
+    /// block of keys, two rounds of V loads) and, with subgroups, at d = 256 (H100, E2B decode:
+    /// attention 1,277 → 1,118 µs per token, the sliding-layer call 15.5 → 13.2 µs; the
+    /// portable reduction's `WG·RQ` floats would not fit 16 KiB there); else 128.
     wg: u32,
     /// Query rows per workgroup: 8, or 4 at d = 512 (the f32 query tile stays ≤ 8 KiB).
     rq: u32,
@@ -224,16 +235,25 @@ struct DecodeShape {
     kg: u32,
     /// Output rows per lane in the P·V phase.
     rpl: u32,
+    /// Reduces scores with subgroup operations (and is built for such devices only).
+    subgroups: bool,
 }
 
 impl DecodeShape {
-    /// For head size `d`; `max_ls` caps the lanes per key (a subgroup butterfly needs subgroups
-    /// of at least that many invocations).
-    fn new(d: u32, max_ls: u32) -> Self {
+    /// For head size `d` on a device whose smallest subgroup is `subgroup_min` invocations
+    /// (`None`: no subgroups). A subgroup butterfly over the lanes of a key needs subgroups of
+    /// at least that many lanes; WebGPU guarantees 4 (assumed when the adapter does not say).
+    fn new(d: u32, subgroup_min: Option<u32>) -> Self {
         let nc = d / 8;
-        let wg = if d >= 512 { 256 } else { 128 };
+        let subgroups = subgroup_min.is_some();
+        let wg = if d >= 512 || (d >= 256 && subgroups) {
+            256
+        } else {
+            128
+        };
         let rq = (2048 / d).min(8);
-        let ls = nc.min(8).min(max_ls.max(1));
+        let max_ls = subgroup_min.map_or(8, |m| m.max(4));
+        let ls = nc.min(8).min(max_ls);
         let nb = (wg / ls).max(64);
         // P·V lanes: every row of a chunk in one lane where the lanes allow (one V load feeds
         // all rows), the rest of the workgroup splitting the keys.
@@ -246,6 +266,7 @@ impl DecodeShape {
             nb,
             kg,
             rpl: rq / row_groups,
+            subgroups,
         }
     }
 
@@ -255,21 +276,18 @@ impl DecodeShape {
         self.wg / self.ls
     }
 
-    /// Bytes of workgroup memory (see attention_decode.wgsl), `portable`: without subgroups.
+    /// Bytes of workgroup memory (see attention_decode.wgsl), `portable`: without subgroups
+    /// (a shape built with subgroups may exceed WebGPU's 16 KiB then: it is built for
+    /// subgroup devices only).
     fn workgroup_bytes(&self, d: u32, portable: bool) -> u32 {
         let floats = self.rq * d + self.rq * self.nb + 2 * self.wg + 4 * self.rq;
         4 * (floats + if portable { self.wg * self.rq } else { 0 })
     }
 }
 
-/// Lanes per key the decode kernel may use on a device: with subgroups, no more than its
-/// smallest subgroup (WebGPU guarantees at least 4, assumed when the adapter does not say).
-fn max_lanes_per_key(caps: &Caps) -> u32 {
-    if caps.subgroups {
-        caps.subgroup_min_size.max(4)
-    } else {
-        8
-    }
+/// The decode kernel's subgroup parameter on a device (see [`DecodeShape::new`]).
+fn decode_subgroups(caps: &Caps) -> Option<u32> {
+    caps.subgroups.then_some(caps.subgroup_min_size)
 }
 
 fn main_spec(head_dim: u32, t: Tile, kv_f32: bool) -> KernelSpec {
@@ -294,9 +312,13 @@ fn decode_spec(head_dim: u32, s: DecodeShape, kv_f32: bool) -> KernelSpec {
     let bn1 = after(bn2, 2);
     let bn0 = after(bn1, 1);
     KernelSpec::new(
-        format!("attention_decode_d{head_dim}_r{}_l{}{kv}", s.rq, s.ls),
+        format!(
+            "attention_decode_d{head_dim}_w{}_r{}_l{}{kv}",
+            s.wg, s.rq, s.ls
+        ),
         DECODE_SOURCE,
     )
+    .subgroups_only(s.workgroup_bytes(head_dim, true) > WEBGPU_WORKGROUP_BYTES)
     .define("HEAD_DIM", head_dim)
     .define("WG", s.wg)
     .define("RQ", s.rq)
@@ -322,11 +344,13 @@ pub fn specs() -> Vec<KernelSpec> {
     for d in HEAD_DIMS {
         for kv_f32 in [false, true] {
             v.push(main_spec(d, tile(d), kv_f32));
-            let wide = DecodeShape::new(d, 8);
-            v.push(decode_spec(d, wide, kv_f32));
-            let narrow = DecodeShape::new(d, 4);
-            if narrow != wide {
-                v.push(decode_spec(d, narrow, kv_f32));
+            let mut shapes: Vec<DecodeShape> = Vec::new();
+            for sg in [None, Some(32), Some(4)] {
+                let s = DecodeShape::new(d, sg);
+                if !shapes.contains(&s) {
+                    v.push(decode_spec(d, s, kv_f32));
+                    shapes.push(s);
+                }
             }
         }
         v.push(merge_spec(d));
@@ -418,7 +442,7 @@ impl Attention {
             )
         };
         let decode = if use_decode {
-            let shape = DecodeShape::new(d, max_lanes_per_key(&ctx.caps));
+            let shape = DecodeShape::new(d, decode_subgroups(&ctx.caps));
             let bytes = shape.workgroup_bytes(d, !ctx.caps.subgroups);
             if bytes > ctx.caps.max_workgroup_storage {
                 return Err(Error::InvalidArgument(format!(
@@ -479,7 +503,7 @@ impl Attention {
         if decode {
             // Tokens of the longest step the decode kernel runs.
             let tokens = match params.kernel {
-                AttentionKernel::Auto => (DECODE_MAX_ROWS / group).max(1),
+                AttentionKernel::Auto => (DECODE_SCRATCH_ROWS / group).max(1),
                 _ => params.max_tokens,
             };
             rows = DECODE_MAX_SPLITS * params.max_tokens.min(tokens) * params.n_q_heads;
@@ -626,11 +650,19 @@ mod tests {
     #[test]
     fn decode_shapes_fit_webgpu_limits() {
         for d in HEAD_DIMS {
-            // What `max_lanes_per_key` can return.
-            for max_ls in [4, 8, 16, 32, 64, 128] {
-                let s = DecodeShape::new(d, max_ls);
+            for sg in [
+                None,
+                Some(4),
+                Some(8),
+                Some(16),
+                Some(32),
+                Some(64),
+                Some(128),
+            ] {
+                let s = DecodeShape::new(d, sg);
                 let nc = d / 8;
                 assert!(s.rq <= 8 && s.rq * d <= 2048, "{s:?}");
+                let max_ls = sg.unwrap_or(8);
                 assert!(s.ls <= 8 && s.ls <= max_ls && nc % s.ls == 0, "{s:?}");
                 assert!(s.ls.is_power_of_two() && s.rq.is_power_of_two());
                 assert_eq!(s.nb % s.bk(), 0, "{s:?}");
@@ -638,14 +670,19 @@ mod tests {
                 assert_eq!(s.rq % s.rpl, 0, "{s:?}");
                 let pv = s.kg * (s.rq / s.rpl) * nc;
                 assert!(pv <= s.wg && s.kg <= 4, "{s:?}");
-                let bytes = s.workgroup_bytes(d, true);
-                assert!(bytes <= 16384, "d {d} {s:?}: {bytes} bytes");
+                let bytes = s.workgroup_bytes(d, sg.is_none());
+                assert!(
+                    bytes <= WEBGPU_WORKGROUP_BYTES,
+                    "d {d} {s:?}: {bytes} bytes"
+                );
             }
         }
         // Gemma 4 E2B: 8 rows of d = 256, 4 of d = 512.
-        let s = DecodeShape::new(256, 32);
+        let s = DecodeShape::new(256, Some(32));
+        assert_eq!((s.wg, s.rq, s.ls, s.kg, s.rpl), (256, 8, 8, 4, 4));
+        let s = DecodeShape::new(256, None);
         assert_eq!((s.wg, s.rq, s.ls, s.kg, s.rpl), (128, 8, 8, 4, 8));
-        let s = DecodeShape::new(512, 32);
+        let s = DecodeShape::new(512, Some(32));
         assert_eq!((s.wg, s.rq, s.ls, s.kg, s.rpl), (256, 4, 8, 4, 4));
     }
 

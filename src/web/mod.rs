@@ -842,6 +842,9 @@ pub fn shader_variants() -> Result<JsValue, JsValue> {
                 browser: true,
                 ..Caps::webgpu_defaults(f16, subgroups)
             };
+            if !spec.runs_on(&caps) {
+                continue;
+            }
             out.push(Variant {
                 name: spec.name.clone(),
                 f16,
