@@ -312,6 +312,14 @@ struct BenchArgs {
     /// Only these weight types (--kernels; e.g. `q4_0,q4_k`; default: every type the models use).
     #[arg(long, value_delimiter = ',')]
     types: Vec<String>,
+    /// A Gemma 4 MTP assistant GGUF: also measure speculative decoding (draft and verify costs
+    /// for 1..=--draft-tokens drafts, projected speeds, a drafted greedy run).
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Largest draft length measured with --draft.
+    #[arg(long, default_value_t = 8, requires = "draft",
+          value_parser = clap::value_parser!(u32).range(1..=gemma_wgpu::model::MAX_DRAFT_TOKENS as i64))]
+    draft_tokens: u32,
     /// Print one JSON object (BENCHMARKS.md documents its fields).
     #[arg(long)]
     json: bool,
@@ -999,6 +1007,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         kv_elem_bytes: if a.model.kv_f32 { 4 } else { 2 },
         copy_bandwidth: !a.no_copy_bandwidth,
         skip_ops: a.skip_ops.clone(),
+        draft_tokens: if a.draft.is_some() { a.draft_tokens } else { 0 },
     };
     // Everything is checked before a synthetic model is written or the model loaded, so a bench
     // that cannot finish is refused with one line instead of failing midway.
@@ -1034,7 +1043,17 @@ fn bench(mut a: BenchArgs) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let ctx = l.model.gpu().clone();
     let (pipelines, compile_s) = ctx.compile_stats();
-    let result = pollster::block_on(model_bench::run(&mut l.model, &l.tok, &opts))?;
+    let draft = DraftArgs {
+        draft: a.draft.clone(),
+        draft_tokens: gemma_wgpu::model::drafter::DEFAULT_DRAFT_TOKENS,
+    };
+    let mut drafter = load_drafter(&draft, &l.model)?;
+    let result = pollster::block_on(model_bench::run(
+        &mut l.model,
+        drafter.as_mut(),
+        &l.tok,
+        &opts,
+    ))?;
     let mut types: std::collections::BTreeMap<&str, u32> = Default::default();
     for t in &l.gguf.tensors {
         *types.entry(t.ty.name()).or_default() += 1;
@@ -1213,6 +1232,43 @@ fn write_model_report(out: &mut dyn Write, j: &serde_json::Value) -> std::io::Re
         write_ops(out, &b["prefill"], 8)?;
     } else if let Some(note) = r["breakdown_note"].as_str() {
         writeln!(out, "no per-kernel breakdown: {note}")?;
+    }
+    let d = &r["draft"];
+    if !d.is_null() {
+        writeln!(
+            out,
+            "drafts   decode step {:.3} ms; per draft length k: draft ms, verify (k+1 tokens) ms, verify ÷ step",
+            f(&d["decode_step_ms"])
+        )?;
+        for c in d["costs"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  k {:>2}  {:>7.3} {:>7.3} {:>5.2}×",
+                c["k"],
+                f(&c["draft_ms"]),
+                f(&c["verify_ms"]),
+                f(&c["verify_over_decode_step"])
+            )?;
+        }
+        for p in d["projections"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  at {:.1} tokens per round: {:.1} tok/s (k {}, {:.2}× plain decoding)",
+                f(&p["tokens_per_round"]),
+                f(&p["tokens_per_s"]),
+                p["best_k"],
+                f(&p["speedup"])
+            )?;
+        }
+        let run = &d["run"];
+        writeln!(
+            out,
+            "  drafted greedy run (k {}): {:.1} tok/s, {:.0}% of drafts accepted, {:.2} tokens per round",
+            run["draft_tokens"],
+            f(&run["decode_tokens_per_s"]),
+            100.0 * f(&run["acceptance_rate"]),
+            f(&run["tokens_per_round"])
+        )?;
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! random weights) load and generate end to end, and E2B fits the phone budget: with every
 //! matrix in Q4_0 at a 4096-token context it takes at most 1.30 GiB of GPU memory in all, no
 //! GPU buffer is over 256 MiB, and the per-layer-embedding table (1.23 GiB) stays in the file.
+//! With its MTP assistant (synthetic too, `SynthSpec::assistant_for`) drafting, E2B and the
+//! assistant together stay within 1.40 GiB.
 //!
 //! The models are served by `SynthSource`, which generates each tensor's bytes as the loader
 //! reads them (the same bytes `gemma-wgpu synth` writes): the 3 and 5 GB files never touch the
@@ -14,16 +16,23 @@ use std::sync::Arc;
 use gemma_wgpu::generate::{Finish, Generator};
 use gemma_wgpu::gguf;
 use gemma_wgpu::gpu::{GpuContext, GpuOptions};
-use gemma_wgpu::model::{LoadOptions, MemoryReport, Model, TensorGroup};
+use gemma_wgpu::model::{Drafter, LoadOptions, MemoryReport, Model, TensorGroup};
 use gemma_wgpu::sampler::SamplingParams;
 use gemma_wgpu::synth::{SynthArch, SynthQuant, SynthSource};
 use gemma_wgpu::tokenizer::Tokenizer;
 
 const MIB: u64 = 1 << 20;
 
-/// Loads the synthetic model with the command-line tool's defaults, generates `tokens` greedy
-/// tokens after "Hi" and returns the memory report.
-fn run(arch: SynthArch, quant: SynthQuant, context: u32, tokens: usize) -> MemoryReport {
+/// Loads the synthetic model with the command-line tool's defaults (and, given one, its
+/// synthetic assistant, drafting 3 tokens per round), generates `tokens` greedy tokens after
+/// "Hi" and returns the memory reports of the model and of the assistant.
+fn run(
+    arch: SynthArch,
+    quant: SynthQuant,
+    context: u32,
+    tokens: usize,
+    assistant: Option<SynthArch>,
+) -> (MemoryReport, Option<MemoryReport>) {
     let spec = arch.spec(quant, 7);
     let mut src = SynthSource::new(&spec).expect("lay out the synthetic file");
     let g = common::block(gguf::read_header(&mut src)).expect("read the header");
@@ -38,6 +47,12 @@ fn run(arch: SynthArch, quant: SynthQuant, context: u32, tokens: usize) -> Memor
     };
     let mut model =
         common::block(Model::load(ctx, &g, &mut src, &opts, |_, _| {})).expect("load the model");
+    let mut drafter = assistant.map(|a| {
+        let spec = a.spec(quant, 8);
+        let mut src = SynthSource::new(&spec).expect("lay out the assistant");
+        let g = common::block(gguf::read_header(&mut src)).expect("read the assistant's header");
+        common::block(Drafter::load(&model, &g, &mut src, |_, _| {})).expect("load the assistant")
+    });
     let prompt = tok.encode("Hi", true).unwrap();
     let greedy = SamplingParams {
         temperature: 0.0,
@@ -45,13 +60,19 @@ fn run(arch: SynthArch, quant: SynthQuant, context: u32, tokens: usize) -> Memor
     };
     common::block(async {
         let mut gen = Generator::start(&mut model, &tok, &prompt, greedy, tokens).await?;
+        if let Some(d) = drafter.as_mut() {
+            gen.draft_with(d, 3)?;
+        }
         while gen.next().await?.is_some() {}
         assert_eq!(gen.tokens().len(), tokens);
         assert_eq!(gen.finish(), Some(Finish::MaxTokens));
+        if assistant.is_some() {
+            assert!(gen.stats().draft_rounds > 0, "no draft round ran");
+        }
         Ok::<(), gemma_wgpu::Error>(())
     })
     .expect("generate");
-    model.memory().clone()
+    (model.memory().clone(), drafter.map(|d| d.memory().clone()))
 }
 
 fn group<'a>(mem: &'a MemoryReport, name: &str) -> &'a TensorGroup {
@@ -63,7 +84,14 @@ fn group<'a>(mem: &'a MemoryReport, name: &str) -> &'a TensorGroup {
 
 #[test]
 fn e2b_q4_0_runs_and_fits_the_phone_budget() {
-    let mem = run(SynthArch::Gemma4E2b, SynthQuant::Q4_0, 4096, 2);
+    let (mem, assistant) = run(
+        SynthArch::Gemma4E2b,
+        SynthQuant::Q4_0,
+        4096,
+        4,
+        Some(SynthArch::Gemma4E2bAssistant),
+    );
+    let assistant = assistant.expect("the assistant's memory");
     let total = mem.total();
     let mib = |b: u64| b as f64 / MIB as f64;
     eprintln!(
@@ -76,6 +104,21 @@ fn e2b_q4_0_runs_and_fits_the_phone_budget() {
         mib(mem.mapped),
     );
     assert!(total <= 1331 * MIB, "E2B needs {total} bytes > 1.30 GiB");
+    let with_assistant = total + assistant.total();
+    eprintln!(
+        "with its assistant: {:.1} MiB (assistant weights {:.1}, activations {:.1})",
+        mib(with_assistant),
+        mib(assistant.weights),
+        mib(assistant.activations)
+    );
+    assert!(
+        with_assistant <= 1434 * MIB,
+        "E2B and its assistant need {with_assistant} bytes > 1.40 GiB"
+    );
+    assert_eq!(
+        assistant.kv_cache, 0,
+        "the assistant reads the target's caches"
+    );
     assert!(mem.largest_buffer <= 256 * MIB);
     // The per-layer table stays in the file; nothing of it is on the GPU.
     let table = group(&mem, "per-layer embedding table");
@@ -95,7 +138,7 @@ fn e2b_q4_0_runs_and_fits_the_phone_budget() {
 
 #[test]
 fn e4b_q4_k_m_runs() {
-    let mem = run(SynthArch::Gemma4E4b, SynthQuant::Q4_K_M, 1024, 2);
+    let (mem, _) = run(SynthArch::Gemma4E4b, SynthQuant::Q4_K_M, 1024, 2, None);
     assert_eq!(group(&mem, "per-layer embedding table").gpu_bytes, 0);
     assert!(mem.largest_buffer <= 256 * MIB);
 }

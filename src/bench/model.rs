@@ -8,7 +8,7 @@ use web_time::Instant;
 use super::kernels::{copy_bandwidth, CopyBandwidth};
 use crate::generate::Generation;
 use crate::gpu::{dispatch_count, OpTime, Profile};
-use crate::model::{Candidates, Model};
+use crate::model::{Candidates, Drafter, HiddenRow, Model, MAX_DRAFT_TOKENS};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -40,6 +40,9 @@ pub struct ModelBenchOptions {
     pub copy_bandwidth: bool,
     /// Profile labels of ops left out of every step (an ablation: see `Model::skip_ops`).
     pub skip_ops: Vec<String>,
+    /// With a drafter: the largest draft length whose costs are measured (1..=this; 0 without
+    /// a drafter).
+    pub draft_tokens: u32,
 }
 
 impl Default for ModelBenchOptions {
@@ -52,6 +55,7 @@ impl Default for ModelBenchOptions {
             kv_elem_bytes: 2,
             copy_bandwidth: true,
             skip_ops: Vec::new(),
+            draft_tokens: 0,
         }
     }
 }
@@ -76,7 +80,13 @@ impl ModelBenchOptions {
     /// (the warm-up and the dispatch count at most that), the profile `profile_tokens`; the
     /// time-to-first-token requests only prefill.
     fn decode_steps(&self) -> u32 {
-        self.gen.max(self.profile_tokens)
+        // With drafts: a verify step of `draft_tokens + 1` after the prompt and a decode step.
+        let verify = if self.draft_tokens > 0 {
+            self.draft_tokens + 2
+        } else {
+            0
+        };
+        self.gen.max(self.profile_tokens).max(verify)
     }
 
     /// Tokens the KV cache must hold for every run [`run`] performs: the prompt plus the
@@ -200,7 +210,60 @@ pub struct ModelBench {
     pub breakdown_note: Option<String>,
     /// Ops left out of every step (`--skip-ops`): the figures measure the model without them.
     pub skipped_ops: Vec<String>,
+    /// With a drafter (`bench --draft`): what speculative decoding costs and would give.
+    pub draft: Option<DraftBench>,
 }
+
+/// Speculative decoding on this GPU: the cost of its two halves per draft length, and the
+/// decode speed they give at a range of acceptance (with random weights almost nothing is
+/// accepted, so the speed-up a real assistant gives is projected from the costs, not measured).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DraftBench {
+    /// ms of one decode step (1 ÷ the decode rate above).
+    pub decode_step_ms: f64,
+    pub costs: Vec<DraftCost>,
+    /// Decode speed if a round yields this many tokens on average (the kept drafts plus the
+    /// model's own), at the best draft length for it.
+    pub projections: Vec<DraftProjection>,
+    /// A drafted greedy run of `--gen` tokens on the bench prompt (with this file's weights).
+    pub run: DraftRun,
+}
+
+/// Medians over `--repeat` calls, after the prompt, wall time (submit to readback).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DraftCost {
+    /// Drafts.
+    pub k: u32,
+    /// The assistant drafting `k` tokens (one submit).
+    pub draft_ms: f64,
+    /// The model verifying `k + 1` tokens in one step.
+    pub verify_ms: f64,
+    /// `verify_ms` ÷ one decode step.
+    pub verify_over_decode_step: f64,
+    /// `draft_ms + verify_ms`.
+    pub round_ms: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DraftProjection {
+    pub tokens_per_round: f64,
+    pub best_k: u32,
+    pub tokens_per_s: f64,
+    /// Against plain decoding.
+    pub speedup: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DraftRun {
+    pub draft_tokens: u32,
+    pub rounds: usize,
+    pub acceptance_rate: f64,
+    pub tokens_per_round: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// Tokens per round the projections are made for.
+pub const DRAFT_TOKENS_PER_ROUND: [f64; 4] = [1.5, 2.0, 2.5, 3.0];
 
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -304,6 +367,7 @@ fn kv_bytes_at(model: &Model, pos: u32, elem: u32) -> u64 {
 /// [`ModelBenchOptions::context_needed`] tokens (refused at once otherwise).
 pub async fn run(
     model: &mut Model,
+    drafter: Option<&mut Drafter>,
     tok: &Tokenizer,
     opts: &ModelBenchOptions,
 ) -> Result<ModelBench> {
@@ -394,6 +458,11 @@ pub async fn run(
         }
     };
 
+    let draft = match drafter {
+        Some(d) => Some(bench_drafts(model, d, tok, &prompt, opts, &decode).await?),
+        None => None,
+    };
+
     Ok(ModelBench {
         prompt_tokens: prompt.len() as u32,
         generated_tokens: opts.gen,
@@ -419,6 +488,106 @@ pub async fn run(
         breakdown,
         breakdown_note,
         skipped_ops: opts.skip_ops.clone(),
+        draft,
+    })
+}
+
+/// Measures [`DraftBench`]: for each draft length, drafting after a decode step and verifying
+/// `k + 1` tokens after it (rolled back each time), then a drafted greedy run.
+async fn bench_drafts(
+    model: &mut Model,
+    drafter: &mut Drafter,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    opts: &ModelBenchOptions,
+    decode: &Rate,
+) -> Result<DraftBench> {
+    let max_k = opts.draft_tokens.clamp(
+        1,
+        MAX_DRAFT_TOKENS.min(model.max_verify_tokens().saturating_sub(1)),
+    );
+    let step_ms = 1e3 / decode.tokens_per_s.max(1e-9);
+    model.reset();
+    let c = model.forward(prompt, &[], 1.0).await?;
+    let token = c.ids.first().copied().unwrap_or(0);
+    let at = model.position();
+    let k_out = model.max_candidates();
+    let mut costs = Vec::new();
+    for k in 1..=max_k {
+        let batch: Vec<u32> = std::iter::repeat_n(token, k as usize + 1).collect();
+        // Untimed once: first use of this row count compiles nothing, but warms the caches.
+        drafter.draft(model, token, HiddenRow::Last, k).await?;
+        model.verify(&batch, k_out).await?;
+        model.rewind(at);
+        let (mut draft_s, mut verify_s) = (Vec::new(), Vec::new());
+        for _ in 0..opts.repeat {
+            let t = Instant::now();
+            drafter.draft(model, token, HiddenRow::Last, k).await?;
+            draft_s.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            model.verify(&batch, k_out).await?;
+            verify_s.push(t.elapsed().as_secs_f64());
+            model.rewind(at);
+        }
+        let (draft_ms, verify_ms) = (median(&draft_s) * 1e3, median(&verify_s) * 1e3);
+        costs.push(DraftCost {
+            k,
+            draft_ms,
+            verify_ms,
+            verify_over_decode_step: verify_ms / step_ms,
+            round_ms: draft_ms + verify_ms,
+        });
+    }
+    let projections = DRAFT_TOKENS_PER_ROUND
+        .iter()
+        .filter_map(|&tokens| {
+            costs
+                .iter()
+                .filter(|c| c.k as f64 + 1.0 >= tokens)
+                .map(|c| (c.k, tokens * 1e3 / c.round_ms))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(k, tps)| DraftProjection {
+                    tokens_per_round: tokens,
+                    best_k: k,
+                    tokens_per_s: tps,
+                    speedup: tps / decode.tokens_per_s.max(1e-9),
+                })
+        })
+        .collect();
+    // A real drafted run, greedy, end tokens ignored as in the plain runs.
+    let k = crate::model::drafter::DEFAULT_DRAFT_TOKENS.min(max_k);
+    model.reset();
+    let mut g = Generation::start(
+        model,
+        tok,
+        prompt,
+        SamplingParams::greedy(),
+        opts.gen as usize,
+    )
+    .await?;
+    g.set_draft_tokens(model, k)?;
+    let t = Instant::now();
+    let mut n = 0usize;
+    while g
+        .next_drafted(model, Some(&mut *drafter), tok)
+        .await?
+        .is_some()
+    {
+        n += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let s = g.stats();
+    Ok(DraftBench {
+        decode_step_ms: step_ms,
+        costs,
+        projections,
+        run: DraftRun {
+            draft_tokens: k,
+            rounds: s.draft_rounds,
+            acceptance_rate: s.acceptance_rate(),
+            tokens_per_round: s.tokens_per_round(),
+            decode_tokens_per_s: n.saturating_sub(1) as f64 / secs.max(1e-9),
+        },
     })
 }
 

@@ -145,17 +145,28 @@ pub enum SynthArch {
     Gemma4E4b,
     Gemma3_270m,
     Gemma3_1b,
+    Gemma4E2bAssistant,
+    Gemma4E4bAssistant,
 }
 
 impl SynthArch {
-    pub const ALL: [SynthArch; 4] = [
+    pub const ALL: [SynthArch; 6] = [
         SynthArch::Gemma4E2b,
         SynthArch::Gemma4E4b,
         SynthArch::Gemma3_270m,
         SynthArch::Gemma3_1b,
+        SynthArch::Gemma4E2bAssistant,
+        SynthArch::Gemma4E4bAssistant,
     ];
     /// The names the CLI accepts, in [`SynthArch::ALL`] order.
-    pub const NAMES: [&'static str; 4] = ["gemma4-e2b", "gemma4-e4b", "gemma3-270m", "gemma3-1b"];
+    pub const NAMES: [&'static str; 6] = [
+        "gemma4-e2b",
+        "gemma4-e4b",
+        "gemma3-270m",
+        "gemma3-1b",
+        "gemma4-e2b-assistant",
+        "gemma4-e4b-assistant",
+    ];
 
     pub fn name(self) -> &'static str {
         Self::NAMES[Self::ALL.iter().position(|a| *a == self).unwrap_or(0)]
@@ -174,6 +185,12 @@ impl SynthArch {
             SynthArch::Gemma4E4b => SynthSpec::gemma4_e4b(quant, seed),
             SynthArch::Gemma3_270m => SynthSpec::gemma3_270m(quant, seed),
             SynthArch::Gemma3_1b => SynthSpec::gemma3_1b(quant, seed),
+            SynthArch::Gemma4E2bAssistant => {
+                SynthSpec::assistant_for(&SynthSpec::gemma4_e2b(quant, seed))
+            }
+            SynthArch::Gemma4E4bAssistant => {
+                SynthSpec::assistant_for(&SynthSpec::gemma4_e4b(quant, seed))
+            }
         }
     }
 }
@@ -223,6 +240,10 @@ pub struct SynthSpec {
     pub eps: f32,
     pub quant: SynthQuant,
     pub seed: u64,
+    /// A Gemma 4 MTP assistant (`gemma4-assistant`) for a target of this residual width:
+    /// every layer reads the target's KV cache, and `nextn.pre_projection` /
+    /// `nextn.post_projection` map between the two widths.
+    pub assistant_of: Option<u32>,
 }
 
 fn every_nth_full(n_layers: u32, period: u32) -> Vec<bool> {
@@ -261,6 +282,38 @@ impl SynthSpec {
             eps: 1e-6,
             quant,
             seed,
+            assistant_of: None,
+        }
+    }
+
+    /// The MTP assistant of `target` as llama.cpp's converter writes Google's
+    /// `gemma-4-*-assistant` checkpoints: 4 layers (three sliding, one full) of queries only
+    /// over the target's K/V (its KV heads and head sizes), no per-layer inputs, its own tied
+    /// embedding, the target's window and RoPE. Widths: H 256, 8 query heads, MLP 2048, which
+    /// makes the E4B assistant 79.6 M parameters, as Google's "~78 M" (the published configs
+    /// were not at hand; the file is for speed and memory, not for outputs).
+    pub fn assistant_for(target: &SynthSpec) -> Self {
+        SynthSpec {
+            name: format!("{} assistant", target.name),
+            n_layers: 4,
+            hidden: 256,
+            n_heads: 8,
+            ff: vec![2048; 4],
+            sliding: vec![true, true, true, false],
+            shared_kv_layers: 4,
+            shared_kv_tensors: false,
+            ple_dim: 0,
+            assistant_of: Some(target.hidden),
+            ..target.clone()
+        }
+    }
+
+    /// `general.architecture`.
+    pub fn arch(&self) -> &'static str {
+        if self.assistant_of.is_some() {
+            "gemma4-assistant"
+        } else {
+            self.family.arch()
         }
     }
 
@@ -307,6 +360,7 @@ impl SynthSpec {
             eps: 1e-6,
             quant,
             seed,
+            assistant_of: None,
         }
     }
 
@@ -421,6 +475,13 @@ impl SynthSpec {
                     "Gemma 3 has one head size, no KV sharing and no per-layer embeddings".into(),
                 );
             }
+        } else if self.assistant_of.is_some() {
+            if self.shared_kv_layers != self.n_layers || self.ple_dim != 0 {
+                return bad(
+                    "an assistant reads the target's KV cache in every layer and has no per-layer embeddings".into(),
+                );
+            }
+            return Ok(());
         } else if self.shared_kv_layers >= self.n_layers {
             return bad(format!(
                 "{} shared KV layers leave none to compute K/V",
@@ -572,6 +633,15 @@ impl SynthSpec {
             }
             out.extend(layers.into_iter().flatten());
             out.push(norm("output_norm.weight".into(), h));
+            if let Some(hb) = self.assistant_of {
+                let hb = hb as u64;
+                for (name, dims) in [
+                    ("nextn.post_projection.weight", [h, hb]),
+                    ("nextn.pre_projection.weight", [2 * hb, h]),
+                ] {
+                    out.push(self.matrix(name, dims, Role::Other, 0, 1));
+                }
+            }
             if ple {
                 out.push(self.matrix(
                     "per_layer_model_proj.weight",
@@ -653,7 +723,7 @@ impl SynthSpec {
     }
 
     fn put_metadata(&self, w: &mut GgufWriter) -> Result<()> {
-        let a = self.family.arch();
+        let a = self.arch();
         let k = |s: &str| format!("{a}.{s}");
         w.str("general.architecture", a)
             .str("general.type", "model")
@@ -714,6 +784,10 @@ impl SynthSpec {
                     .u32(k("rope.dimension_count"), self.head_dim_full)
                     .u32(k("rope.dimension_count_swa"), self.head_dim)
                     .u32("general.quantization_version", 2);
+                if let Some(hb) = self.assistant_of {
+                    w.u32(k("embedding_length_out"), hb)
+                        .u32(k("nextn_predict_layers"), self.n_layers);
+                }
             }
         }
         let vocab = build_vocab(self.family, self.vocab as usize)?;

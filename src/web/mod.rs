@@ -24,7 +24,7 @@ use crate::chat::{ChatTemplate, Message};
 use crate::generate::{Finish, Generation};
 use crate::gguf::{read_header, Gguf, Halt, HeaderParser};
 use crate::gpu::{Caps, GpuContext, GpuOptions};
-use crate::model::{LoadOptions, Model};
+use crate::model::{Drafter, LoadOptions, Model, ASSISTANT_ARCH};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::Error;
@@ -229,6 +229,8 @@ struct StartOptions {
     min_p: f32,
     repeat_penalty: f32,
     seed: f64,
+    /// Tokens the assistant drafts per round, when one is loaded (0: decode without it).
+    draft_tokens: Option<u32>,
 }
 
 impl Default for StartOptions {
@@ -242,6 +244,7 @@ impl Default for StartOptions {
             min_p: d.min_p,
             repeat_penalty: d.repeat_penalty,
             seed: 0.0,
+            draft_tokens: None,
         }
     }
 }
@@ -304,6 +307,20 @@ struct GenerationStats {
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
     time_to_first_token_s: f64,
+    /// Speculative decoding with the assistant: rounds, drafted tokens, drafts kept.
+    draft_rounds: usize,
+    drafted_tokens: usize,
+    accepted_drafts: usize,
+}
+
+/// What `loadAssistant` resolves to.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AssistantInfo {
+    layers: u32,
+    hidden: u32,
+    /// GPU bytes the assistant holds (its weights and buffers; it reads the model's KV cache).
+    gpu_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -330,6 +347,8 @@ struct Loaded {
     gen_base: usize,
     gen: Option<Generation>,
     stats: GenerationStats,
+    /// A Gemma 4 MTP assistant drafting for `model` (`loadAssistant`).
+    drafter: Option<Drafter>,
 }
 
 /// Engine state shared by the JS handle and its in-flight promises. A request takes the model
@@ -439,6 +458,9 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| js_error("invalid-argument", "the GGUF header is not complete yet"))?;
         let s = self.state.borrow();
+        if gguf.architecture()? == ASSISTANT_ARCH {
+            return self.preflight_assistant(gguf);
+        }
         let plan = crate::model::preflight(gguf, &s.ctx.caps, &o.load_options())?;
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -496,6 +518,48 @@ impl Engine {
             let loaded = result?;
             let info = loaded_info(&loaded);
             s.loaded = Some(loaded);
+            to_js(&info)
+        })
+    }
+
+    /// Loads a Gemma 4 MTP assistant for the loaded model from `source` (replacing any
+    /// assistant loaded before); later generations draft with it (`draftTokens` per round,
+    /// 0 = off). `progress(done, total)` as for `load`; `cancel()` aborts it between chunks.
+    /// Resolves to `{ layers, hidden, gpuBytes }`.
+    #[wasm_bindgen(js_name = loadAssistant)]
+    pub fn load_assistant(
+        &self,
+        source: ByteSource,
+        progress: js_sys::Function,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut lease = Lease::take(&state)?;
+            let cancel = {
+                let s = state.borrow();
+                s.cancel.set(false);
+                s.cancel.clone()
+            };
+            let l = lease.get();
+            // The old assistant's memory goes before the new one arrives.
+            l.drafter = None;
+            l.gen = None;
+            let mut src = JsSource::new(source, cancel)?;
+            let gguf = read_header(&mut src).await?;
+            let drafter = Drafter::load(&l.model, &gguf, &mut src, |done, total| {
+                let _ = progress.call2(
+                    &JsValue::NULL,
+                    &(done as f64).into(),
+                    &(total as f64).into(),
+                );
+            })
+            .await?;
+            let info = AssistantInfo {
+                layers: drafter.cfg.n_layers,
+                hidden: drafter.cfg.hidden,
+                gpu_bytes: drafter.memory().total(),
+            };
+            l.drafter = Some(drafter);
             to_js(&info)
         })
     }
@@ -579,6 +643,15 @@ impl Engine {
                 o.max_tokens as usize,
             )
             .await;
+            let started = started.and_then(|mut g| {
+                let k = o
+                    .draft_tokens
+                    .unwrap_or(crate::model::drafter::DEFAULT_DRAFT_TOKENS);
+                if l.drafter.is_some() && k > 0 {
+                    g.set_draft_tokens(&l.model, k)?;
+                }
+                Ok(g)
+            });
             let gen = match started {
                 Ok(g) => g,
                 Err(e) => {
@@ -623,7 +696,10 @@ impl Engine {
             if cancel.get() {
                 gen.cancel();
             }
-            let piece = match gen.next(&mut l.model, &l.tok).await {
+            let piece = match gen
+                .next_drafted(&mut l.model, l.drafter.as_mut(), &l.tok)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     l.gen = None;
@@ -638,6 +714,9 @@ impl Engine {
             l.stats.generated_tokens = s.generated_tokens;
             l.stats.decode_tokens_per_s = s.decode_tokens_per_s;
             l.stats.time_to_first_token_s = s.time_to_first_token_s;
+            l.stats.draft_rounds = s.draft_rounds;
+            l.stats.drafted_tokens = s.drafted_tokens;
+            l.stats.accepted_drafts = s.accepted_drafts;
             match piece {
                 Some(p) => to_js(&PieceOut {
                     id: p.id,
@@ -691,7 +770,12 @@ impl Engine {
             let l = lease.get();
             l.gen = None;
             l.cached.clear();
-            let results = crate::bench::model::run(&mut l.model, &l.tok, &opts).await;
+            let drafter = if opts.draft_tokens > 0 {
+                l.drafter.as_mut()
+            } else {
+                None
+            };
+            let results = crate::bench::model::run(&mut l.model, drafter, &l.tok, &opts).await;
             // The bench leaves its own tokens in the cache.
             l.model.reset();
             let results = results?;
@@ -745,6 +829,46 @@ impl Engine {
     #[wasm_bindgen(js_name = wasmMemoryBytes)]
     pub fn wasm_memory_bytes(&self) -> f64 {
         wasm_memory_bytes()
+    }
+
+    /// `preflight` of an assistant file: checked against the loaded model it must draft for.
+    fn preflight_assistant(&self, gguf: &Gguf) -> Result<JsValue, JsValue> {
+        let s = self.state.borrow();
+        let l = s.loaded.as_ref().ok_or_else(|| {
+            js_error(
+                "invalid-argument",
+                "an assistant drafts for a loaded model: load the model first",
+            )
+        })?;
+        let (cfg, _) = crate::model::check_assistant(gguf, &l.model.cfg)?;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Plan {
+            architecture: &'static str,
+            layers: u32,
+            vocab: u32,
+            context_length: u32,
+            file_bytes: u64,
+            weights_bytes: u64,
+            kv_cache_bytes: u64,
+            gpu_bytes: u64,
+            largest_buffer: u64,
+            mapped_bytes: u64,
+        }
+        let tensors = gguf.tensor_data_bytes();
+        let largest = gguf.tensors.iter().map(|t| t.n_bytes).max().unwrap_or(0);
+        to_js(&Plan {
+            architecture: ASSISTANT_ARCH,
+            layers: cfg.n_layers,
+            vocab: cfg.vocab,
+            context_length: l.model.context,
+            file_bytes: gguf.file_size.unwrap_or(tensors),
+            weights_bytes: tensors,
+            kv_cache_bytes: 0,
+            gpu_bytes: tensors,
+            largest_buffer: largest,
+            mapped_bytes: 0,
+        })
     }
 
     fn busy_or_no_model(&self) -> JsValue {
@@ -821,6 +945,7 @@ async fn load_model(
         gen_base: 0,
         gen: None,
         stats: GenerationStats::default(),
+        drafter: None,
     })
 }
 

@@ -37,6 +37,7 @@ const ui = {
   loadPreset: $('load-preset'),
   modelUrl: $('model-url'),
   loadUrl: $('load-url'),
+  assistantUrl: $('assistant-url'),
   file: $('file'),
   loadProgress: $('load-progress'),
   progress: $('progress'),
@@ -54,6 +55,7 @@ const ui = {
     context: $('stat-context'),
     f16: $('stat-f16'),
     subgroups: $('stat-subgroups'),
+    drafts: $('stat-drafts'),
     adapter: $('stat-adapter'),
   },
   settingsForm: $('settings-form'),
@@ -240,6 +242,11 @@ async function showStats(measured = {}) {
   ui.stat.context.textContent = Number.isFinite(ctx) ? `${int.format(ctx)} tok` : '–';
   ui.stat.f16.textContent = onOff(s.f16);
   ui.stat.subgroups.textContent = onOff(s.subgroups);
+  ui.stat.drafts.textContent = !s.assistant
+    ? 'no assistant'
+    : s.draft?.rounds > 0
+      ? `${Math.round(100 * s.draft.acceptanceRate)}%, ${s.draft.tokensPerRound.toFixed(2)} tok/round`
+      : 'assistant loaded';
   ui.stat.adapter.textContent = adapterName(s.adapter);
 }
 
@@ -268,6 +275,9 @@ const PHASES = {
   download: 'Downloading',
   cache: 'Found in the browser cache',
   upload: 'Uploading to the GPU',
+  'assistant-download': 'Downloading the assistant',
+  'assistant-cache': 'Assistant found in the browser cache',
+  'assistant-upload': 'Uploading the assistant to the GPU',
 };
 
 let phaseStart = null;
@@ -354,8 +364,10 @@ async function loadInto(seq, controller, source, label) {
 
   try {
     const { Gemma } = await loadPackage();
+    const assistant = ui.assistantUrl.value.trim();
     const loaded = await Gemma.load(source, {
       cache: true,
+      assistant: assistant || undefined,
       signal: controller.signal,
       onProgress: (p) => {
         if (seq === loadSeq) showProgress(p);
@@ -702,6 +714,8 @@ new ResizeObserver(() => {
 // `?model=URL` picks the model to load (absolute, or relative to this page);
 // otherwise the model served beside the page loads.
 const requested = new URLSearchParams(location.search).get('model');
+// `?assistant=URL`: a Gemma 4 MTP assistant loaded with the model.
+ui.assistantUrl.value = new URLSearchParams(location.search).get('assistant') ?? '';
 if (requested) {
   ui.modelUrl.value = requested;
   let wanted = null;

@@ -33,8 +33,11 @@ export class GemmaError extends Error {
 }
 
 export interface LoadProgress {
-  /** 'download': bytes fetched; 'cache': read from the local cache; 'upload': bytes sent to the GPU. */
-  phase: 'download' | 'cache' | 'upload';
+  /**
+   * 'download': bytes fetched; 'cache': read from the local cache; 'upload': bytes sent to the GPU.
+   * The same phases prefixed 'assistant-' for the assistant, which loads after the model.
+   */
+  phase: 'download' | 'cache' | 'upload' | 'assistant-download' | 'assistant-cache' | 'assistant-upload';
   loaded: number;
   /** Undefined while the server has not said how large the file is. */
   total: number | undefined;
@@ -50,6 +53,13 @@ export interface LoadOptions {
   prefillChunk?: number;
   /** Aborts the load; a partial download is kept and resumed next time. */
   signal?: AbortSignal;
+  /**
+   * A Gemma 4 MTP assistant GGUF for this model (`gemma4-assistant`, e.g. llama.cpp's conversion
+   * of `google/gemma-4-E2B-it-assistant`): a URL or File/Blob, downloaded and cached like the
+   * model and checked against it before its weights download. Generations then draft with it
+   * (speculative decoding, `SamplingOptions.draftTokens`).
+   */
+  assistant?: string | URL | Blob;
   /** false: never use shader-f16 even where the adapter has it. */
   f16?: boolean;
   /** false: never use subgroup operations even where the adapter has them. */
@@ -76,6 +86,12 @@ export interface SamplingOptions {
   repeatPenalty?: number;
   /** Random seed: the same seed gives the same tokens. */
   seed?: number;
+  /**
+   * With an assistant loaded (`LoadOptions.assistant`): tokens it drafts per round, 0 to 16
+   * (default 3; 0 = decode without it). Drafting never changes the output (greedy: the same
+   * tokens; sampling: the same distribution), only the speed. Off while `repeatPenalty` ≠ 1.
+   */
+  draftTokens?: number;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -131,6 +147,25 @@ export interface GpuMemory {
   largestBuffer: number;
   /** Bytes read from the file on demand instead of being uploaded (Gemma 4 per-layer embeddings). */
   mapped: number;
+  /** GPU bytes of the assistant (0 without one); `total` is the model's alone. */
+  assistant: number;
+}
+
+export interface DraftStats {
+  /** Of the last generation: draft rounds, tokens drafted, drafts the model kept. */
+  rounds: number;
+  draftedTokens: number;
+  acceptedDrafts: number;
+  /** acceptedDrafts ÷ draftedTokens. */
+  acceptanceRate: number;
+  /** Tokens each round produced on average (kept drafts + the model's own token). */
+  tokensPerRound: number;
+}
+
+export interface AssistantInfo {
+  layers: number;
+  hidden: number;
+  fileBytes: number;
 }
 
 export interface ModelInfo {
@@ -153,6 +188,7 @@ export interface Stats {
   promptTokens: number;
   cachedTokens: number;
   generatedTokens: number;
+  /** GPU bytes of the model and, when loaded, its assistant. */
   gpuMemoryBytes: number;
   wasmMemoryBytes: number;
   /** The WebGPU adapter's name. */
@@ -162,6 +198,9 @@ export interface Stats {
   subgroups: boolean;
   gpuMemory: GpuMemory;
   model: ModelInfo;
+  /** The loaded assistant, or null. */
+  assistant: AssistantInfo | null;
+  draft: DraftStats;
 }
 
 export type ChatCompletionMessage =

@@ -204,6 +204,7 @@ function checkSampling(options, defaults = {}) {
   pick('minP', (v) => v >= 0 && v <= 1, 'in [0, 1]');
   pick('repeatPenalty', (v) => Number.isFinite(v) && v > 0, 'a number > 0 (1 = off)');
   pick('seed', (v) => Number.isSafeInteger(v) && v >= 0, 'a non-negative integer');
+  pick('draftTokens', (v) => Number.isInteger(v) && v >= 0 && v <= 16, 'an integer from 0 to 16 (0 = no drafting)');
   checkSignal(options.signal);
   return out;
 }
@@ -258,6 +259,21 @@ function reportCallbackError(err) {
   });
 }
 
+/** A model or assistant source as the worker takes it: `{ url }` or `{ blob }`. */
+function toWireSource(source, what) {
+  if (typeof source === 'string' || source instanceof URL) {
+    let url;
+    try {
+      url = new URL(source, globalThis.document?.baseURI ?? location.href);
+    } catch {
+      throw invalid(`${what}: not a valid URL: ${String(source)}`);
+    }
+    return { url: url.href };
+  }
+  if (typeof Blob !== 'undefined' && source instanceof Blob) return { blob: source };
+  throw invalid(`${what} must be a URL (string or URL) or a File/Blob holding a GGUF file`);
+}
+
 export class Gemma {
   #conn;
   #stats;
@@ -286,21 +302,9 @@ export class Gemma {
 
   static async load(source, options = {}) {
     if (options === null || typeof options !== 'object') throw invalid('options must be an object');
-    const { onProgress, cache = true, contextLength, prefillChunk, signal, f16, subgroups, testHooks } = options;
-    let wireSource;
-    if (typeof source === 'string' || source instanceof URL) {
-      let url;
-      try {
-        url = new URL(source, globalThis.document?.baseURI ?? location.href);
-      } catch {
-        throw invalid(`not a valid URL: ${String(source)}`);
-      }
-      wireSource = { url: url.href };
-    } else if (typeof Blob !== 'undefined' && source instanceof Blob) {
-      wireSource = { blob: source };
-    } else {
-      throw invalid('the model must be a URL (string or URL) or a File/Blob holding a GGUF file');
-    }
+    const { onProgress, cache = true, contextLength, prefillChunk, signal, f16, subgroups, testHooks, assistant } = options;
+    const wireSource = toWireSource(source, 'the model');
+    const wireAssistant = assistant === undefined || assistant === null ? undefined : toWireSource(assistant, 'assistant');
     if (onProgress !== undefined && typeof onProgress !== 'function') throw invalid('onProgress must be a function');
     if (typeof cache !== 'boolean') throw invalid('cache must be a boolean');
     if (contextLength !== undefined && !(Number.isInteger(contextLength) && contextLength >= 1)) {
@@ -325,13 +329,26 @@ export class Gemma {
 
     // blob: and data: URLs are one-offs: caching them would only fill the disk.
     const keep = cache && wireSource.url !== undefined && /^https?:/.test(wireSource.url);
+    const keepAssistant = cache && wireAssistant?.url !== undefined && /^https?:/.test(wireAssistant.url);
     const conn = new Connection();
     let stats = null;
     conn.onStats = (s) => {
       stats = s;
     };
     const { id, done } = conn.request(
-      { type: 'load', source: wireSource, options: { cache: keep, contextLength, prefillChunk, f16, subgroups, testMemoryBudget } },
+      {
+        type: 'load',
+        source: wireSource,
+        options: {
+          cache: keep,
+          contextLength,
+          prefillChunk,
+          f16,
+          subgroups,
+          testMemoryBudget,
+          assistant: wireAssistant && { ...wireAssistant, cache: keepAssistant },
+        },
+      },
       (message) => {
         if (message.type !== 'progress' || !onProgress) return;
         try {

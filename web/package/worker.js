@@ -107,6 +107,7 @@ function dropEngine(reason, code = 'internal') {
   }
   engine = null;
   model?.release().catch(() => {});
+  model?.assistant?.release().catch(() => {});
   model = null;
 }
 
@@ -127,12 +128,20 @@ function stats() {
     promptTokens: num(s.promptTokens),
     cachedTokens: num(s.cachedTokens),
     generatedTokens: num(s.generatedTokens),
-    gpuMemoryBytes: num(info.gpuMemory?.total),
+    gpuMemoryBytes: num(info.gpuMemory?.total) + num(model.assistant?.info.gpuBytes),
     wasmMemoryBytes: num(engine.wasmMemoryBytes()),
     adapter: adapter.name ?? '',
     f16: adapter.f16 === true,
     subgroups: adapter.subgroups === true,
-    gpuMemory: { ...info.gpuMemory },
+    gpuMemory: { ...info.gpuMemory, assistant: num(model.assistant?.info.gpuBytes) },
+    draft: {
+      rounds: num(s.draftRounds),
+      draftedTokens: num(s.draftedTokens),
+      acceptedDrafts: num(s.acceptedDrafts),
+      acceptanceRate: num(s.draftedTokens) > 0 ? num(s.acceptedDrafts) / num(s.draftedTokens) : 0,
+      tokensPerRound: num(s.draftRounds) > 0 ? (num(s.acceptedDrafts) + num(s.draftRounds)) / num(s.draftRounds) : 0,
+    },
+    assistant: model.assistant ? { layers: model.assistant.info.layers, hidden: model.assistant.info.hidden, fileBytes: model.assistant.plan.fileBytes } : null,
     model: {
       architecture: info.architecture,
       layers: info.layers,
@@ -184,9 +193,39 @@ async function load({ id, source, options }, signal) {
   } finally {
     signal.removeEventListener('abort', cancelUpload);
   }
-  model = { info, plan: opened.plan, adapter, release: opened.release };
+  model = { info, plan: opened.plan, adapter, release: opened.release, assistant: null };
+  if (options.assistant) {
+    model.assistant = await loadAssistant(options.assistant, options, signal, onProgress);
+  }
   postStats();
-  return { info, plan: opened.plan, adapter };
+  return { info, plan: opened.plan, adapter, assistant: model.assistant?.info ?? null };
+}
+
+// The MTP assistant of the loaded model, streamed and cached like the model itself; its header
+// is checked against the model before its weights download. Progress phases get an
+// 'assistant-' prefix.
+async function loadAssistant(source, options, signal, onProgress) {
+  const progress = (p) => onProgress({ ...p, phase: `assistant-${p.phase}` });
+  let opened;
+  if (source.url !== undefined) {
+    opened = await openUrl({ url: source.url, cache: source.cache, engine, HeaderProbe, contextLength: options.contextLength, signal, onProgress: progress });
+  } else {
+    const blobSource = new BlobSource(source.blob);
+    opened = { source: blobSource, plan: preflightSource(engine, HeaderProbe, blobSource, options.contextLength), release: async () => {} };
+  }
+  const cancelUpload = () => engine.cancel();
+  signal.addEventListener('abort', cancelUpload);
+  try {
+    if (signal.aborted) throw codedError('aborted', 'loading was aborted');
+    const info = await engine.loadAssistant(opened.source, (loaded, total) => progress({ phase: 'upload', loaded, total }));
+    if (signal.aborted) throw codedError('aborted', 'loading was aborted');
+    return { info, plan: opened.plan, release: opened.release };
+  } catch (err) {
+    await opened.release().catch(() => {});
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', cancelUpload);
+  }
 }
 
 const handlers = {
@@ -256,6 +295,7 @@ const handlers = {
     } finally {
       engine = null;
       await current?.release();
+      await current?.assistant?.release();
     }
     return null;
   },
