@@ -440,3 +440,52 @@ fn sampling_with_drafts_keeps_the_target_distribution() {
         "the drafted pairs do not follow the target (χ² = {stat:.1}, df = {df}, z = {z:.2})"
     );
 }
+
+/// An assistant that does not fit is refused with one error naming the mismatch, before any of
+/// its weights reach the GPU, and the model goes on as before: here the fixture's assistant
+/// (for a 32-wide target) offered to the 64-wide `gemma4_tiny_a`, and a truncated copy of it.
+#[test]
+fn refused_assistants_leave_the_model_usable() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/gemma4/gemma4_tiny_a.gguf");
+    let (g, mut src) = gguf::open(&path).expect("open model");
+    let opts = LoadOptions {
+        context: Some(256),
+        rows: Some(Arc::new(MmapSource::open(&path).expect("map model"))),
+        ..Default::default()
+    };
+    let mut model =
+        common::block(Model::load(gpu(false), &g, &mut src, &opts, |_, _| {})).expect("load");
+    let prompt = [2u32, 100, 200, 300];
+    let before = common::block(model.forward(&prompt, &[], 1.0)).unwrap();
+
+    let (ga, mut srca) = gguf::open(data("gemma4_mtp_assistant.gguf")).unwrap();
+    let mut uploaded = 0;
+    let err = common::block(Drafter::load(&model, &ga, &mut srca, |done, _| {
+        uploaded = done
+    }))
+    .err()
+    .expect("an assistant for a 32-wide target");
+    let msg = err.to_string();
+    assert!(msg.contains("width 32") && msg.contains("64"), "{msg}");
+    assert_eq!(uploaded, 0, "refused before any weight was read");
+
+    let bytes = std::fs::read(data("gemma4_mtp_assistant.gguf")).unwrap();
+    let cut = std::env::temp_dir().join(format!(
+        "gemma-wgpu-cut-assistant-{}.gguf",
+        std::process::id()
+    ));
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let opened = gguf::open(&cut);
+    std::fs::remove_file(&cut).ok();
+    let msg = opened.err().expect("a truncated assistant").to_string();
+    assert!(
+        msg.contains("tensor") || msg.contains("truncated") || msg.contains("ends"),
+        "{msg}"
+    );
+
+    model.reset();
+    let after = common::block(model.forward(&prompt, &[], 1.0)).unwrap();
+    assert_eq!(after.ids, before.ids);
+    assert_eq!(after.values, before.values);
+}

@@ -227,6 +227,21 @@ pub struct DraftBench {
     pub projections: Vec<DraftProjection>,
     /// A drafted greedy run of `--gen` tokens on the bench prompt (with this file's weights).
     pub run: DraftRun,
+    /// Where the GPU time of a verify step goes, op by op, next to a decode step's (GPU
+    /// timestamps; `None` where the adapter has none).
+    pub verify_breakdown: Option<VerifyBreakdown>,
+}
+
+/// Per-op GPU time of one decode step and of one verify step (medians of nothing: sums over
+/// `--repeat` steps, divided by it).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VerifyBreakdown {
+    /// Tokens of the verify step.
+    pub tokens: u32,
+    pub decode_gpu_us: f64,
+    pub decode: Vec<OpShare>,
+    pub verify_gpu_us: f64,
+    pub verify: Vec<OpShare>,
 }
 
 /// Medians over `--repeat` calls, after the prompt, wall time (submit to readback).
@@ -554,6 +569,38 @@ async fn bench_drafts(
                 })
         })
         .collect();
+    let verify_breakdown = match model.set_profiling(true) {
+        Err(_) => None,
+        Ok(()) => {
+            let k = crate::model::drafter::DEFAULT_DRAFT_TOKENS.min(max_k);
+            let batch: Vec<u32> = std::iter::repeat_n(token, k as usize + 1).collect();
+            let per = opts.repeat.max(1) as f64;
+            let profiled = async {
+                model.rewind(at);
+                model.take_profile();
+                for _ in 0..opts.repeat {
+                    model.forward(&[token], &[], 1.0).await?;
+                    model.rewind(at);
+                }
+                let dec = model.take_profile().unwrap_or_default();
+                for _ in 0..opts.repeat {
+                    model.verify(&batch, k_out).await?;
+                    model.rewind(at);
+                }
+                let ver = model.take_profile().unwrap_or_default();
+                Ok::<_, Error>(VerifyBreakdown {
+                    tokens: k + 1,
+                    decode_gpu_us: dec.total_us / per,
+                    decode: shares(&dec.ops, per, dec.total_us),
+                    verify_gpu_us: ver.total_us / per,
+                    verify: shares(&ver.ops, per, ver.total_us),
+                })
+            }
+            .await;
+            model.set_profiling(false)?;
+            Some(profiled?)
+        }
+    };
     // A real drafted run, greedy, end tokens ignored as in the plain runs.
     let k = crate::model::drafter::DEFAULT_DRAFT_TOKENS.min(max_k);
     model.reset();
@@ -588,6 +635,7 @@ async fn bench_drafts(
             tokens_per_round: s.tokens_per_round(),
             decode_tokens_per_s: n.saturating_sub(1) as f64 / secs.max(1e-9),
         },
+        verify_breakdown,
     })
 }
 
