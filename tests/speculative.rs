@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use gemma_wgpu::generate::{Finish, Generation};
 use gemma_wgpu::gguf::{self, MmapSource};
-use gemma_wgpu::gpu::{GpuContext, GpuOptions};
+use gemma_wgpu::gpu::GpuContext;
 use gemma_wgpu::model::{Candidates, Drafter, HiddenRow, LoadOptions, Model};
 use gemma_wgpu::sampler::SamplingParams;
 use gemma_wgpu::tokenizer::Tokenizer;
@@ -37,17 +37,9 @@ fn fixture() -> Value {
     serde_json::from_str(&text).expect("fixture JSON")
 }
 
+/// A context under WebGPU's default limits, with or without f16 and subgroups.
 fn gpu(portable: bool) -> Arc<GpuContext> {
-    Arc::new(
-        common::block(GpuContext::new(&GpuOptions {
-            webgpu_default_limits: true,
-            disable_f16: portable,
-            disable_subgroups: portable,
-            backends: Some(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
-            ..Default::default()
-        }))
-        .expect("GPU"),
-    )
+    Arc::new(common::make_with("speculative", portable, None).ctx)
 }
 
 fn tokenizer() -> Tokenizer {

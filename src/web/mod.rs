@@ -313,6 +313,22 @@ struct GenerationStats {
     accepted_drafts: usize,
 }
 
+/// What `preflight` resolves to, for a model or an assistant.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PreflightPlan<'a> {
+    architecture: &'a str,
+    layers: u32,
+    vocab: u32,
+    context_length: u32,
+    file_bytes: u64,
+    weights_bytes: u64,
+    kv_cache_bytes: u64,
+    gpu_bytes: u64,
+    largest_buffer: u64,
+    mapped_bytes: u64,
+}
+
 /// What `loadAssistant` resolves to.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -462,21 +478,7 @@ impl Engine {
             return self.preflight_assistant(gguf);
         }
         let plan = crate::model::preflight(gguf, &s.ctx.caps, &o.load_options())?;
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Plan<'a> {
-            architecture: &'a str,
-            layers: u32,
-            vocab: u32,
-            context_length: u32,
-            file_bytes: u64,
-            weights_bytes: u64,
-            kv_cache_bytes: u64,
-            gpu_bytes: u64,
-            largest_buffer: u64,
-            mapped_bytes: u64,
-        }
-        to_js(&Plan {
+        to_js(&PreflightPlan {
             architecture: &plan.architecture,
             layers: plan.layers,
             vocab: plan.vocab,
@@ -841,23 +843,9 @@ impl Engine {
             )
         })?;
         let (cfg, _) = crate::model::check_assistant(gguf, &l.model.cfg)?;
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Plan {
-            architecture: &'static str,
-            layers: u32,
-            vocab: u32,
-            context_length: u32,
-            file_bytes: u64,
-            weights_bytes: u64,
-            kv_cache_bytes: u64,
-            gpu_bytes: u64,
-            largest_buffer: u64,
-            mapped_bytes: u64,
-        }
         let tensors = gguf.tensor_data_bytes();
         let largest = gguf.tensors.iter().map(|t| t.n_bytes).max().unwrap_or(0);
-        to_js(&Plan {
+        to_js(&PreflightPlan {
             architecture: ASSISTANT_ARCH,
             layers: cfg.n_layers,
             vocab: cfg.vocab,
