@@ -715,6 +715,15 @@ fn info(a: InfoArgs) -> Result<()> {
         None => None,
     };
     let l = load(&a.model, true)?;
+    // The assistant loaded for real: what it takes on the GPU next to the model.
+    let drafter = load_drafter(
+        &DraftArgs {
+            draft: a.draft.clone(),
+            draft_tokens: gemma_wgpu::model::drafter::DEFAULT_DRAFT_TOKENS,
+        },
+        &l.model,
+    )?;
+    let assistant_mem = drafter.as_ref().map(|d| d.memory().clone());
     let cfg = &l.model.cfg;
     let mem = l.model.memory().clone();
     let mut types: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
@@ -745,6 +754,8 @@ fn info(a: InfoArgs) -> Result<()> {
                 "per_layer_input_dim": cfg.ple_dim,
                 "gpu_weight_bytes_over_file_tensor_bytes": ratio,
                 "assistant": draft.as_ref().map(|d| &d.json),
+                "assistant_gpu_memory": assistant_mem,
+                "gpu_memory_total_with_assistant": mem.total() + assistant_mem.as_ref().map_or(0, |m| m.total()),
             })
         );
         return Ok(());
@@ -829,6 +840,18 @@ fn info(a: InfoArgs) -> Result<()> {
     println!("  KV cache     {}", mib(mem.kv_cache));
     println!("  activations  {}", mib(mem.activations));
     println!("  total        {}", mib(mem.total()));
+    if let Some(am) = &assistant_mem {
+        println!(
+            "  assistant    {} (weights {}, buffers {}; it reads the model's KV cache)",
+            mib(am.total()),
+            mib(am.weights),
+            mib(am.activations)
+        );
+        println!(
+            "  total with the assistant {}",
+            mib(mem.total() + am.total())
+        );
+    }
     println!("  largest buffer {}", mib(mem.largest_buffer));
     println!(
         "  mapped from the file, not on the GPU: {}",

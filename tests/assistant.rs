@@ -130,7 +130,12 @@ impl Spec {
                 .find(|(n, _)| n == name)
                 .map_or(shape.clone(), |(_, s)| s.clone());
             w.tensor(name.clone(), &shape, GgmlType::F32).unwrap();
-            data.push(vec![0u8; 4 * shape.iter().product::<u64>() as usize]);
+            // Zeros, except the RoPE factors (which must be positive) and the layer scalars:
+            // a file the drafter loads, not only one the check passes.
+            let n = shape.iter().product::<u64>() as usize;
+            let one = name == "rope_freqs.weight" || name.ends_with("layer_output_scale.weight");
+            let value: f32 = if one { 1.0 } else { 0.0 };
+            data.push(value.to_le_bytes().repeat(n));
         }
         let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
         w.to_bytes(&refs).unwrap()
@@ -319,8 +324,8 @@ fn an_assistant_loaded_as_a_model_says_what_it_is() {
     );
 }
 
-/// `info --draft` checks an assistant against the model and describes it; a misfit is one
-/// error line naming the file and the mismatch.
+/// `info --draft` checks an assistant against the model, describes it and counts its GPU
+/// memory next to the model's; a misfit is one error line naming the file and the mismatch.
 #[test]
 fn info_checks_a_draft_against_the_model() {
     let model = format!(
@@ -363,6 +368,14 @@ fn info_checks_a_draft_against_the_model() {
     let j: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&ok.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(j["assistant"]["layers"], 4);
+    // Loaded for real: its GPU memory is counted next to the model's.
+    let assistant = j["assistant_gpu_memory"]["weights"].as_u64().unwrap();
+    assert!(assistant > 0, "{j}");
+    assert_eq!(j["assistant_gpu_memory"]["kv_cache"], 0);
+    assert!(
+        j["gpu_memory_total_with_assistant"].as_u64().unwrap()
+            > j["gpu_memory_total"].as_u64().unwrap() + assistant - 1
+    );
     assert_eq!(
         j["assistant"]["target_caches"],
         serde_json::json!([0, 0, 0, 1])
