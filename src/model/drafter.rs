@@ -22,6 +22,7 @@ use super::assistant::{plan_assistant, AssistantConfig};
 use super::buffers::{rope_tables, Activations, Slot};
 use super::layer::{build_layer, LayerCache, LayerEnv, LayerOps};
 use super::plan::attention_params;
+use super::step::read_candidates;
 use super::{weights, Candidates, MemoryReport, Model};
 use crate::gguf::{Gguf, TensorSource};
 use crate::gpu::{GpuContext, Recorder, SkipList, StepParams};
@@ -364,25 +365,6 @@ impl Drafter {
         }
         self.ctx.submit([encoder.finish()]);
         crate::gpu::count_submitted(crate::gpu::recorded_dispatches() - recorded);
-        let bytes = n as u64 * out_bytes;
-        crate::gpu::map_read(&self.ctx, &self.readback, 0, bytes).await?;
-        let result = {
-            let view = self
-                .readback
-                .slice(..bytes)
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            Logits::parse(bytemuck::cast_slice(&view), n as usize, self.k as usize)
-        };
-        self.readback.unmap();
-        if let Some(j) = result
-            .iter()
-            .position(|c| c.ids.is_empty() || c.values.iter().any(|v| v.is_nan()))
-        {
-            return Err(Error::NonFiniteLogits {
-                position: p + j as u32,
-            });
-        }
-        Ok(result)
+        read_candidates(&self.ctx, &self.readback, n, self.k, p).await
     }
 }

@@ -11,7 +11,7 @@
 
 use super::buffers::MAX_PENALTY_TOKENS;
 use super::{Candidates, Model};
-use crate::gpu::{Recorder, StepParams};
+use crate::gpu::{GpuContext, Recorder, StepParams};
 use crate::kernels::logits::{Logits, Sampling};
 use crate::{Error, Result};
 
@@ -135,32 +135,14 @@ impl Model {
             StepHead::Generate => 1,
             StepHead::Score => n,
         };
-        let bytes = Logits::out_bytes(rows, self.max_candidates);
-        let staging = &self.readback;
-        crate::gpu::map_read(&ctx, staging, 0, bytes).await?;
-        let result = {
-            let view = staging
-                .slice(..bytes)
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            Logits::parse(
-                bytemuck::cast_slice(&view),
-                rows as usize,
-                self.max_candidates as usize,
-            )
-        };
-        staging.unmap();
-        // NaN logits mean broken weights (a matrix holding NaN or infinity): report it instead
-        // of sampling garbage.
-        if let Some(r) = result
-            .iter()
-            .position(|c| c.logsumexp.is_nan() || c.values.iter().any(|v| v.is_nan()))
-        {
-            return Err(Error::NonFiniteLogits {
-                position: self.pos - rows + r as u32,
-            });
-        }
-        Ok(result)
+        read_candidates(
+            &ctx,
+            &self.readback,
+            rows,
+            self.max_candidates,
+            self.pos - rows,
+        )
+        .await
     }
 
     /// The step of the KV-shared layers and the head: on the last token only when a prompt
@@ -240,4 +222,35 @@ impl Model {
             crate::gpu::recorded_dispatches() - recorded,
         )
     }
+}
+
+/// Maps the first `rows` rows of top-`k` candidates that a step copied into `staging` and
+/// decodes them; the first row belongs to `first_position`. NaN logits mean broken weights (a
+/// matrix holding NaN or infinity): reported, naming the position, instead of sampled.
+pub(super) async fn read_candidates(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    rows: u32,
+    k: u32,
+    first_position: u32,
+) -> Result<Vec<Candidates>> {
+    let bytes = Logits::out_bytes(rows, k);
+    crate::gpu::map_read(ctx, staging, 0, bytes).await?;
+    let result = {
+        let view = staging
+            .slice(..bytes)
+            .get_mapped_range()
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        Logits::parse(bytemuck::cast_slice(&view), rows as usize, k as usize)
+    };
+    staging.unmap();
+    if let Some(r) = result
+        .iter()
+        .position(|c| c.logsumexp.is_nan() || c.values.iter().any(|v| v.is_nan()))
+    {
+        return Err(Error::NonFiniteLogits {
+            position: first_position + r as u32,
+        });
+    }
+    Ok(result)
 }
