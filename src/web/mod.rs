@@ -548,14 +548,7 @@ impl Engine {
             l.gen = None;
             let mut src = JsSource::new(source, cancel)?;
             let gguf = read_header(&mut src).await?;
-            let drafter = Drafter::load(&l.model, &gguf, &mut src, |done, total| {
-                let _ = progress.call2(
-                    &JsValue::NULL,
-                    &(done as f64).into(),
-                    &(total as f64).into(),
-                );
-            })
-            .await?;
+            let drafter = Drafter::load(&l.model, &gguf, &mut src, report_to(&progress)).await?;
             let info = AssistantInfo {
                 layers: drafter.cfg.n_layers,
                 hidden: drafter.cfg.hidden,
@@ -899,6 +892,18 @@ fn loaded_info(l: &Loaded) -> ModelInfo {
     }
 }
 
+/// A loader's `progress(done, total)` that calls the page's JS callback (whose errors are
+/// the page's own and do not stop the load).
+fn report_to(progress: &js_sys::Function) -> impl FnMut(u64, u64) + '_ {
+    move |done, total| {
+        let _ = progress.call2(
+            &JsValue::NULL,
+            &(done as f64).into(),
+            &(total as f64).into(),
+        );
+    }
+}
+
 async fn load_model(
     ctx: Arc<GpuContext>,
     source: ByteSource,
@@ -916,14 +921,7 @@ async fn load_model(
         rows: Some(src.rows()),
         ..o.load_options()
     };
-    let model = Model::load(ctx, &gguf, &mut src, &opts, |done, total| {
-        let _ = progress.call2(
-            &JsValue::NULL,
-            &(done as f64).into(),
-            &(total as f64).into(),
-        );
-    })
-    .await?;
+    let model = Model::load(ctx, &gguf, &mut src, &opts, report_to(&progress)).await?;
     Ok(Loaded {
         model,
         tok,
