@@ -290,7 +290,7 @@ impl SynthSpec {
     /// `gemma-4-*-assistant` checkpoints: 4 layers (three sliding, one full) of queries only
     /// over the target's K/V (its KV heads and head sizes), no per-layer inputs, its own tied
     /// embedding, the target's window and RoPE. Widths: H 256, 8 query heads, MLP 2048, which
-    /// makes the E4B assistant 79.6 M parameters, as Google's "~78 M" (the published configs
+    /// makes the E4B assistant 80.6 M parameters, near Google's "~78 M" (the published configs
     /// were not at hand; the file is for speed and memory, not for outputs).
     pub fn assistant_for(target: &SynthSpec) -> Self {
         SynthSpec {
