@@ -1,4 +1,4 @@
-// Quantized mat-vec for decode (one to NT tokens):  y[t, r] (=|+=) Σ_c W[r, c] · x[t, c].
+// Quantized mat-vec for decode (one to NT·PASSES tokens):  y[t, r] (=|+=) Σ_c W[r, c] · x[t, c].
 //
 // Bound by bytes: every weight is read once per step, so the kernel is built to keep the
 // memory system busy rather than the ALUs. Each invocation works on whole *units* (32 elements
@@ -35,7 +35,7 @@
 // y[t, r] lives at p.y_offset + t·p.y_stride + r.
 //
 // Specialisation: K, UNIT (8 or 32, of every bound type; flag UNIT32), WG ∈ {32 … 256} (power
-// of two), GC (power of two, LG = WG / GC ≥ 32 and ≥ the largest subgroup), NT ∈ {1, 4} (flag NT4), N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
+// of two), GC (power of two, LG = WG / GC ≥ 32 and ≥ the largest subgroup), NT ∈ {1, 4} tokens per pass (flag NT4: see `rows_dot_multi`), PASSES, N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
 // PRO_T2, PRO_NORM. R = 4 rows per group, G groups per workgroup. The hot loop is straight-line code over
 // structs of vectors (no dynamically indexed arrays: see `Unit`). Workgroup memory: NV·WG
 // floats for the reductions (the prologue's too), plus K floats with PRO.
@@ -77,7 +77,8 @@ const R: u32 = 4u;             // output rows per group (one vec4 of partial sum
 const G: u32 = {{G}}u;         // row groups per lane group, one after another (more with PRO: one prologue serves them)
 const GC: u32 = {{GC}}u;       // lane groups: row groups computed at once (PRO; 1 with LANE_ROWS)
 const LG: u32 = WG / GC;       // invocations per lane group
-const NT: u32 = {{NT}}u;       // tokens (1 … NT per step: 1 or 4)
+const NT: u32 = {{NT}}u;       // tokens per pass (1 or 4)
+const PASSES: u32 = {{PASSES}}u; // passes over the rows: a step takes up to NT·PASSES tokens
 const N0: u32 = {{N0}}u;       // rows of slot 0 (multi-slot dispatches)
 const N1: u32 = {{N1}}u;       // rows of slot 1
 #if PAIR
@@ -231,6 +232,117 @@ fn rows_dot(u0: UnitT, u1: UnitT, u2: UnitT, u3: UnitT, x0: XUnit, x1: XUnit, x2
     return a;
 }
 
+// Several tokens (NT4): each row's unit is unpacked once, chunk by chunk, and dotted with every
+// token's activations of that chunk, so a thread holds one chunk of the four rows (32 floats)
+// and two vec4s of one token's activations at a time — not every token's unit (136 floats),
+// which cost the first four-token kernel its occupancy (1.6–4.2× the one-token kernel on an
+// H100 where it should cost about the same: decode is bound by the weights' latency there).
+// t0: the pass's first token; tokens ≥ nt are skipped (their partial sums stay 0).
+
+// One 8-element chunk of four rows, unpacked: even and odd lanes of each.
+struct RowChunks {
+    e0: vec4<f32>,
+    o0: vec4<f32>,
+    e1: vec4<f32>,
+    o1: vec4<f32>,
+    e2: vec4<f32>,
+    o2: vec4<f32>,
+    e3: vec4<f32>,
+    o3: vec4<f32>,
+}
+
+// The four rows' chunk dotted with one token's chunk (vec4s xa, xb of x).
+fn chunks_dot(r: RowChunks, xa: vec4<f32>, xb: vec4<f32>) -> vec4<f32> {
+    let xe = x_even(xa, xb);
+    let xo = x_odd(xa, xb);
+    return vec4<f32>(
+        dot(r.e0, xe) + dot(r.o0, xo),
+        dot(r.e1, xe) + dot(r.o1, xo),
+        dot(r.e2, xe) + dot(r.o2, xo),
+        dot(r.e3, xe) + dot(r.o3, xo),
+    );
+}
+
+#if UNIT32
+// Per-token sums of a unit's two halves (for the affine offsets).
+struct Sums {
+    t0: vec2<f32>,
+    t1: vec2<f32>,
+    t2: vec2<f32>,
+    t3: vec2<f32>,
+}
+
+fn offsets(u0: Packed, u1: Packed, u2: Packed, u3: Packed, s: vec2<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(u0.b, s), dot(u1.b, s), dot(u2.b, s), dot(u3.b, s));
+}
+
+// Four rows' unit u dotted with tokens t0 … t0 + 3.
+fn rows_dot_multi(u0: Packed, u1: Packed, u2: Packed, u3: Packed, u: u32, t0: u32, nt: u32) -> Acc {
+    var a: Acc;
+    var s: Sums;
+    for (var c = 0u; c < 4u; c++) {
+        let h = c / 2u;
+        let rc = RowChunks(
+            u8x4(u0.lo[c]), u8x4(u0.hi[c]),
+            u8x4(u1.lo[c]), u8x4(u1.hi[c]),
+            u8x4(u2.lo[c]), u8x4(u2.hi[c]),
+            u8x4(u3.lo[c]), u8x4(u3.hi[c]),
+        );
+        let sc = vec4<f32>(u0.a[h], u1.a[h], u2.a[h], u3.a[h]);
+        let i = u * UV + 2u * c;
+        if t0 < nt {
+            let xa = x_vec(t0, i);
+            let xb = x_vec(t0, i + 1u);
+            a.t0 += sc * chunks_dot(rc, xa, xb);
+            s.t0[h] += sum4(xa + xb);
+        }
+        if t0 + 1u < nt {
+            let xa = x_vec(t0 + 1u, i);
+            let xb = x_vec(t0 + 1u, i + 1u);
+            a.t1 += sc * chunks_dot(rc, xa, xb);
+            s.t1[h] += sum4(xa + xb);
+        }
+        if t0 + 2u < nt {
+            let xa = x_vec(t0 + 2u, i);
+            let xb = x_vec(t0 + 2u, i + 1u);
+            a.t2 += sc * chunks_dot(rc, xa, xb);
+            s.t2[h] += sum4(xa + xb);
+        }
+        if t0 + 3u < nt {
+            let xa = x_vec(t0 + 3u, i);
+            let xb = x_vec(t0 + 3u, i + 1u);
+            a.t3 += sc * chunks_dot(rc, xa, xb);
+            s.t3[h] += sum4(xa + xb);
+        }
+    }
+    a.t0 -= offsets(u0, u1, u2, u3, s.t0);
+    a.t1 -= offsets(u0, u1, u2, u3, s.t1);
+    a.t2 -= offsets(u0, u1, u2, u3, s.t2);
+    a.t3 -= offsets(u0, u1, u2, u3, s.t3);
+    return a;
+}
+#else
+// Four rows' unit u (one 8-element chunk of a float type) dotted with tokens t0 … t0 + 3.
+fn rows_dot_multi(u0: Chunk, u1: Chunk, u2: Chunk, u3: Chunk, u: u32, t0: u32, nt: u32) -> Acc {
+    var a: Acc;
+    let rc = RowChunks(u0.ev, u0.od, u1.ev, u1.od, u2.ev, u2.od, u3.ev, u3.od);
+    let i = u * UV;
+    if t0 < nt {
+        a.t0 = chunks_dot(rc, x_vec(t0, i), x_vec(t0, i + 1u));
+    }
+    if t0 + 1u < nt {
+        a.t1 = chunks_dot(rc, x_vec(t0 + 1u, i), x_vec(t0 + 1u, i + 1u));
+    }
+    if t0 + 2u < nt {
+        a.t2 = chunks_dot(rc, x_vec(t0 + 2u, i), x_vec(t0 + 2u, i + 1u));
+    }
+    if t0 + 3u < nt {
+        a.t3 = chunks_dot(rc, x_vec(t0 + 3u, i), x_vec(t0 + 3u, i + 1u));
+    }
+    return a;
+}
+#endif
+
 fn acc_add(a: Acc, b: Acc) -> Acc {
     return Acc(a.t0 + b.t0, a.t1 + b.t1, a.t2 + b.t2, a.t3 + b.t3);
 }
@@ -327,45 +439,49 @@ fn main(inv: Invocation, grp: Workgroup) {
     prologue(inv);
     let nt = min(step.n_tokens, 1u);
 #else
-    let nt = min(step.n_tokens, NT);
+    let nt = min(step.n_tokens, NT * PASSES);
 #endif
+    // Passes of NT tokens: a later pass reads the workgroup's rows again, from the cache.
+    for (var ps = 0u; ps < PASSES; ps++) {
+        let t0 = ps * NT;
+        if t0 < nt {
 #if LANE_ROWS
-    for (var g = 0u; g < G; g++) {
-        let r0 = first + g * R;
-        if r0 >= p.rows {
-            break;
-        }
-        lane_row(r0 + inv.lid, nt);
-    }
+            for (var g = 0u; g < G; g++) {
+                let r0 = first + g * R;
+                if r0 < p.rows {
+                    lane_row(r0 + inv.lid, t0, nt);
+                }
+            }
 #else
-    for (var g = 0u; g < G; g++) {
-        let round = first + g * GC * R;
-        if round >= p.rows {
-            break;
-        }
-        // A lane group past the last row computes the last row again and writes nothing.
-        row_group(inv, round + (inv.lid / LG) * R, nt);
-        // `red` is reused by the next round.
-        workgroupBarrier();
-    }
+            for (var g = 0u; g < G; g++) {
+                let round = first + g * GC * R;
+                if round < p.rows {
+                    // A lane group past the last row computes the last row again and writes nothing.
+                    row_group(inv, round + (inv.lid / LG) * R, t0, nt);
+                }
+                // `red` is reused by the next round.
+                workgroupBarrier();
+            }
 #endif
+        }
+    }
 }
 
 #if LANE_ROWS
 // Row r, whole, by one invocation (the mapping for CPU adapters: every invocation of a SIMD batch
 // reads the same activations, so the emulated GPU loads them once instead of gathering them per
 // lane, and no reduction is needed).
-fn lane_row(r: u32, nt: u32) {
+fn lane_row(r: u32, t0: u32, nt: u32) {
     var acc = vec4<f32>(0.0);  // per token
 #if PAIR
     var acc_up = vec4<f32>(0.0);
 #endif
     for (var u = 0u; u < U; u++) {
-        let x0 = load_x(u, 0u, nt);
+        let x0 = load_x(u, t0, nt);
 #if NT4
-        let x1 = load_x(u, 1u, nt);
-        let x2 = load_x(u, 2u, nt);
-        let x3 = load_x(u, 3u, nt);
+        let x1 = load_x(u, t0 + 1u, nt);
+        let x2 = load_x(u, t0 + 2u, nt);
+        let x3 = load_x(u, t0 + 3u, nt);
 #else
         let x1 = x0;
         let x2 = x0;
@@ -399,21 +515,25 @@ fn lane_row(r: u32, nt: u32) {
     if r >= p.rows {
         return;
     }
-    for (var t = 0u; t < nt; t++) {
-        let o = p.y_offset + t * p.y_stride + r;
+    // A fixed trip count (no loop bound from a uniform: see the header).
+    for (var i = 0u; i < NT; i++) {
+        let t = t0 + i;
+        if t < nt {
+            let o = p.y_offset + t * p.y_stride + r;
 #if PAIR
-        y[o] = gelu_tanh(acc[t]) * acc_up[t];
+            y[o] = gelu_tanh(acc[i]) * acc_up[i];
 #else
 #if GELU_Z
-        y[o] = gelu_tanh(acc[t]) * z[p.z_offset + t * p.z_stride + r];
+            y[o] = gelu_tanh(acc[i]) * z[p.z_offset + t * p.z_stride + r];
 #else
 #if ACC
-        y[o] += acc[t];
+            y[o] += acc[i];
 #else
-        y[o] = acc[t];
+            y[o] = acc[i];
 #endif
 #endif
 #endif
+        }
     }
 }
 #else
@@ -435,25 +555,45 @@ fn tree_sum(part: array<f32, NV>, lid: u32, li: u32) {
     }
 }
 
-// The R output rows from r0 by the invocation's lane group: every invocation's partial sums,
-// then the reduction and the write.
-fn row_group(inv: Invocation, r0: u32, nt: u32) {
+// The R output rows from r0 for tokens t0 … t0 + NT − 1 by the invocation's lane group: every
+// invocation's partial sums, then the reduction and the write.
+fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
     var acc: Acc;
 #if PAIR
     var acc_up: Acc;
 #endif
     let li = inv.lid % LG;
     for (var u = li; u < U; u += LG) {
-        let x0 = load_x(u, 0u, nt);
 #if NT4
-        let x1 = load_x(u, 1u, nt);
-        let x2 = load_x(u, 2u, nt);
-        let x3 = load_x(u, 3u, nt);
+#if PAIR
+        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, nt));
+        acc_up = acc_add(acc_up, rows_multi1(r0, p.rows - 1u, u, t0, nt));
 #else
+#if SLOT2
+        if r0 < N0 {
+            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, nt));
+        } else if r0 < N0 + N1 {
+            acc = acc_add(acc, rows_multi1(r0 - N0, N1 - 1u, u, t0, nt));
+        } else {
+            acc = acc_add(acc, rows_multi2(r0 - N0 - N1, p.rows - N0 - N1 - 1u, u, t0, nt));
+        }
+#else
+#if SLOT1
+        if r0 < N0 {
+            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, nt));
+        } else {
+            acc = acc_add(acc, rows_multi1(r0 - N0, p.rows - N0 - 1u, u, t0, nt));
+        }
+#else
+        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, nt));
+#endif
+#endif
+#endif
+#else
+        let x0 = load_x(u, 0u, nt);
         let x1 = x0;
         let x2 = x0;
         let x3 = x0;
-#endif
 #if PAIR
         acc = acc_add(acc, rows0(r0, p.rows - 1u, u, x0, x1, x2, x3));
         acc_up = acc_add(acc_up, rows1(r0, p.rows - 1u, u, x0, x1, x2, x3));
@@ -475,6 +615,7 @@ fn row_group(inv: Invocation, r0: u32, nt: u32) {
         }
 #else
         acc = acc_add(acc, rows0(r0, p.rows - 1u, u, x0, x1, x2, x3));
+#endif
 #endif
 #endif
 #endif
@@ -526,7 +667,7 @@ fn row_group(inv: Invocation, r0: u32, nt: u32) {
             total += red[v * WG + at + i];
         }
         let r = r0 + v / NT;
-        let t = v % NT;
+        let t = t0 + v % NT;
         if r < p.rows && t < nt {
             let o = p.y_offset + t * p.y_stride + r;
 #if PAIR

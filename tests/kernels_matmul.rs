@@ -152,9 +152,9 @@ fn run(ty: GgmlType, k: u32, n: u32, steps: &[u32], out: MatmulOut) {
 fn every_type_small_and_odd_shapes() {
     for ty in TYPES {
         let b = block_k(ty);
-        run(ty, b, 7, &[1, 2, 3, 5, 17, 64], MatmulOut::Store);
+        run(ty, b, 7, &[1, 2, 3, 5, 8, 17, 64], MatmulOut::Store);
         let k = if b == 256 { 1024 } else { 640 };
-        run(ty, k, 33, &[1, 2, 3, 5, 17, 64], MatmulOut::Store);
+        run(ty, k, 33, &[1, 2, 3, 5, 7, 17, 64], MatmulOut::Store);
     }
 }
 
@@ -194,7 +194,7 @@ fn accumulate_into_y() {
         GgmlType::Q5_1,
     ] {
         let k = if block_k(ty) == 256 { 512 } else { 640 };
-        run(ty, k, 37, &[1, 3, 17], MatmulOut::Accumulate);
+        run(ty, k, 37, &[1, 3, 6, 17], MatmulOut::Accumulate);
     }
 }
 
@@ -219,7 +219,7 @@ fn gelu_mul_epilogue() {
             let bytes = weights(ty, k, n, 11 + k as u64);
             let w = QuantMatrix::upload(ctx, "w", ty, k, n, &bytes).unwrap();
             let (ku, nu) = (k as usize, n as usize);
-            let tmax = 4;
+            let tmax = MATVEC_MAX_TOKENS as usize;
             let mut rng = Rng::new(5 + k as u64);
             let x = rng.vec(tmax * ku, 1.0);
             let z = rng.vec(tmax * z_stride as usize, 2.0);
@@ -249,7 +249,7 @@ fn gelu_mul_epilogue() {
                 },
             )
             .unwrap();
-            for t in [1u32, 3, 4] {
+            for t in [1u32, 3, 4, 7, 8] {
                 let step = StepParams::new(t, 0);
                 ctx.queue.write_buffer(&sb, 0, bytemuck::bytes_of(&step));
                 block(ctx.run(|pass| op.encode(pass, &step))).unwrap();
@@ -285,7 +285,7 @@ fn n_tokens_varies_between_encodes() {
         GgmlType::Q4_1,
         640,
         70,
-        &[17, 1, 64, 2, 1, 4, 5, 3],
+        &[17, 1, 64, 2, 1, 4, 5, 8, 9, 3],
         MatmulOut::Store,
     );
     run(GgmlType::Q5K, 512, 70, &[3, 33, 1], MatmulOut::Accumulate);
@@ -294,7 +294,7 @@ fn n_tokens_varies_between_encodes() {
 /// More than 65535 mat-vec workgroups (262147 rows / 4): the 2-D dispatch path of an LM head.
 #[test]
 fn lm_head_needs_2d_dispatch() {
-    run(GgmlType::Q4_0, 32, 262_147, &[1, 2], MatmulOut::Store);
+    run(GgmlType::Q4_0, 32, 262_147, &[1, 2, 6], MatmulOut::Store);
 }
 
 /// A matrix larger than the binding limit is split by rows into several buffers.

@@ -13,7 +13,9 @@ mod common;
 use common::{block, matvec_variants as variants, Rng};
 use gemma_wgpu::gguf::GgmlType;
 use gemma_wgpu::gpu::{GpuContext, Op, StepParams};
-use gemma_wgpu::kernels::matvec::{Matvec, MatvecIn, MatvecIo, MatvecOut, NormTerm};
+use gemma_wgpu::kernels::matvec::{
+    Matvec, MatvecIn, MatvecIo, MatvecOut, NormTerm, MATVEC_MAX_TOKENS,
+};
 use gemma_wgpu::quant::{dequantize, QuantMatrix};
 use gemma_wgpu::reference::quant::synthetic_blocks;
 
@@ -123,7 +125,7 @@ fn three_types_in_one_dispatch() {
                 .collect();
             let total: u32 = rows.iter().sum();
             let (stride, offset) = (total + 9, 5u32); // y columns [5, 5 + total) of 51
-            let (x_off, tmax) = (8u32, 3usize);
+            let (x_off, tmax) = (8u32, 6usize);
             let mut rng = Rng::new(k as u64);
             let x = rng.vec(x_off as usize + tmax * k as usize, 1.0);
             let y0 = rng.vec(tmax * stride as usize, 1.0);
@@ -131,7 +133,7 @@ fn three_types_in_one_dispatch() {
             let yb = ctx.storage_init("y", &y0).unwrap();
             let sb = ctx.params_init("step", &StepParams::new(1, 0));
             let slots: Vec<&QuantMatrix> = mats.iter().map(|(m, _)| m).collect();
-            for nt in [1u32, 4] {
+            for nt in [1u32, MATVEC_MAX_TOKENS] {
                 let op = Matvec::new(
                     ctx,
                     &slots,
@@ -152,32 +154,33 @@ fn three_types_in_one_dispatch() {
                     },
                 )
                 .unwrap();
-                let t = if nt == 1 { 1 } else { 3 };
-                ctx.queue.write_buffer(&yb, 0, bytemuck::cast_slice(&y0));
-                let got = run(ctx, &op, &sb, &yb, t, tmax * stride as usize);
-                let mut want: Vec<f64> = y0.iter().map(|&v| v as f64).collect();
-                let mut bound = vec![0.0; want.len()];
-                for tt in 0..t as usize {
-                    let xt: Vec<f64> = x[x_off as usize + tt * k as usize..][..k as usize]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .collect();
-                    let mut col = offset as usize;
-                    for (_, deq) in &mats {
-                        let (p, b) = product(deq, k as usize, &xt);
-                        for (r, (pv, bv)) in p.iter().zip(&b).enumerate() {
-                            want[tt * stride as usize + col + r] = *pv;
-                            bound[tt * stride as usize + col + r] = *bv;
+                for t in if nt == 1 { vec![1] } else { vec![3, 6] } {
+                    ctx.queue.write_buffer(&yb, 0, bytemuck::cast_slice(&y0));
+                    let got = run(ctx, &op, &sb, &yb, t, tmax * stride as usize);
+                    let mut want: Vec<f64> = y0.iter().map(|&v| v as f64).collect();
+                    let mut bound = vec![0.0; want.len()];
+                    for tt in 0..t as usize {
+                        let xt: Vec<f64> = x[x_off as usize + tt * k as usize..][..k as usize]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .collect();
+                        let mut col = offset as usize;
+                        for (_, deq) in &mats {
+                            let (p, b) = product(deq, k as usize, &xt);
+                            for (r, (pv, bv)) in p.iter().zip(&b).enumerate() {
+                                want[tt * stride as usize + col + r] = *pv;
+                                bound[tt * stride as usize + col + r] = *bv;
+                            }
+                            col += p.len();
                         }
-                        col += p.len();
                     }
+                    check(
+                        &format!("{types:?} k {k} nt {nt} t {t} [{}]", v.name),
+                        &got,
+                        &want,
+                        &bound,
+                    );
                 }
-                check(
-                    &format!("{types:?} k {k} nt {nt} [{}]", v.name),
-                    &got,
-                    &want,
-                    &bound,
-                );
             }
         }
     }
@@ -197,9 +200,10 @@ fn gate_up_pair() {
             let (g, gd) = matrix(ctx, ty, k, n, 3 + k as u64);
             let (u, ud) = matrix(ctx, ty, k, n, 4 + k as u64);
             let mut rng = Rng::new(9 + k as u64);
-            let x = rng.vec(4 * k as usize, 1.0);
+            let tmax = MATVEC_MAX_TOKENS;
+            let x = rng.vec((tmax * k) as usize, 1.0);
             let xb = ctx.storage_init("x", &x).unwrap();
-            let yb = ctx.storage("y", 4 * n as u64 * 4).unwrap();
+            let yb = ctx.storage("y", (tmax * n) as u64 * 4).unwrap();
             let sb = ctx.params_init("step", &StepParams::new(1, 0));
             let op = Matvec::new(
                 ctx,
@@ -209,7 +213,7 @@ fn gate_up_pair() {
                     stride: None,
                 },
                 MatvecOut::GeluPair,
-                4,
+                tmax,
                 MatvecIo {
                     x: xb.as_entire_binding(),
                     norms: None,
@@ -221,7 +225,7 @@ fn gate_up_pair() {
                 },
             )
             .unwrap();
-            for t in [1u32, 2, 4] {
+            for t in [1u32, 2, 4, 5, 8] {
                 let got = run(ctx, &op, &sb, &yb, t, (t * n) as usize);
                 let (mut want, mut bound) = (Vec::new(), Vec::new());
                 for tt in 0..t as usize {

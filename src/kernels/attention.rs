@@ -40,10 +40,10 @@ const MERGE_SOURCE: &str = include_str!("../../shaders/attention_merge.wgsl");
 pub const HEAD_DIMS: [u32; 7] = [8, 16, 32, 64, 128, 256, 512];
 
 /// Steps with at most this many query rows per KV head (`T·nq/nkv`) run the decode kernel:
-/// decode steps, and the few-token steps that verify drafts (E2B: up to 4 tokens). The tiled
+/// decode steps, and the few-token steps that verify drafts (E2B: up to 8 tokens). The tiled
 /// kernel's 64-row tiles would leave such a step's rows mostly empty (H100, E2B: a 2–4 token
 /// step took 16.8 ms with it, against 4.6 ms for one token).
-pub const DECODE_MAX_ROWS: u32 = 32;
+pub const DECODE_MAX_ROWS: u32 = 64;
 /// Rows per KV head the decode kernel's split scratch is sized for (one E2B token): a step with
 /// more rows gets proportionally fewer splits, and its extra row tiles keep the GPU busy.
 const DECODE_SCRATCH_ROWS: u32 = 8;

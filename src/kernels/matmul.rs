@@ -2,7 +2,7 @@
 //! [`Matvec`], `shaders/matvec.wgsl`): `y[t, r] (=|+=) Σ_c W[r, c] · x[t, c]` for
 //! `t < step.n_tokens`, with `W` a [`QuantMatrix`] of any supported type.
 //!
-//! `encode` picks the kernel from `step.n_tokens`: the mat-vec (decode: ≤ 4 tokens, bandwidth
+//! `encode` picks the kernel from `step.n_tokens`: the mat-vec (decode: ≤ 8 tokens, bandwidth
 //! bound, each weight read once for all tokens) or the tiled mat-mat (prefill: compute bound,
 //! each weight dequantized once per 32-token tile). Both are built up front so encoding never
 //! creates pipelines, and one op serves every step size. A matrix split across buffers is one

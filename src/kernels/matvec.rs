@@ -24,8 +24,14 @@ const ROWS_TEMPLATE: &str = include_str!("../../shaders/matvec_rows.wgsl");
 const QUANT_PRELUDE: &str = include_str!("../../shaders/quant/prelude.wgsl");
 const QUANT_SLOT: &str = include_str!("../../shaders/quant/slot.wgsl");
 
-/// Up to this many tokens use the mat-vec kernel (ggml-webgpu switches at `ne[1] <= 4` too).
-pub const MATVEC_MAX_TOKENS: u32 = 4;
+/// Up to this many tokens use the mat-vec kernel: a speculative verify step of up to 7 drafts,
+/// and short prompts. The mat-mat's 64-row tiles would leave such steps mostly idle (H100, E2B:
+/// a 5-token step on them cost 12 decode steps).
+pub const MATVEC_MAX_TOKENS: u32 = 8;
+
+/// Tokens of one pass of the several-token mat-vec (`NT` in matvec.wgsl): a step of more runs
+/// several passes over each workgroup's rows, the later ones reading them from the cache.
+pub const MATVEC_PASS_TOKENS: u32 = 4;
 
 /// Output rows per mat-vec workgroup (`R` in matvec.wgsl: one vec4 of partial sums per token):
 /// each activation load serves this many rows.
@@ -203,7 +209,8 @@ pub struct MatvecShape {
     /// Rows of slots 0 and 1 (multi-slot dispatches; 0 otherwise).
     pub n0: u32,
     pub n1: u32,
-    /// Tokens per step (1 … [`MATVEC_MAX_TOKENS`]; 1 with a prologue).
+    /// Most tokens per step: 1, or [`MATVEC_MAX_TOKENS`] (never with a prologue), in passes of
+    /// [`MATVEC_PASS_TOKENS`].
     pub nt: u32,
     pub out: MatvecOut,
     /// Prologue: (terms, final norm); `None` reads a buffer.
@@ -220,6 +227,11 @@ pub struct MatvecShape {
 }
 
 impl MatvecShape {
+    /// Tokens of one pass.
+    fn pass_tokens(&self) -> u32 {
+        self.nt.min(MATVEC_PASS_TOKENS)
+    }
+
     /// Partial sums per invocation.
     fn nv(&self) -> u32 {
         let rows = if self.out == MatvecOut::GeluPair {
@@ -227,7 +239,7 @@ impl MatvecShape {
         } else {
             MATVEC_ROWS
         };
-        rows * self.nt
+        rows * self.pass_tokens()
     }
 
     fn unit(&self) -> u32 {
@@ -349,7 +361,8 @@ impl MatvecShape {
         .define("K", self.k)
         .define("UNIT", self.unit())
         .define("WG", wg)
-        .define("NT", self.nt)
+        .define("NT", self.pass_tokens())
+        .define("PASSES", self.nt.div_ceil(self.pass_tokens()))
         .define("G", self.groups)
         .define("GC", self.lane_groups)
         .define("N0", self.n0)
@@ -358,7 +371,7 @@ impl MatvecShape {
         .define("ROWS", rows)
         .flag("UNIT32", self.unit() == 32)
         .flag("LANE_ROWS", self.lane_rows)
-        .flag("NT4", self.nt > 1)
+        .flag("NT4", self.pass_tokens() > 1)
         .flag("SLOT1", slots > 1)
         .flag("SLOT2", slots > 2)
         .flag("PAIR", self.out == MatvecOut::GeluPair)
@@ -641,7 +654,7 @@ impl Matvec {
         Self::shape(slots, input, out, 1, false, 1).is_ok()
     }
 
-    /// `nt`: 1, or up to [`MATVEC_MAX_TOKENS`] (one pipeline serves 2 to 4 tokens);
+    /// `nt`: 1, or up to [`MATVEC_MAX_TOKENS`] (one pipeline serves 2 to 8 tokens);
     /// `subgroup_max`: the largest subgroup the kernel may run in (1 without subgroups).
     fn shape(
         slots: &[&QuantMatrix],

@@ -143,7 +143,7 @@ struct PleOps {
     /// prologue.
     gate_fused: Option<Matvec>,
     /// Several tokens: the gate from the updated `h`, `gelu(·) ⊙ ple_l` in the epilogue for up
-    /// to 4 tokens, else a mat-mat and the activation pass.
+    /// to `MATVEC_MAX_TOKENS` tokens, else a mat-mat and the activation pass.
     gate_few: Matvec,
     gate: Matmul,
     gelu: GeluMul,
