@@ -175,6 +175,10 @@ pub struct MatvecResult {
     pub streaming_us_per_call: f64,
     pub streaming_gb_per_s: f64,
     pub streaming_copy_fraction: f64,
+    /// Dependent calls of the several-token mat-vec (a speculative verify step, a short
+    /// prompt): `(tokens, µs per call)` for 2, 4 and `MATVEC_MAX_TOKENS` tokens, where the
+    /// activation buffer holds them (empty otherwise).
+    pub few_tokens_us_per_call: Vec<(u32, f64)>,
     /// `gpu-timestamps` or `wall-clock`.
     pub timing: &'static str,
 }
@@ -755,6 +759,23 @@ async fn bench_case(
     .await?;
     drop(streaming);
     drop(outputs);
+    // Several tokens, dependent calls as above: what a verify step pays per matrix.
+    let mut few_tokens_us_per_call = Vec::new();
+    for t in [2, 4, MATVEC_MAX_TOKENS] {
+        if t > tokens {
+            break;
+        }
+        let step = StepParams::new(t, 0);
+        let step_buf = ctx.params_init("bench.step_few", &step); // StepParams, t tokens
+        let mv = build(&step_buf)?;
+        let (secs, _) = measure(ctx, opts.iterations, copies, |pass, _| {
+            for op in &mv {
+                op.encode(pass, &step);
+            }
+        })
+        .await?;
+        few_tokens_us_per_call.push((t, secs * 1e6));
+    }
     let gb_per_s = weight_bytes as f64 / secs / 1e9;
     let stream_gb_per_s = weight_bytes as f64 / stream_secs / 1e9;
     let copy_gb = report.copy.gb_per_s;
@@ -773,6 +794,7 @@ async fn bench_case(
         streaming_us_per_call: stream_secs * 1e6,
         streaming_gb_per_s: stream_gb_per_s,
         streaming_copy_fraction: share(stream_gb_per_s),
+        few_tokens_us_per_call: few_tokens_us_per_call.clone(),
         timing,
     });
     let mut line = format!(
@@ -784,6 +806,9 @@ async fn bench_case(
         stream_secs * 1e6,
         100.0 * share(stream_gb_per_s),
     );
+    for (t, us) in &few_tokens_us_per_call {
+        line.push_str(&format!("; {t} tokens {us:.1} µs"));
+    }
 
     // Mat-mat: compute bound; a round is one call, on the next copy.
     match matmul_skip {
