@@ -563,29 +563,31 @@ fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
     var acc_up: Acc;
 #endif
     let li = inv.lid % LG;
+    // The pass's tokens end at t0 + NT (rows_dot_multi takes up to four).
+    let te = min(nt, t0 + NT);
     for (var u = li; u < U; u += LG) {
 #if NT4
 #if PAIR
-        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, nt));
-        acc_up = acc_add(acc_up, rows_multi1(r0, p.rows - 1u, u, t0, nt));
+        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, te));
+        acc_up = acc_add(acc_up, rows_multi1(r0, p.rows - 1u, u, t0, te));
 #else
 #if SLOT2
         if r0 < N0 {
-            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, nt));
+            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, te));
         } else if r0 < N0 + N1 {
-            acc = acc_add(acc, rows_multi1(r0 - N0, N1 - 1u, u, t0, nt));
+            acc = acc_add(acc, rows_multi1(r0 - N0, N1 - 1u, u, t0, te));
         } else {
-            acc = acc_add(acc, rows_multi2(r0 - N0 - N1, p.rows - N0 - N1 - 1u, u, t0, nt));
+            acc = acc_add(acc, rows_multi2(r0 - N0 - N1, p.rows - N0 - N1 - 1u, u, t0, te));
         }
 #else
 #if SLOT1
         if r0 < N0 {
-            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, nt));
+            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, te));
         } else {
-            acc = acc_add(acc, rows_multi1(r0 - N0, p.rows - N0 - 1u, u, t0, nt));
+            acc = acc_add(acc, rows_multi1(r0 - N0, p.rows - N0 - 1u, u, t0, te));
         }
 #else
-        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, nt));
+        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, te));
 #endif
 #endif
 #endif
@@ -627,15 +629,19 @@ fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
         part[r * NT] = acc.t0[r];
 #if NT4
         part[r * NT + 1u] = acc.t1[r];
-        part[r * NT + 2u] = acc.t2[r];
-        part[r * NT + 3u] = acc.t3[r];
+        if NT > 2u {
+            part[r * NT + 2u] = acc.t2[r];
+            part[r * NT + 3u] = acc.t3[r];
+        }
 #endif
 #if PAIR
         part[(R + r) * NT] = acc_up.t0[r];
 #if NT4
         part[(R + r) * NT + 1u] = acc_up.t1[r];
-        part[(R + r) * NT + 2u] = acc_up.t2[r];
-        part[(R + r) * NT + 3u] = acc_up.t3[r];
+        if NT > 2u {
+            part[(R + r) * NT + 2u] = acc_up.t2[r];
+            part[(R + r) * NT + 3u] = acc_up.t3[r];
+        }
 #endif
 #endif
     }
