@@ -74,6 +74,8 @@ const R: u32 = WG;             // output rows per group: one per invocation
 #else
 const R: u32 = 4u;             // output rows per group (one vec4 of partial sums)
 #endif
+const S: u32 = {{S}}u;         // row groups of a lane group sharing each activation load (1, 2, 4)
+const LR: u32 = R * S;         // output rows of a lane group
 const G: u32 = {{G}}u;         // row groups per lane group, one after another (more with PRO: one prologue serves them)
 const GC: u32 = {{GC}}u;       // lane groups: row groups computed at once (PRO; 1 with LANE_ROWS)
 const LG: u32 = WG / GC;       // invocations per lane group
@@ -86,7 +88,7 @@ const RW: u32 = 8u;            // weight rows per group: 4 gate rows, 4 up rows
 #else
 const RW: u32 = 4u;
 #endif
-const NV: u32 = RW * NT;       // partial sums per invocation
+const NV: u32 = RW * NT * S;   // partial sums per invocation
 
 @group(0) @binding(0) var<storage, read> w0: array<vec4<u32>>;   // slot 0: one part of W, GPU layout (src/quant/layout.rs)
 #if SLOT1
@@ -233,11 +235,10 @@ fn rows_dot(u0: UnitT, u1: UnitT, u2: UnitT, u3: UnitT, x0: XUnit, x1: XUnit, x2
 }
 
 // Several tokens (NT4): each row's unit is unpacked once, chunk by chunk, and dotted with every
-// token's activations of that chunk, so a thread holds one chunk of the four rows (32 floats)
-// and two vec4s of one token's activations at a time — not every token's unit (136 floats),
-// which cost the first four-token kernel its occupancy (1.6–4.2× the one-token kernel on an
-// H100 where it should cost about the same: decode is bound by the weights' latency there).
-// t0: the pass's first token; tokens ≥ nt are skipped (their partial sums stay 0).
+// token's activations of that chunk, so a thread holds one chunk of its rows and two vec4s per
+// token at a time — not every token's whole unit (136 floats), which cost the first four-token
+// kernel its occupancy. The activations of a chunk are loaded once for all S row groups of the
+// lane group (see `row_group`).
 
 // One 8-element chunk of four rows, unpacked: even and odd lanes of each.
 struct RowChunks {
@@ -263,7 +264,58 @@ fn chunks_dot(r: RowChunks, xa: vec4<f32>, xb: vec4<f32>) -> vec4<f32> {
     );
 }
 
-#if UNIT32
+// One unit of four consecutive rows (a row group), still packed.
+struct Rows4 {
+    u0: UnitT,
+    u1: UnitT,
+    u2: UnitT,
+    u3: UnitT,
+}
+
+// One chunk of x for the pass's four tokens (zero for tokens ≥ te).
+struct XChunk {
+    a0: vec4<f32>,
+    b0: vec4<f32>,
+    a1: vec4<f32>,
+    b1: vec4<f32>,
+    a2: vec4<f32>,
+    b2: vec4<f32>,
+    a3: vec4<f32>,
+    b3: vec4<f32>,
+}
+
+// vec4s i and i + 1 of tokens t0 … t0 + 3 (those < te).
+fn x_chunk(i: u32, t0: u32, te: u32) -> XChunk {
+    var xc: XChunk;
+    if t0 < te {
+        xc.a0 = x_vec(t0, i);
+        xc.b0 = x_vec(t0, i + 1u);
+    }
+    if t0 + 1u < te {
+        xc.a1 = x_vec(t0 + 1u, i);
+        xc.b1 = x_vec(t0 + 1u, i + 1u);
+    }
+    if t0 + 2u < te {
+        xc.a2 = x_vec(t0 + 2u, i);
+        xc.b2 = x_vec(t0 + 2u, i + 1u);
+    }
+    if t0 + 3u < te {
+        xc.a3 = x_vec(t0 + 3u, i);
+        xc.b3 = x_vec(t0 + 3u, i + 1u);
+    }
+    return xc;
+}
+
+// a + sc · (the rows' chunk dotted with every token's chunk).
+fn chunk_acc(a: Acc, rc: RowChunks, sc: vec4<f32>, xc: XChunk) -> Acc {
+    return Acc(
+        a.t0 + sc * chunks_dot(rc, xc.a0, xc.b0),
+        a.t1 + sc * chunks_dot(rc, xc.a1, xc.b1),
+        a.t2 + sc * chunks_dot(rc, xc.a2, xc.b2),
+        a.t3 + sc * chunks_dot(rc, xc.a3, xc.b3),
+    );
+}
+
 // Per-token sums of a unit's two halves (for the affine offsets).
 struct Sums {
     t0: vec2<f32>,
@@ -272,74 +324,57 @@ struct Sums {
     t3: vec2<f32>,
 }
 
-fn offsets(u0: Packed, u1: Packed, u2: Packed, u3: Packed, s: vec2<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(u0.b, s), dot(u1.b, s), dot(u2.b, s), dot(u3.b, s));
+#if UNIT32
+const CHUNKS: u32 = 4u;  // chunks per unit
+
+fn rows_chunk(w: Rows4, c: u32) -> RowChunks {
+    return RowChunks(
+        u8x4(w.u0.lo[c]), u8x4(w.u0.hi[c]),
+        u8x4(w.u1.lo[c]), u8x4(w.u1.hi[c]),
+        u8x4(w.u2.lo[c]), u8x4(w.u2.hi[c]),
+        u8x4(w.u3.lo[c]), u8x4(w.u3.hi[c]),
+    );
 }
 
-// Four rows' unit u dotted with tokens t0 … t0 + 3.
-fn rows_dot_multi(u0: Packed, u1: Packed, u2: Packed, u3: Packed, u: u32, t0: u32, nt: u32) -> Acc {
-    var a: Acc;
-    var s: Sums;
-    for (var c = 0u; c < 4u; c++) {
-        let h = c / 2u;
-        let rc = RowChunks(
-            u8x4(u0.lo[c]), u8x4(u0.hi[c]),
-            u8x4(u1.lo[c]), u8x4(u1.hi[c]),
-            u8x4(u2.lo[c]), u8x4(u2.hi[c]),
-            u8x4(u3.lo[c]), u8x4(u3.hi[c]),
-        );
-        let sc = vec4<f32>(u0.a[h], u1.a[h], u2.a[h], u3.a[h]);
-        let i = u * UV + 2u * c;
-        if t0 < nt {
-            let xa = x_vec(t0, i);
-            let xb = x_vec(t0, i + 1u);
-            a.t0 += sc * chunks_dot(rc, xa, xb);
-            s.t0[h] += sum4(xa + xb);
-        }
-        if t0 + 1u < nt {
-            let xa = x_vec(t0 + 1u, i);
-            let xb = x_vec(t0 + 1u, i + 1u);
-            a.t1 += sc * chunks_dot(rc, xa, xb);
-            s.t1[h] += sum4(xa + xb);
-        }
-        if t0 + 2u < nt {
-            let xa = x_vec(t0 + 2u, i);
-            let xb = x_vec(t0 + 2u, i + 1u);
-            a.t2 += sc * chunks_dot(rc, xa, xb);
-            s.t2[h] += sum4(xa + xb);
-        }
-        if t0 + 3u < nt {
-            let xa = x_vec(t0 + 3u, i);
-            let xb = x_vec(t0 + 3u, i + 1u);
-            a.t3 += sc * chunks_dot(rc, xa, xb);
-            s.t3[h] += sum4(xa + xb);
-        }
-    }
-    a.t0 -= offsets(u0, u1, u2, u3, s.t0);
-    a.t1 -= offsets(u0, u1, u2, u3, s.t1);
-    a.t2 -= offsets(u0, u1, u2, u3, s.t2);
-    a.t3 -= offsets(u0, u1, u2, u3, s.t3);
-    return a;
+// The four rows' scales of unit half h.
+fn rows_scale(w: Rows4, h: u32) -> vec4<f32> {
+    return vec4<f32>(w.u0.a[h], w.u1.a[h], w.u2.a[h], w.u3.a[h]);
+}
+
+fn sums_add(s: Sums, xc: XChunk, h: u32) -> Sums {
+    var r = s;
+    r.t0[h] += sum4(xc.a0 + xc.b0);
+    r.t1[h] += sum4(xc.a1 + xc.b1);
+    r.t2[h] += sum4(xc.a2 + xc.b2);
+    r.t3[h] += sum4(xc.a3 + xc.b3);
+    return r;
+}
+
+fn offsets(w: Rows4, s: vec2<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(w.u0.b, s), dot(w.u1.b, s), dot(w.u2.b, s), dot(w.u3.b, s));
+}
+
+// A unit's scaled dots less the rows' affine offsets.
+fn unit_done(d: Acc, w: Rows4, s: Sums) -> Acc {
+    return Acc(d.t0 - offsets(w, s.t0), d.t1 - offsets(w, s.t1), d.t2 - offsets(w, s.t2), d.t3 - offsets(w, s.t3));
 }
 #else
-// Four rows' unit u (one 8-element chunk of a float type) dotted with tokens t0 … t0 + 3.
-fn rows_dot_multi(u0: Chunk, u1: Chunk, u2: Chunk, u3: Chunk, u: u32, t0: u32, nt: u32) -> Acc {
-    var a: Acc;
-    let rc = RowChunks(u0.ev, u0.od, u1.ev, u1.od, u2.ev, u2.od, u3.ev, u3.od);
-    let i = u * UV;
-    if t0 < nt {
-        a.t0 = chunks_dot(rc, x_vec(t0, i), x_vec(t0, i + 1u));
-    }
-    if t0 + 1u < nt {
-        a.t1 = chunks_dot(rc, x_vec(t0 + 1u, i), x_vec(t0 + 1u, i + 1u));
-    }
-    if t0 + 2u < nt {
-        a.t2 = chunks_dot(rc, x_vec(t0 + 2u, i), x_vec(t0 + 2u, i + 1u));
-    }
-    if t0 + 3u < nt {
-        a.t3 = chunks_dot(rc, x_vec(t0 + 3u, i), x_vec(t0 + 3u, i + 1u));
-    }
-    return a;
+const CHUNKS: u32 = 1u;
+
+fn rows_chunk(w: Rows4, c: u32) -> RowChunks {
+    return RowChunks(w.u0.ev, w.u0.od, w.u1.ev, w.u1.od, w.u2.ev, w.u2.od, w.u3.ev, w.u3.od);
+}
+
+fn rows_scale(w: Rows4, h: u32) -> vec4<f32> {
+    return vec4<f32>(1.0);
+}
+
+fn sums_add(s: Sums, xc: XChunk, h: u32) -> Sums {
+    return s;
+}
+
+fn unit_done(d: Acc, w: Rows4, s: Sums) -> Acc {
+    return d;
 }
 #endif
 
@@ -430,7 +465,7 @@ fn prologue(inv: Invocation) {
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {
-    let first = linear_group(grp.wg, grp.nwg) * G * GC * R;
+    let first = linear_group(grp.wg, grp.nwg) * G * GC * LR;
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
     if first >= p.rows {
         return;
@@ -454,10 +489,10 @@ fn main(inv: Invocation, grp: Workgroup) {
             }
 #else
             for (var g = 0u; g < G; g++) {
-                let round = first + g * GC * R;
+                let round = first + g * GC * LR;
                 if round < p.rows {
                     // A lane group past the last row computes the last row again and writes nothing.
-                    row_group(inv, round + (inv.lid / LG) * R, t0, nt);
+                    row_group(inv, round + (inv.lid / LG) * LR, t0, nt);
                 }
                 // `red` is reused by the next round.
                 workgroupBarrier();
@@ -555,96 +590,173 @@ fn tree_sum(part: array<f32, NV>, lid: u32, li: u32) {
     }
 }
 
-// The R output rows from r0 for tokens t0 … t0 + NT − 1 by the invocation's lane group: every
-// invocation's partial sums, then the reduction and the write.
-fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
-    var acc: Acc;
+// A row group's units: its four rows of W (PAIR: of the gate, and of the up projection in `v`).
+struct Units {
+    w: Rows4,
 #if PAIR
-    var acc_up: Acc;
+    v: Rows4,
 #endif
+}
+
+// Partial sums of a row group, one vec4 of rows per token (PAIR: the up rows' in `v`).
+struct GAcc {
+    g: Acc,
+    v: Acc,
+}
+
+fn gacc_add(a: GAcc, b: GAcc) -> GAcc {
+    return GAcc(acc_add(a.g, b.g), acc_add(a.v, b.v));
+}
+
+// Unit u of the row group from output row r (all of a lane group's rows lie in one slot).
+fn group_units(r: u32, u: u32) -> Units {
+#if PAIR
+    return Units(rows_units0(r, p.rows - 1u, u), rows_units1(r, p.rows - 1u, u));
+#else
+#if SLOT2
+    if r < N0 {
+        return Units(rows_units0(r, N0 - 1u, u));
+    }
+    if r < N0 + N1 {
+        return Units(rows_units1(r - N0, N1 - 1u, u));
+    }
+    return Units(rows_units2(r - N0 - N1, p.rows - N0 - N1 - 1u, u));
+#else
+#if SLOT1
+    if r < N0 {
+        return Units(rows_units0(r, N0 - 1u, u));
+    }
+    return Units(rows_units1(r - N0, p.rows - N0 - 1u, u));
+#else
+    return Units(rows_units0(r, p.rows - 1u, u));
+#endif
+#endif
+#endif
+}
+
+// One token: the group's units dotted with the token's activations of the unit.
+fn group_dot(a: GAcc, n: Units, x0: XUnit) -> GAcc {
+    var r = a;
+    r.g = acc_add(r.g, rows_dot(n.w.u0, n.w.u1, n.w.u2, n.w.u3, x0, x0, x0, x0));
+#if PAIR
+    r.v = acc_add(r.v, rows_dot(n.v.u0, n.v.u1, n.v.u2, n.v.u3, x0, x0, x0, x0));
+#endif
+    return r;
+}
+
+// Several tokens: chunk c of the group's units, scaled, dotted with the tokens' chunk.
+fn group_chunk(a: GAcc, n: Units, c: u32, xc: XChunk) -> GAcc {
+    var r = a;
+    r.g = chunk_acc(r.g, rows_chunk(n.w, c), rows_scale(n.w, c / 2u), xc);
+#if PAIR
+    r.v = chunk_acc(r.v, rows_chunk(n.v, c), rows_scale(n.v, c / 2u), xc);
+#endif
+    return r;
+}
+
+fn group_done(d: GAcc, n: Units, s: Sums) -> GAcc {
+    var r = d;
+    r.g = unit_done(d.g, n.w, s);
+#if PAIR
+    r.v = unit_done(d.v, n.v, s);
+#endif
+    return r;
+}
+
+// Partial v = (g·R + r)·NT + t of row group g's sums (PAIR: the up rows' at v + LR·NT).
+fn put(part: ptr<function, array<f32, NV>>, g: u32, a: GAcc) {
+    for (var r = 0u; r < R; r++) {
+        let v = (g * R + r) * NT;
+        (*part)[v] = a.g.t0[r];
+#if NT4
+        (*part)[v + 1u] = a.g.t1[r];
+        if NT > 2u {
+            (*part)[v + 2u] = a.g.t2[r];
+            (*part)[v + 3u] = a.g.t3[r];
+        }
+#endif
+#if PAIR
+        let w = v + LR * NT;
+        (*part)[w] = a.v.t0[r];
+#if NT4
+        (*part)[w + 1u] = a.v.t1[r];
+        if NT > 2u {
+            (*part)[w + 2u] = a.v.t2[r];
+            (*part)[w + 3u] = a.v.t3[r];
+        }
+#endif
+#endif
+    }
+}
+
+// The LR = S·R output rows from r0 for tokens t0 … t0 + NT − 1 by the invocation's lane group:
+// every invocation's partial sums (each activation load serving all S row groups), then the
+// reduction and the write.
+fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
+    var a0: GAcc;
+    var a1: GAcc;
+    var a2: GAcc;
+    var a3: GAcc;
     let li = inv.lid % LG;
-    // The pass's tokens end at t0 + NT (rows_dot_multi takes up to four).
+    // The pass's tokens end at t0 + NT (an XChunk holds up to four).
     let te = min(nt, t0 + NT);
     for (var u = li; u < U; u += LG) {
 #if NT4
-#if PAIR
-        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, te));
-        acc_up = acc_add(acc_up, rows_multi1(r0, p.rows - 1u, u, t0, te));
-#else
-#if SLOT2
-        if r0 < N0 {
-            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, te));
-        } else if r0 < N0 + N1 {
-            acc = acc_add(acc, rows_multi1(r0 - N0, N1 - 1u, u, t0, te));
-        } else {
-            acc = acc_add(acc, rows_multi2(r0 - N0 - N1, p.rows - N0 - N1 - 1u, u, t0, te));
-        }
-#else
-#if SLOT1
-        if r0 < N0 {
-            acc = acc_add(acc, rows_multi0(r0, N0 - 1u, u, t0, te));
-        } else {
-            acc = acc_add(acc, rows_multi1(r0 - N0, p.rows - N0 - 1u, u, t0, te));
-        }
-#else
-        acc = acc_add(acc, rows_multi0(r0, p.rows - 1u, u, t0, te));
+        let n0 = group_units(r0, u);
+#if S2
+        let n1 = group_units(r0 + R, u);
 #endif
+#if S4
+        let n2 = group_units(r0 + 2u * R, u);
+        let n3 = group_units(r0 + 3u * R, u);
 #endif
+        var d0: GAcc;
+        var d1: GAcc;
+        var d2: GAcc;
+        var d3: GAcc;
+        var sums: Sums;
+        for (var c = 0u; c < CHUNKS; c++) {
+            let xc = x_chunk(u * UV + 2u * c, t0, te);
+            sums = sums_add(sums, xc, c / 2u);
+            d0 = group_chunk(d0, n0, c, xc);
+#if S2
+            d1 = group_chunk(d1, n1, c, xc);
+#endif
+#if S4
+            d2 = group_chunk(d2, n2, c, xc);
+            d3 = group_chunk(d3, n3, c, xc);
+#endif
+        }
+        a0 = gacc_add(a0, group_done(d0, n0, sums));
+#if S2
+        a1 = gacc_add(a1, group_done(d1, n1, sums));
+#endif
+#if S4
+        a2 = gacc_add(a2, group_done(d2, n2, sums));
+        a3 = gacc_add(a3, group_done(d3, n3, sums));
 #endif
 #else
         let x0 = load_x(u, 0u, nt);
-        let x1 = x0;
-        let x2 = x0;
-        let x3 = x0;
-#if PAIR
-        acc = acc_add(acc, rows0(r0, p.rows - 1u, u, x0, x1, x2, x3));
-        acc_up = acc_add(acc_up, rows1(r0, p.rows - 1u, u, x0, x1, x2, x3));
-#else
-#if SLOT2
-        if r0 < N0 {
-            acc = acc_add(acc, rows0(r0, N0 - 1u, u, x0, x1, x2, x3));
-        } else if r0 < N0 + N1 {
-            acc = acc_add(acc, rows1(r0 - N0, N1 - 1u, u, x0, x1, x2, x3));
-        } else {
-            acc = acc_add(acc, rows2(r0 - N0 - N1, p.rows - N0 - N1 - 1u, u, x0, x1, x2, x3));
-        }
-#else
-#if SLOT1
-        if r0 < N0 {
-            acc = acc_add(acc, rows0(r0, N0 - 1u, u, x0, x1, x2, x3));
-        } else {
-            acc = acc_add(acc, rows1(r0 - N0, p.rows - N0 - 1u, u, x0, x1, x2, x3));
-        }
-#else
-        acc = acc_add(acc, rows0(r0, p.rows - 1u, u, x0, x1, x2, x3));
+        a0 = group_dot(a0, group_units(r0, u), x0);
+#if S2
+        a1 = group_dot(a1, group_units(r0 + R, u), x0);
 #endif
-#endif
+#if S4
+        a2 = group_dot(a2, group_units(r0 + 2u * R, u), x0);
+        a3 = group_dot(a3, group_units(r0 + 3u * R, u), x0);
 #endif
 #endif
     }
 
-    // Partial v = r·NT + t (PAIR: the up rows follow at R·NT), for the reduction.
     var part: array<f32, NV>;
-    for (var r = 0u; r < R; r++) {
-        part[r * NT] = acc.t0[r];
-#if NT4
-        part[r * NT + 1u] = acc.t1[r];
-        if NT > 2u {
-            part[r * NT + 2u] = acc.t2[r];
-            part[r * NT + 3u] = acc.t3[r];
-        }
+    put(&part, 0u, a0);
+#if S2
+    put(&part, 1u, a1);
 #endif
-#if PAIR
-        part[(R + r) * NT] = acc_up.t0[r];
-#if NT4
-        part[(R + r) * NT + 1u] = acc_up.t1[r];
-        if NT > 2u {
-            part[(R + r) * NT + 2u] = acc_up.t2[r];
-            part[(R + r) * NT + 3u] = acc_up.t3[r];
-        }
+#if S4
+    put(&part, 2u, a2);
+    put(&part, 3u, a3);
 #endif
-#endif
-    }
 
     // Lane group gi sums its partials into red[v·WG + at + i], i < parts.
     let gi = inv.lid / LG;
@@ -666,8 +778,7 @@ fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
 #else
     tree_sum(part, inv.lid, li);
 #endif
-    if li < R * NT {
-        let v = li;
+    for (var v = li; v < LR * NT; v += LG) {
         var total = 0.0;
         for (var i = 0u; i < parts; i++) {
             total += red[v * WG + at + i];
@@ -679,7 +790,7 @@ fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
 #if PAIR
             var up = 0.0;
             for (var i = 0u; i < parts; i++) {
-                up += red[(v + R * NT) * WG + at + i];
+                up += red[(v + LR * NT) * WG + at + i];
             }
             y[o] = gelu_tanh(total) * up;
 #else

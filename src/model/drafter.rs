@@ -36,10 +36,10 @@ use crate::{Error, Result};
 /// Most draft steps of one round.
 pub const MAX_DRAFT_TOKENS: u32 = 16;
 
-/// Draft steps per round unless the caller says otherwise: the verify step of `k + 1` tokens
-/// then stays within the mat-vec kernels' 4 tokens (`MATVEC_MAX_TOKENS`), which read each weight
-/// once for all of them; a fifth token moves it to the mat-mat kernels (H100, E2B Q4_0: a
-/// verify step of 2–4 tokens 10–11 ms, of 5–9 tokens 57 ms, against 4.6 ms for one token).
+/// Draft steps per round unless the caller says otherwise. A verify step of `k + 1` tokens runs
+/// the several-token mat-vec, which takes up to 8 tokens in passes of 4 (`MATVEC_MAX_TOKENS`):
+/// on an H100 with E2B Q4_0 it costs 1.8–2.1× a one-token step for k = 1–3 and 2.8–3.3× for
+/// k = 4–7 (a second pass), so more drafts pay only when most of them are kept.
 pub const DEFAULT_DRAFT_TOKENS: u32 = 3;
 
 /// Where the first draft step of a round takes `h`, the target's final-normed hidden state at
