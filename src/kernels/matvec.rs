@@ -38,7 +38,8 @@ pub const MATVEC_PASS_TOKENS: u32 = 4;
 pub const MATVEC_ROWS: u32 = 4;
 
 /// Row groups of a lane group sharing each activation load (`S` in matvec.wgsl), one-token and
-/// several-token steps.
+/// several-token steps. More lose on an H100 (E2B Q4_0: decode 130 tok/s at S = 4 against 225
+/// at 1; a 4-token verify step 9.7 ms at S = 2 against 8.2 at 1; BENCHMARKS.md).
 const SHARED_ROW_GROUPS: u32 = 1;
 const SHARED_ROW_GROUPS_FEW: u32 = 1;
 

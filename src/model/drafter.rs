@@ -38,8 +38,8 @@ pub const MAX_DRAFT_TOKENS: u32 = 16;
 
 /// Draft steps per round unless the caller says otherwise. A verify step of `k + 1` tokens runs
 /// the several-token mat-vec, which takes up to 8 tokens in passes of 4 (`MATVEC_MAX_TOKENS`):
-/// on an H100 with E2B Q4_0 it costs 1.8–2.1× a one-token step for k = 1–3 and 2.8–3.3× for
-/// k = 4–7 (a second pass), so more drafts pay only when most of them are kept.
+/// on an H100 with E2B Q4_0 it costs 1.7–1.9× a one-token step for k = 1–3 and about 2.8–3.3×
+/// for k = 4–7 (a second pass), so more drafts pay only when most of them are kept.
 pub const DEFAULT_DRAFT_TOKENS: u32 = 3;
 
 /// Where the first draft step of a round takes `h`, the target's final-normed hidden state at
