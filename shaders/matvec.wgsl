@@ -35,7 +35,7 @@
 // y[t, r] lives at p.y_offset + t·p.y_stride + r.
 //
 // Specialisation: K, UNIT (8 or 32, of every bound type; flag UNIT32), WG ∈ {32 … 256} (power
-// of two), GC (power of two, LG = WG / GC ≥ 32 and ≥ the largest subgroup), NT ∈ {1, 4} tokens per pass (flag NT4: see `rows_dot_multi`), PASSES, N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
+// of two), GC (power of two, LG = WG / GC ≥ 32 and ≥ the largest subgroup), NT ∈ {1, 4} tokens per pass (flag NT4: see `chunk_acc`), PASSES, N0, N1; flags SLOT1, SLOT2, PAIR, ACC, GELU_Z, PRO, PRO_T1,
 // PRO_T2, PRO_NORM. R = 4 rows per group, G groups per workgroup. The hot loop is straight-line code over
 // structs of vectors (no dynamically indexed arrays: see `Unit`). Workgroup memory: NV·WG
 // floats for the reductions (the prologue's too), plus K floats with PRO.
@@ -74,8 +74,6 @@ const R: u32 = WG;             // output rows per group: one per invocation
 #else
 const R: u32 = 4u;             // output rows per group (one vec4 of partial sums)
 #endif
-const S: u32 = {{S}}u;         // row groups of a lane group sharing each activation load (1, 2, 4)
-const LR: u32 = R * S;         // output rows of a lane group
 const G: u32 = {{G}}u;         // row groups per lane group, one after another (more with PRO: one prologue serves them)
 const GC: u32 = {{GC}}u;       // lane groups: row groups computed at once (PRO; 1 with LANE_ROWS)
 const LG: u32 = WG / GC;       // invocations per lane group
@@ -88,7 +86,7 @@ const RW: u32 = 8u;            // weight rows per group: 4 gate rows, 4 up rows
 #else
 const RW: u32 = 4u;
 #endif
-const NV: u32 = RW * NT * S;   // partial sums per invocation
+const NV: u32 = RW * NT;       // partial sums per invocation
 
 @group(0) @binding(0) var<storage, read> w0: array<vec4<u32>>;   // slot 0: one part of W, GPU layout (src/quant/layout.rs)
 #if SLOT1
@@ -222,23 +220,17 @@ fn tokens_dot(un: UnitT, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> vec4<f32
 #endif
 }
 
-// Four rows' units dotted with every token's activations.
-fn rows_dot(u0: UnitT, u1: UnitT, u2: UnitT, u3: UnitT, x0: XUnit, x1: XUnit, x2: XUnit, x3: XUnit) -> Acc {
+// Four rows' units dotted with one token's activations (the one-token kernel).
+fn rows_dot(u0: UnitT, u1: UnitT, u2: UnitT, u3: UnitT, x0: XUnit) -> Acc {
     var a: Acc;
     a.t0 = vec4<f32>(unit_dot(u0, x0), unit_dot(u1, x0), unit_dot(u2, x0), unit_dot(u3, x0));
-#if NT4
-    a.t1 = vec4<f32>(unit_dot(u0, x1), unit_dot(u1, x1), unit_dot(u2, x1), unit_dot(u3, x1));
-    a.t2 = vec4<f32>(unit_dot(u0, x2), unit_dot(u1, x2), unit_dot(u2, x2), unit_dot(u3, x2));
-    a.t3 = vec4<f32>(unit_dot(u0, x3), unit_dot(u1, x3), unit_dot(u2, x3), unit_dot(u3, x3));
-#endif
     return a;
 }
 
 // Several tokens (NT4): each row's unit is unpacked once, chunk by chunk, and dotted with every
 // token's activations of that chunk, so a thread holds one chunk of its rows and two vec4s per
 // token at a time — not every token's whole unit (136 floats), which cost the first four-token
-// kernel its occupancy. The activations of a chunk are loaded once for all S row groups of the
-// lane group (see `row_group`).
+// kernel its occupancy.
 
 // One 8-element chunk of four rows, unpacked: even and odd lanes of each.
 struct RowChunks {
@@ -465,7 +457,7 @@ fn prologue(inv: Invocation) {
 
 @compute @workgroup_size(WG)
 fn main(inv: Invocation, grp: Workgroup) {
-    let first = linear_group(grp.wg, grp.nwg) * G * GC * LR;
+    let first = linear_group(grp.wg, grp.nwg) * G * GC * R;
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
     if first >= p.rows {
         return;
@@ -489,10 +481,10 @@ fn main(inv: Invocation, grp: Workgroup) {
             }
 #else
             for (var g = 0u; g < G; g++) {
-                let round = first + g * GC * LR;
+                let round = first + g * GC * R;
                 if round < p.rows {
                     // A lane group past the last row computes the last row again and writes nothing.
-                    row_group(inv, round + (inv.lid / LG) * LR, t0, nt);
+                    row_group(inv, round + (inv.lid / LG) * R, t0, nt);
                 }
                 // `red` is reused by the next round.
                 workgroupBarrier();
@@ -637,9 +629,9 @@ fn group_units(r: u32, u: u32) -> Units {
 // One token: the group's units dotted with the token's activations of the unit.
 fn group_dot(a: GAcc, n: Units, x0: XUnit) -> GAcc {
     var r = a;
-    r.g = acc_add(r.g, rows_dot(n.w.u0, n.w.u1, n.w.u2, n.w.u3, x0, x0, x0, x0));
+    r.g = acc_add(r.g, rows_dot(n.w.u0, n.w.u1, n.w.u2, n.w.u3, x0));
 #if PAIR
-    r.v = acc_add(r.v, rows_dot(n.v.u0, n.v.u1, n.v.u2, n.v.u3, x0, x0, x0, x0));
+    r.v = acc_add(r.v, rows_dot(n.v.u0, n.v.u1, n.v.u2, n.v.u3, x0));
 #endif
     return r;
 }
@@ -663,10 +655,10 @@ fn group_done(d: GAcc, n: Units, s: Sums) -> GAcc {
     return r;
 }
 
-// Partial v = (g·R + r)·NT + t of row group g's sums (PAIR: the up rows' at v + LR·NT).
-fn put(part: ptr<function, array<f32, NV>>, g: u32, a: GAcc) {
+// Partial v = r·NT + t of the row group's sums (PAIR: the up rows' at v + R·NT).
+fn put(part: ptr<function, array<f32, NV>>, a: GAcc) {
     for (var r = 0u; r < R; r++) {
-        let v = (g * R + r) * NT;
+        let v = r * NT;
         (*part)[v] = a.g.t0[r];
 #if NT4
         (*part)[v + 1u] = a.g.t1[r];
@@ -676,7 +668,7 @@ fn put(part: ptr<function, array<f32, NV>>, g: u32, a: GAcc) {
         }
 #endif
 #if PAIR
-        let w = v + LR * NT;
+        let w = v + R * NT;
         (*part)[w] = a.v.t0[r];
 #if NT4
         (*part)[w + 1u] = a.v.t1[r];
@@ -689,74 +681,31 @@ fn put(part: ptr<function, array<f32, NV>>, g: u32, a: GAcc) {
     }
 }
 
-// The LR = S·R output rows from r0 for tokens t0 … t0 + NT − 1 by the invocation's lane group:
-// every invocation's partial sums (each activation load serving all S row groups), then the
-// reduction and the write.
+// The R output rows from r0 for tokens t0 … t0 + NT − 1 by the invocation's lane group: every
+// invocation's partial sums, then the reduction and the write.
 fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
-    var a0: GAcc;
-    var a1: GAcc;
-    var a2: GAcc;
-    var a3: GAcc;
+    var acc: GAcc;
     let li = inv.lid % LG;
     // The pass's tokens end at t0 + NT (an XChunk holds up to four).
     let te = min(nt, t0 + NT);
     for (var u = li; u < U; u += LG) {
+        let n = group_units(r0, u);
 #if NT4
-        let n0 = group_units(r0, u);
-#if S2
-        let n1 = group_units(r0 + R, u);
-#endif
-#if S4
-        let n2 = group_units(r0 + 2u * R, u);
-        let n3 = group_units(r0 + 3u * R, u);
-#endif
-        var d0: GAcc;
-        var d1: GAcc;
-        var d2: GAcc;
-        var d3: GAcc;
+        var d: GAcc;
         var sums: Sums;
         for (var c = 0u; c < CHUNKS; c++) {
             let xc = x_chunk(u * UV + 2u * c, t0, te);
             sums = sums_add(sums, xc, c / 2u);
-            d0 = group_chunk(d0, n0, c, xc);
-#if S2
-            d1 = group_chunk(d1, n1, c, xc);
-#endif
-#if S4
-            d2 = group_chunk(d2, n2, c, xc);
-            d3 = group_chunk(d3, n3, c, xc);
-#endif
+            d = group_chunk(d, n, c, xc);
         }
-        a0 = gacc_add(a0, group_done(d0, n0, sums));
-#if S2
-        a1 = gacc_add(a1, group_done(d1, n1, sums));
-#endif
-#if S4
-        a2 = gacc_add(a2, group_done(d2, n2, sums));
-        a3 = gacc_add(a3, group_done(d3, n3, sums));
-#endif
+        acc = gacc_add(acc, group_done(d, n, sums));
 #else
-        let x0 = load_x(u, 0u, nt);
-        a0 = group_dot(a0, group_units(r0, u), x0);
-#if S2
-        a1 = group_dot(a1, group_units(r0 + R, u), x0);
-#endif
-#if S4
-        a2 = group_dot(a2, group_units(r0 + 2u * R, u), x0);
-        a3 = group_dot(a3, group_units(r0 + 3u * R, u), x0);
-#endif
+        acc = group_dot(acc, n, load_x(u, 0u, nt));
 #endif
     }
 
     var part: array<f32, NV>;
-    put(&part, 0u, a0);
-#if S2
-    put(&part, 1u, a1);
-#endif
-#if S4
-    put(&part, 2u, a2);
-    put(&part, 3u, a3);
-#endif
+    put(&part, acc);
 
     // Lane group gi sums its partials into red[v·WG + at + i], i < parts.
     let gi = inv.lid / LG;
@@ -778,7 +727,7 @@ fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
 #else
     tree_sum(part, inv.lid, li);
 #endif
-    for (var v = li; v < LR * NT; v += LG) {
+    for (var v = li; v < R * NT; v += LG) {
         var total = 0.0;
         for (var i = 0u; i < parts; i++) {
             total += red[v * WG + at + i];
@@ -790,7 +739,7 @@ fn row_group(inv: Invocation, r0: u32, t0: u32, nt: u32) {
 #if PAIR
             var up = 0.0;
             for (var i = 0u; i < parts; i++) {
-                up += red[(v + LR * NT) * WG + at + i];
+                up += red[(v + R * NT) * WG + at + i];
             }
             y[o] = gelu_tanh(total) * up;
 #else

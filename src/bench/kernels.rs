@@ -776,6 +776,10 @@ async fn bench_case(
         .await?;
         few_tokens_us_per_call.push((t, secs * 1e6));
     }
+    let few_tokens_line: String = few_tokens_us_per_call
+        .iter()
+        .map(|(t, us)| format!("; {t} tokens {us:.1} µs"))
+        .collect();
     let gb_per_s = weight_bytes as f64 / secs / 1e9;
     let stream_gb_per_s = weight_bytes as f64 / stream_secs / 1e9;
     let copy_gb = report.copy.gb_per_s;
@@ -794,7 +798,7 @@ async fn bench_case(
         streaming_us_per_call: stream_secs * 1e6,
         streaming_gb_per_s: stream_gb_per_s,
         streaming_copy_fraction: share(stream_gb_per_s),
-        few_tokens_us_per_call: few_tokens_us_per_call.clone(),
+        few_tokens_us_per_call,
         timing,
     });
     let mut line = format!(
@@ -806,9 +810,7 @@ async fn bench_case(
         stream_secs * 1e6,
         100.0 * share(stream_gb_per_s),
     );
-    for (t, us) in &few_tokens_us_per_call {
-        line.push_str(&format!("; {t} tokens {us:.1} µs"));
-    }
+    line.push_str(&few_tokens_line);
 
     // Mat-mat: compute bound; a round is one call, on the next copy.
     match matmul_skip {

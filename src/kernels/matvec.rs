@@ -37,12 +37,6 @@ pub const MATVEC_PASS_TOKENS: u32 = 4;
 /// each activation load serves this many rows.
 pub const MATVEC_ROWS: u32 = 4;
 
-/// Row groups of a lane group sharing each activation load (`S` in matvec.wgsl), one-token and
-/// several-token steps. More lose on an H100 (E2B Q4_0: decode 130 tok/s at S = 4 against 225
-/// at 1; a 4-token verify step 9.7 ms at S = 2 against 8.2 at 1; BENCHMARKS.md).
-const SHARED_ROW_GROUPS: u32 = 1;
-const SHARED_ROW_GROUPS_FEW: u32 = 1;
-
 /// Invocations (= rows) per workgroup of the one-row-per-invocation mapping.
 const LANE_ROWS_WG: u32 = 64;
 
@@ -230,9 +224,6 @@ pub struct MatvecShape {
     pub rows: u32,
     /// One row per invocation (`Caps::matvec_lane_rows`).
     pub lane_rows: bool,
-    /// Row groups of a lane group that share each activation load (1, 2 or 4; 1 with
-    /// `lane_rows`): the activations are read once per `4·shared` rows.
-    pub shared: u32,
 }
 
 impl MatvecShape {
@@ -248,7 +239,7 @@ impl MatvecShape {
         } else {
             MATVEC_ROWS
         };
-        rows * self.pass_tokens() * self.shared
+        rows * self.pass_tokens()
     }
 
     fn unit(&self) -> u32 {
@@ -260,7 +251,7 @@ impl MatvecShape {
         if self.lane_rows {
             LANE_ROWS_WG
         } else {
-            MATVEC_ROWS * self.shared
+            MATVEC_ROWS
         }
     }
 
@@ -325,15 +316,6 @@ impl MatvecShape {
         self
     }
 
-    /// Fewer row groups sharing each activation load where the smallest workgroup's partial
-    /// sums would not fit the workgroup memory.
-    fn fit_shared(mut self) -> Self {
-        while self.shared > 1 && self.workgroup_bytes(32) > WORKGROUP_BYTES {
-            self.shared /= 2;
-        }
-        self
-    }
-
     /// Output rows of one workgroup.
     fn workgroup_rows(&self) -> u32 {
         self.group_rows() * self.groups * self.lane_groups
@@ -368,11 +350,10 @@ impl MatvecShape {
         let (terms, norm) = self.prologue.unwrap_or((0, false));
         KernelSpec::new(
             format!(
-                "matvec_{}_k{}_nt{}_wg{wg}_s{}{}{out}{pro}",
+                "matvec_{}_k{}_nt{}_wg{wg}{}{out}{pro}",
                 names.join("_"),
                 self.k,
                 self.nt,
-                self.shared,
                 if self.lane_rows { "_lanes" } else { "" }
             ),
             SOURCE,
@@ -383,7 +364,6 @@ impl MatvecShape {
         .define("NT", self.pass_tokens())
         .define("PASSES", self.nt.div_ceil(self.pass_tokens()))
         .define("G", self.groups)
-        .define("S", self.shared)
         .define("GC", self.lane_groups)
         .define("N0", self.n0)
         .define("N1", self.n1)
@@ -392,8 +372,6 @@ impl MatvecShape {
         .flag("UNIT32", self.unit() == 32)
         .flag("LANE_ROWS", self.lane_rows)
         .flag("NT4", self.pass_tokens() > 1)
-        .flag("S2", self.shared >= 2)
-        .flag("S4", self.shared >= 4)
         .flag("SLOT1", slots > 1)
         .flag("SLOT2", slots > 2)
         .flag("PAIR", self.out == MatvecOut::GeluPair)
@@ -413,7 +391,6 @@ pub fn specs() -> Vec<KernelSpec> {
     let lanes = shapes.iter().map(|s| MatvecShape {
         lane_rows: true,
         lane_groups: 1,
-        shared: 1,
         ..s.clone()
     });
     shapes
@@ -428,12 +405,7 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
     let mut v = Vec::new();
     for ty in TYPES {
         let k = 256;
-        for (nt, shared) in [
-            (1, 1),
-            (1, 4),
-            (MATVEC_MAX_TOKENS, 1),
-            (MATVEC_MAX_TOKENS, 2),
-        ] {
+        for nt in [1, MATVEC_MAX_TOKENS] {
             for out in [MatvecOut::Store, MatvecOut::Accumulate, MatvecOut::GeluZ] {
                 v.push(MatvecShape {
                     types: vec![ty],
@@ -447,7 +419,6 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
                     lane_groups: 1,
                     rows: 64,
                     lane_rows: false,
-                    shared,
                 });
             }
         }
@@ -463,7 +434,6 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
             lane_groups: 2,
             rows: 64,
             lane_rows: false,
-            shared: 2,
         });
     }
     // Mixed types in one dispatch (a Q4_K_M q/k/v), and the other prologues.
@@ -479,7 +449,6 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
         lane_groups: 1,
         rows: 64,
         lane_rows: false,
-        shared: 2,
     });
     for prologue in [(2, false), (0, true)] {
         v.push(MatvecShape {
@@ -494,7 +463,6 @@ fn cooperative_shapes() -> Vec<MatvecShape> {
             lane_groups: 1,
             rows: MANY_ROWS,
             lane_rows: false,
-            shared: 1,
         });
     }
     v
@@ -762,27 +730,7 @@ impl Matvec {
             _ => 0,
         };
         let rows = slots.iter().map(|m| m.n).max().unwrap_or(0);
-        // Row groups sharing each activation load, as many as the slots' row counts and the
-        // workgroup memory allow.
-        let mut shared = if lane_rows {
-            1
-        } else if nt > 1 {
-            SHARED_ROW_GROUPS_FEW
-        } else {
-            SHARED_ROW_GROUPS
-        };
-        let head = &slots[..slots.len() - 1];
-        while shared > 1
-            && out != MatvecOut::GeluPair
-            && head.iter().any(|m| m.n % (MATVEC_ROWS * shared) != 0)
-        {
-            shared /= 2;
-        }
-        let group_rows = if lane_rows {
-            LANE_ROWS_WG
-        } else {
-            MATVEC_ROWS * shared
-        };
+        let group_rows = if lane_rows { LANE_ROWS_WG } else { MATVEC_ROWS };
         // Row groups per workgroup: one, or with a prologue enough that all workgroups
         // together read at most PROLOGUE_READ_BUDGET bytes of the residual stream.
         let groups = match prologue {
@@ -805,9 +753,7 @@ impl Matvec {
             lane_groups: 1,
             rows,
             lane_rows,
-            shared,
         }
-        .fit_shared()
         .with_lane_groups(groups, subgroup_max))
     }
 
@@ -854,7 +800,6 @@ mod tests {
             lane_groups: 1,
             rows,
             lane_rows: false,
-            shared: 1,
         }
         .with_lane_groups(groups, 32)
     }
