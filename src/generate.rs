@@ -75,6 +75,8 @@ impl Stats {
 /// can hold a generation across calls. [`Generator`] bundles the borrows for simple callers.
 pub struct Generation {
     sampler: Sampler,
+    /// Tokens are drawn on the GPU from the whole vocabulary (see [`Model::set_vocab_sampling`]).
+    full_vocab: bool,
     stream: TokenStream,
     next: Option<Candidates>,
     max_tokens: usize,
@@ -108,14 +110,7 @@ impl Generation {
         params: SamplingParams,
         max_tokens: usize,
     ) -> Result<Generation> {
-        let sampler = Sampler::new(params)?;
-        let most = model.max_candidates();
-        if !params.is_greedy() && (params.top_k == 0 || params.top_k > most) {
-            return Err(Error::InvalidArgument(format!(
-                "top-k {} is not supported: the GPU returns the {most} most likely tokens, so top-k must be 1..={most}",
-                params.top_k
-            )));
-        }
+        let mut sampler = Sampler::new(params)?;
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
@@ -131,11 +126,18 @@ impl Generation {
                 context: model.context as usize,
             });
         }
+        // Settings that reach past the GPU's candidates draw on the GPU from the whole row.
+        let full_vocab = params.needs_full_vocab(model.max_candidates());
+        model.set_vocab_sampling(full_vocab.then(|| params.vocab_sampling()))?;
+        if full_vocab {
+            model.set_draw_seed(sampler.draw_seed());
+        }
         let started = Instant::now();
         let candidates = model.forward(prompt, &[], 1.0).await?;
         let prefill_s = started.elapsed().as_secs_f64();
         Ok(Generation {
             sampler,
+            full_vocab,
             stream: tok.stream(),
             next: Some(candidates),
             max_tokens,
@@ -208,6 +210,9 @@ impl Generation {
             } else {
                 Vec::new()
             };
+            if self.full_vocab {
+                model.set_draw_seed(self.sampler.draw_seed());
+            }
             self.next = Some(
                 model
                     .forward(&[prev], &recent, params.repeat_penalty)
@@ -219,14 +224,20 @@ impl Generation {
         let Some(candidates) = self.next.take() else {
             return Ok(None);
         };
-        let id = self.sampler.sample(&candidates.pairs())?;
+        let id = match (self.full_vocab, candidates.drawn) {
+            (true, Some(id)) => id,
+            (true, None) => return Err(Error::Readback("the step drew no token".into())),
+            (false, _) => self.sampler.sample(&candidates.pairs())?,
+        };
         self.emit(model, tok, id)
     }
 
-    /// Drafts the next round may make: none without drafting, with a repetition penalty, or
-    /// when too few tokens remain (the round's last token is always the model's own).
+    /// Drafts the next round may make: none without drafting, with a repetition penalty, with
+    /// full-vocabulary sampling (a verify step reads back candidates, not draws), or when too
+    /// few tokens remain (the round's last token is always the model's own).
     fn round_drafts(&self, model: &Model) -> u32 {
-        if self.draft_tokens == 0 || self.sampler.params().repeat_penalty != 1.0 {
+        if self.draft_tokens == 0 || self.sampler.params().repeat_penalty != 1.0 || self.full_vocab
+        {
             return 0;
         }
         let budget = self.max_tokens.saturating_sub(self.produced.len()) as u32;

@@ -119,7 +119,8 @@ struct SamplingArgs {
     /// 0 = greedy.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
-    /// Candidates kept (at most 64, computed on the GPU).
+    /// Most likely tokens kept; 0 = no limit. Above 64 (or 0) the draw runs on the GPU over
+    /// the whole vocabulary.
     #[arg(long, default_value_t = 64)]
     top_k: u32,
     #[arg(long, default_value_t = 0.95)]

@@ -2,9 +2,12 @@
 //!
 //! Reading a 262,144-entry logits row back every token costs more than the sampling itself, so
 //! the GPU applies the repetition penalty, selects the top-K candidates (K ≤ 64), sorts them and
-//! sends back only `(id, logit)` pairs; the full row is read back only when `top_k` is disabled
-//! (0). Everything here therefore works on a candidate list. [`apply_repeat_penalty`] is the
-//! CPU reference the GPU penalty kernel is tested against.
+//! sends back only `(id, logit)` pairs. Everything here therefore works on a candidate list.
+//! Settings that can keep tokens beyond those candidates (top-k 0 or above 64:
+//! [`SamplingParams::needs_full_vocab`]) draw on the GPU instead, from the same distribution
+//! over the whole row (`kernels::sample`, tested against [`Sampler::distribution`] over full
+//! rows); this module then only supplies the seeds. [`apply_repeat_penalty`] is the CPU
+//! reference the GPU penalty kernel is tested against.
 //!
 //! Pipeline, in this order (the order of Hugging Face `generate`'s logits warpers):
 //! penalty (upstream, on the GPU) → temperature → top-k → softmax → top-p → min-p → draw.
@@ -100,6 +103,23 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
+
+    /// Whether these settings can keep tokens beyond the `candidates` most likely ones the
+    /// GPU hands back, so the draw has to run on the GPU over the whole vocabulary
+    /// (`kernels::sample`). Smaller top-k are sampled exactly from the candidates.
+    pub fn needs_full_vocab(&self, candidates: u32) -> bool {
+        !self.is_greedy() && (self.top_k == 0 || self.top_k > candidates)
+    }
+
+    /// The cuts and temperature of a full-vocabulary draw.
+    pub fn vocab_sampling(&self) -> crate::kernels::sample::VocabSampling {
+        crate::kernels::sample::VocabSampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+        }
+    }
 }
 
 /// llama.cpp's repetition penalty on a full logits row, in place: every distinct id in
@@ -192,6 +212,12 @@ impl Sampler {
     /// The last `repeat_last_n` accepted ids, oldest first (what the GPU penalty kernel reads).
     pub fn recent(&self) -> Vec<u32> {
         self.recent.iter().copied().collect()
+    }
+
+    /// A seed for the GPU's next full-vocabulary draw, from this sampler's stream (so a seed
+    /// still fixes every token).
+    pub fn draw_seed(&mut self) -> u64 {
+        self.rng.next_u64()
     }
 
     /// Picks one id from `candidates` — `(id, logit)` pairs with the repetition penalty already
@@ -335,8 +361,9 @@ impl Sampler {
         Ok(keep)
     }
 
-    /// Samples from a full logits row (when `top_k` is 0 the GPU sends the whole row). The
-    /// row must already carry the repetition penalty (see [`apply_repeat_penalty`]).
+    /// Samples from a full logits row on the CPU (a reference; generation draws such rows on
+    /// the GPU). The row must already carry the repetition penalty (see
+    /// [`apply_repeat_penalty`]).
     pub fn sample_logits(&mut self, logits: &[f32]) -> Result<u32> {
         let cands: Vec<(u32, f32)> = logits
             .iter()

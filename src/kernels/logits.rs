@@ -120,6 +120,9 @@ pub struct TopK {
     pub values: Vec<f32>,
     /// `log Σ_v exp(x_v / T)` over the whole (softcapped, penalised) row.
     pub logsumexp: f32,
+    /// The token drawn on the GPU from the whole row (`kernels::sample`), when the step ran
+    /// full-vocabulary sampling.
+    pub drawn: Option<u32>,
 }
 
 impl TopK {
@@ -198,6 +201,7 @@ impl Logits {
                     ids: (0..n).map(|c| pairs[2 * c]).collect(),
                     values: (0..n).map(|c| f32::from_bits(pairs[2 * c + 1])).collect(),
                     logsumexp: f32::from_bits(row[1]),
+                    drawn: None,
                 }
             })
             .collect()

@@ -10,6 +10,7 @@ pub mod matvec;
 pub mod norm;
 pub mod ple;
 pub mod qkv_prep;
+pub mod sample;
 
 /// Workgroup size of row-wise kernels (norms, elementwise): within WebGPU's 256-invocation
 /// default and a power of two, as the reductions require.
@@ -23,6 +24,7 @@ pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     v.extend(qkv_prep::specs());
     v.extend(gelu::specs());
     v.extend(logits::specs());
+    v.extend(sample::specs());
     v.extend(attention::specs());
     v.extend(matmul::specs());
     v.extend(matvec::specs());

@@ -365,6 +365,6 @@ impl Drafter {
         }
         self.ctx.submit([encoder.finish()]);
         crate::gpu::count_submitted(crate::gpu::recorded_dispatches() - recorded);
-        read_candidates(&self.ctx, &self.readback, n, self.k, p).await
+        read_candidates(&self.ctx, &self.readback, n, self.k, p, false).await
     }
 }

@@ -14,6 +14,7 @@ use crate::kernels::logits::{LogitRows, Logits, LogitsConfig, LogitsIo, Sampling
 use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut};
 use crate::kernels::norm::{NormOut, RmsNorm, RmsNormIo};
 use crate::kernels::ple::{PleCombine, PleCombineIo, PleConfig};
+use crate::kernels::sample::{VocabSampler, VocabSamplerIo, VocabSampling};
 use crate::Result;
 
 /// Gemma 4's per-layer inputs: the table rows come from the file, the rest from the GPU.
@@ -107,6 +108,9 @@ pub(super) struct Head {
     pub(super) last_row_only: bool,
     pub(super) out: wgpu::Buffer,
     pub(super) rows: u32,
+    /// Full-vocabulary sampling after the top-k (generation head only), and whether it runs.
+    pub(super) vocab_sampler: Option<VocabSampler>,
+    pub(super) full_vocab: bool,
 }
 
 impl Head {
@@ -187,6 +191,17 @@ impl Head {
                 ..Default::default()
             },
         )?;
+        let vocab_sampler = match score_rows {
+            Some(_) => None,
+            None => Some(VocabSampler::new(
+                ctx,
+                VocabSamplerIo {
+                    logits: logits.as_entire_binding(),
+                    topk: out.as_entire_binding(),
+                },
+                cfg.vocab,
+            )?),
+        };
         Ok(Head {
             norm,
             lm_head,
@@ -194,7 +209,37 @@ impl Head {
             last_row_only: score_rows.is_none(),
             out,
             rows,
+            vocab_sampler,
+            full_vocab: false,
         })
+    }
+
+    /// Turns full-vocabulary sampling on with these settings, or off (`None`).
+    pub(super) fn set_vocab_sampling(
+        &mut self,
+        ctx: &GpuContext,
+        s: Option<&VocabSampling>,
+    ) -> Result<()> {
+        match (s, &mut self.vocab_sampler) {
+            (None, _) => self.full_vocab = false,
+            (Some(s), Some(v)) => {
+                if v.sampling() != Some(s) {
+                    v.set_sampling(ctx, s)?;
+                }
+                self.full_vocab = true;
+            }
+            (Some(_), None) => {
+                return Err(crate::Error::InvalidArgument(
+                    "full-vocabulary sampling runs on the generation head only".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The sampler that runs this step, if any.
+    pub(super) fn active_sampler(&self) -> Option<&VocabSampler> {
+        self.vocab_sampler.as_ref().filter(|_| self.full_vocab)
     }
 
     /// Records the head for the rows of `tail` (the step of the layers before it).
@@ -207,5 +252,8 @@ impl Head {
         rec.op("final_norm", &self.norm, tail);
         rec.op("lm_head", &self.lm_head, &rows);
         rec.op("logits_topk", &self.logits, &rows);
+        if let Some(s) = self.active_sampler() {
+            rec.op("sample_vocab", s, &rows);
+        }
     }
 }

@@ -139,6 +139,7 @@ impl MemoryReport {
 /// The next-token candidates of one position: ids and logits, best first, plus the
 /// log-sum-exp of the whole row (so probabilities are exact without the full row).
 pub use crate::kernels::logits::TopK as Candidates;
+pub use crate::kernels::sample::VocabSampling;
 
 /// Most rows one `score` step runs through the LM head (its logits are `[rows, V]` f32).
 const SCORE_ROWS: u32 = 64;
@@ -394,6 +395,20 @@ impl Model {
     /// Candidates the GPU returns per position (the sampler's top-k ceiling).
     pub fn max_candidates(&self) -> u32 {
         self.max_candidates
+    }
+
+    /// Draws the next tokens on the GPU from the whole vocabulary with these settings
+    /// (`kernels::sample`; [`Candidates::drawn`] holds the token), or stops (`None`). Each
+    /// step draws with the seed of the last [`Model::set_draw_seed`].
+    pub fn set_vocab_sampling(&mut self, s: Option<VocabSampling>) -> Result<()> {
+        self.head.set_vocab_sampling(&self.ctx, s.as_ref())
+    }
+
+    /// The random seed of the next full-vocabulary draw.
+    pub fn set_draw_seed(&mut self, seed: u64) {
+        if let Some(s) = &self.head.vocab_sampler {
+            s.set_seed(&self.ctx, seed);
+        }
     }
 
     /// Tokens in the KV cache (the position of the next token).

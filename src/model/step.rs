@@ -13,6 +13,7 @@ use super::buffers::MAX_PENALTY_TOKENS;
 use super::{Candidates, Model};
 use crate::gpu::{GpuContext, Recorder, StepParams};
 use crate::kernels::logits::{Logits, Sampling};
+use crate::kernels::sample::VocabSampler;
 use crate::{Error, Result};
 
 /// What a step computes after the layers.
@@ -32,6 +33,8 @@ pub(super) struct PendingStep {
     pos: u32,
     /// Candidates per position the head was recording for (its levels depend on k).
     k: u32,
+    /// Whether it draws from the full vocabulary.
+    full_vocab: bool,
     commands: wgpu::CommandBuffer,
     /// Dispatches in `commands`.
     dispatches: u64,
@@ -121,6 +124,7 @@ impl Model {
             self.pending = Some(PendingStep {
                 pos: self.pos,
                 k: self.head.logits.sampling().k,
+                full_vocab: self.head.full_vocab,
                 commands,
                 dispatches,
             });
@@ -141,6 +145,7 @@ impl Model {
             rows,
             self.max_candidates,
             self.pos - rows,
+            head == StepHead::Generate && self.head.full_vocab,
         )
         .await
     }
@@ -163,6 +168,7 @@ impl Model {
             && step == StepParams::new(1, pending.pos)
             && self.profiler.is_none()
             && self.head.logits.sampling().k == pending.k
+            && self.head.full_vocab == pending.full_vocab
     }
 
     /// Records the step's dispatches (and the copy of its candidates for the CPU); returns
@@ -216,6 +222,9 @@ impl Model {
             let rows = if h.last_row_only { 1 } else { step.n_tokens };
             let bytes = Logits::out_bytes(rows, self.max_candidates);
             encoder.copy_buffer_to_buffer(&h.out, 0, &self.readback, 0, bytes);
+            if let Some(s) = h.active_sampler() {
+                encoder.copy_buffer_to_buffer(&s.out, 0, &self.readback, bytes, DRAWN_BYTES);
+            }
         }
         (
             encoder.finish(),
@@ -224,24 +233,35 @@ impl Model {
     }
 }
 
+/// Bytes of a full-vocabulary draw in the readback buffer (after the candidates).
+const DRAWN_BYTES: u64 = 16;
+
 /// Maps the first `rows` rows of top-`k` candidates that a step copied into `staging` and
-/// decodes them; the first row belongs to `first_position`. NaN logits mean broken weights (a
-/// matrix holding NaN or infinity): reported, naming the position, instead of sampled.
+/// decodes them; the first row belongs to `first_position`. With `drawn`, the token drawn from
+/// the full vocabulary follows the candidates. NaN logits mean broken weights (a matrix
+/// holding NaN or infinity): reported, naming the position, instead of sampled.
 pub(super) async fn read_candidates(
     ctx: &GpuContext,
     staging: &wgpu::Buffer,
     rows: u32,
     k: u32,
     first_position: u32,
+    drawn: bool,
 ) -> Result<Vec<Candidates>> {
     let bytes = Logits::out_bytes(rows, k);
-    crate::gpu::map_read(ctx, staging, 0, bytes).await?;
+    let mapped = bytes + if drawn { DRAWN_BYTES } else { 0 };
+    crate::gpu::map_read(ctx, staging, 0, mapped).await?;
     let result = {
         let view = staging
-            .slice(..bytes)
+            .slice(..mapped)
             .get_mapped_range()
             .map_err(|e| Error::Readback(e.to_string()))?;
-        Logits::parse(bytemuck::cast_slice(&view), rows as usize, k as usize)
+        let words: &[u32] = bytemuck::cast_slice(&view);
+        let mut rows = Logits::parse(words, rows as usize, k as usize);
+        if drawn {
+            rows[0].drawn = Some(VocabSampler::parse(&words[(bytes / 4) as usize..]));
+        }
+        rows
     };
     staging.unmap();
     if let Some(r) = result

@@ -64,6 +64,29 @@ test('greedy tokens equal the native CLI', { timeout: 180_000 }, async () => {
   }
 });
 
+test('topK: 0 draws on the GPU from the whole vocabulary; seeded tokens equal the native CLI', { timeout: 180_000 }, async () => {
+  const loaded = await page.evaluate(
+    ([url, contextLength]) => harness.load('tiny-full', url, { contextLength }),
+    [`/models/${MODEL}`, CONTEXT],
+  );
+  assert.ok(loaded.ok, `load failed: ${JSON.stringify(loaded.error)}\n${browser.recentLogs()}`);
+  const prompt = TINY_PROMPTS[0];
+  for (const seed of [7, 8]) {
+    const want = await nativeGreedy({
+      model: path.join(TINY_MODEL_DIR, MODEL), prompt, maxTokens: MAX_TOKENS, contextLength: CONTEXT,
+      sampling: ['--temperature', '1', '--top-k', '0', '--top-p', '1', '--seed', String(seed)],
+    });
+    const got = await page.evaluate(
+      ([p, n, s]) => harness.generate('tiny-full', p, { maxTokens: n, temperature: 1, topK: 0, topP: 1, seed: s }),
+      [prompt, MAX_TOKENS, seed],
+    );
+    assert.ok(got.ok, `generate failed: ${JSON.stringify(got.error)}\n${browser.recentLogs()}`);
+    assert.deepEqual(got.ids, want.ids, `seed ${seed}: browser ${got.ids} vs native ${want.ids}`);
+    note(`topK 0, seed ${seed}: ${got.ids.length} tokens equal the native CLI's`);
+  }
+  await page.evaluate(() => harness.unload('tiny-full'));
+});
+
 test('bench: the browser runs the CLI bench, with the native op list', { timeout: 180_000 }, async () => {
   const opts = { promptLen: 16, gen: 4, repeat: 1, profileTokens: 0, copyBandwidth: false };
   const got = await page.evaluate(([o]) => harness.bench('tiny', o), [opts]);

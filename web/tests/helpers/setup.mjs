@@ -130,9 +130,9 @@ export function ensureNativeCli() {
  * portable kernels (`--no-subgroups`). `adapter` is the CLI's one-line description of the
  * adapter and the kernel variant ("..., f16 off, subgroups on, ...").
  */
-export async function nativeGreedy({ model, prompt, maxTokens, contextLength, subgroups = true }) {
+export async function nativeGreedy({ model, prompt, maxTokens, contextLength, subgroups = true, sampling = ['--temperature', '0'] }) {
   await ensureNativeCli();
-  const args = ['generate', '--model', model, '--prompt', prompt, '--temperature', '0', '--max-tokens', String(maxTokens),
+  const args = ['generate', '--model', model, '--prompt', prompt, ...sampling, '--max-tokens', String(maxTokens),
     '--json', '--no-f16', '--webgpu-limits'];
   if (contextLength) args.push('--context', String(contextLength));
   if (!subgroups) args.push('--no-subgroups');
