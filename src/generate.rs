@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use web_time::Instant;
 
+use crate::constrain::OutputConstraint;
 use crate::model::{Candidates, Drafter, HiddenRow, Model, MAX_DRAFT_TOKENS};
 use crate::sampler::{Sampler, SamplingParams, Verdict};
 use crate::tokenizer::{TokenStream, Tokenizer};
@@ -77,6 +78,8 @@ pub struct Generation {
     sampler: Sampler,
     /// Tokens are drawn on the GPU from the whole vocabulary (see [`Model::set_vocab_sampling`]).
     full_vocab: bool,
+    /// Constrained decoding: what the output must match (its mask goes to the GPU each step).
+    constraint: Option<OutputConstraint>,
     stream: TokenStream,
     next: Option<Candidates>,
     max_tokens: usize,
@@ -110,6 +113,18 @@ impl Generation {
         params: SamplingParams,
         max_tokens: usize,
     ) -> Result<Generation> {
+        Self::start_constrained(model, tok, prompt, params, max_tokens, None).await
+    }
+
+    /// [`Generation::start`] with the output held to `constraint` (see [`crate::constrain`]).
+    pub async fn start_constrained(
+        model: &mut Model,
+        tok: &Tokenizer,
+        prompt: &[u32],
+        params: SamplingParams,
+        max_tokens: usize,
+        mut constraint: Option<OutputConstraint>,
+    ) -> Result<Generation> {
         let mut sampler = Sampler::new(params)?;
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
@@ -132,12 +147,17 @@ impl Generation {
         if full_vocab {
             model.set_draw_seed(sampler.draw_seed());
         }
+        match constraint.as_mut() {
+            Some(c) => model.set_allowed_tokens(Some(c.mask()?))?,
+            None => model.set_allowed_tokens(None)?,
+        }
         let started = Instant::now();
         let candidates = model.forward(prompt, &[], 1.0).await?;
         let prefill_s = started.elapsed().as_secs_f64();
         Ok(Generation {
             sampler,
             full_vocab,
+            constraint,
             stream: tok.stream(),
             next: Some(candidates),
             max_tokens,
@@ -213,6 +233,9 @@ impl Generation {
             if self.full_vocab {
                 model.set_draw_seed(self.sampler.draw_seed());
             }
+            if let Some(c) = &mut self.constraint {
+                model.set_allowed_tokens(Some(c.mask()?))?;
+            }
             self.next = Some(
                 model
                     .forward(&[prev], &recent, params.repeat_penalty)
@@ -233,10 +256,13 @@ impl Generation {
     }
 
     /// Drafts the next round may make: none without drafting, with a repetition penalty, with
-    /// full-vocabulary sampling (a verify step reads back candidates, not draws), or when too
-    /// few tokens remain (the round's last token is always the model's own).
+    /// full-vocabulary sampling (a verify step reads back candidates, not draws), with a
+    /// constraint (each verified row would need its own mask), or when too few tokens remain (the round's last token is always the model's own).
     fn round_drafts(&self, model: &Model) -> u32 {
-        if self.draft_tokens == 0 || self.sampler.params().repeat_penalty != 1.0 || self.full_vocab
+        if self.draft_tokens == 0
+            || self.sampler.params().repeat_penalty != 1.0
+            || self.full_vocab
+            || self.constraint.is_some()
         {
             return 0;
         }
@@ -317,6 +343,9 @@ impl Generation {
             let text = self.stream.finish();
             self.update_decode_stats();
             return Ok((!text.is_empty()).then_some(Piece { id, text }));
+        }
+        if let Some(c) = &mut self.constraint {
+            c.commit(id)?;
         }
         self.produced.push(id);
         let text = self.stream.push(id)?;
@@ -410,7 +439,21 @@ impl<'a> Generator<'a> {
         params: SamplingParams,
         max_tokens: usize,
     ) -> Result<Generator<'a>> {
-        let state = Generation::start(model, tok, prompt, params, max_tokens).await?;
+        Self::start_constrained(model, tok, prompt, params, max_tokens, None).await
+    }
+
+    /// [`Generator::start`] with the output held to `constraint` (see [`crate::constrain`]).
+    pub async fn start_constrained(
+        model: &'a mut Model,
+        tok: &'a Tokenizer,
+        prompt: &[u32],
+        params: SamplingParams,
+        max_tokens: usize,
+        constraint: Option<OutputConstraint>,
+    ) -> Result<Generator<'a>> {
+        let state =
+            Generation::start_constrained(model, tok, prompt, params, max_tokens, constraint)
+                .await?;
         Ok(Generator {
             model,
             tok,

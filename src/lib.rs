@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod constrain;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use gemma_wgpu::chat::{ChatTemplate, Conversation, Message};
+use gemma_wgpu::constrain::{ConstraintFactory, OutputConstraint, OutputFormat};
 use gemma_wgpu::generate::{Finish, Generator};
 use gemma_wgpu::gguf::{self, Gguf, MmapSource};
 use gemma_wgpu::gpu::{GpuContext, GpuOptions};
@@ -166,6 +167,56 @@ struct DraftArgs {
     draft_tokens: u32,
 }
 
+/// Constrained decoding: what the output must match (at most one).
+#[derive(Args, Clone)]
+#[group(multiple = false)]
+struct FormatArgs {
+    /// A JSON Schema file: the output is a JSON value valid under it.
+    #[arg(long)]
+    json_schema: Option<PathBuf>,
+    /// A Lark grammar file (llguidance's dialect): the output is in its language.
+    #[arg(long)]
+    grammar: Option<PathBuf>,
+    /// A regular expression the whole output matches.
+    #[arg(long)]
+    regex: Option<String>,
+}
+
+impl FormatArgs {
+    fn format(&self) -> Result<Option<OutputFormat>> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        Ok(if let Some(p) = &self.json_schema {
+            let schema = serde_json::from_str(&read(p)?)
+                .with_context(|| format!("{} is not JSON", p.display()))?;
+            Some(OutputFormat::JsonSchema { schema })
+        } else if let Some(p) = &self.grammar {
+            Some(OutputFormat::Grammar { grammar: read(p)? })
+        } else {
+            self.regex
+                .clone()
+                .map(|pattern| OutputFormat::Regex { pattern })
+        })
+    }
+
+    /// A fresh constraint for one generation (`None` without a format).
+    fn constraint(
+        &self,
+        factory: &mut Option<ConstraintFactory>,
+        tok: &Tokenizer,
+        model: &gemma_wgpu::model::Model,
+    ) -> Result<Option<OutputConstraint>> {
+        let Some(format) = self.format()? else {
+            return Ok(None);
+        };
+        if factory.is_none() {
+            *factory = Some(ConstraintFactory::new(tok, model.cfg.vocab)?);
+        }
+        Ok(Some(factory.as_ref().unwrap().build(&format)?))
+    }
+}
+
 #[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
@@ -174,6 +225,8 @@ struct GenerateArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     draft: DraftArgs,
+    #[command(flatten)]
+    format: FormatArgs,
     /// The prompt.
     #[arg(long, short)]
     prompt: String,
@@ -196,6 +249,8 @@ struct ChatArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     draft: DraftArgs,
+    #[command(flatten)]
+    format: FormatArgs,
     /// Most tokens per reply.
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
@@ -524,14 +579,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     eprintln!("prompt tokens: {}", prompt_ids.len());
     let mem = l.model.memory().clone();
+    let constraint = a.format.constraint(&mut None, &l.tok, &l.model)?;
     let mut text = String::new();
     let (tokens, stats, finish) = pollster::block_on(async {
-        let mut g = Generator::start(
+        let mut g = Generator::start_constrained(
             &mut l.model,
             &l.tok,
             &prompt_ids,
             a.sampling.params(),
             a.max_tokens,
+            constraint,
         )
         .await?;
         if let Some(d) = drafter.as_mut() {
@@ -608,6 +665,7 @@ fn chat(a: ChatArgs) -> Result<()> {
     let mut drafter = load_drafter(&a.draft, &l.model)?;
     let template = ChatTemplate::from_gguf(&l.gguf.metadata, &l.tok)?;
     let mut conv = Conversation::new();
+    let mut factory = None;
     if let Some(s) = &a.system {
         conv.messages.push(Message::system(s.clone()));
     }
@@ -632,13 +690,15 @@ fn chat(a: ChatArgs) -> Result<()> {
                 pollster::block_on(l.model.forward(&kept, &[], 1.0))?;
             }
         }
+        let constraint = a.format.constraint(&mut factory, &l.tok, &l.model)?;
         let (reply, fed) = pollster::block_on(async {
-            let mut g = Generator::start(
+            let mut g = Generator::start_constrained(
                 &mut l.model,
                 &l.tok,
                 &prefill.ids,
                 a.sampling.params(),
                 a.max_tokens,
+                constraint,
             )
             .await?;
             if let Some(d) = drafter.as_mut() {

@@ -673,6 +673,38 @@ impl Tokenizer {
         Ok(())
     }
 
+    /// The bytes each id stands for in generated text, by id (what a grammar engine matches
+    /// output against): byte-fallback tokens are their byte, `▁` is a space, and special
+    /// tokens (control tokens such as `<end_of_turn>`) are `0xFF` followed by their name, so
+    /// no text grammar can produce them (llguidance's convention).
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let inner = &*self.inner;
+        let special: std::collections::HashSet<u32> = match (&inner.enc, &inner.recipe) {
+            (Encoder::Hf(hf), _) => hf
+                .get_added_tokens_decoder()
+                .iter()
+                .filter(|(_, t)| t.special)
+                .map(|(&id, _)| id)
+                .collect(),
+            (_, Some(r)) => r.added.iter().filter(|a| a.1).map(|a| a.0).collect(),
+            (_, None) => Default::default(),
+        };
+        (0..inner.vocab.len() as u32)
+            .map(|id| {
+                let piece = inner.vocab.get(id);
+                if special.contains(&id) {
+                    let mut b = vec![0xff];
+                    b.extend_from_slice(piece.as_bytes());
+                    return b;
+                }
+                match piece_of(piece) {
+                    Piece::Byte(b) => vec![b],
+                    Piece::Text(t) => t.replace(SPACE_MARKER, " ").into_bytes(),
+                }
+            })
+            .collect()
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.vocab.id(token)
     }

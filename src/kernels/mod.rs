@@ -11,6 +11,7 @@ pub mod norm;
 pub mod ple;
 pub mod qkv_prep;
 pub mod sample;
+pub mod token_mask;
 
 /// Workgroup size of row-wise kernels (norms, elementwise): within WebGPU's 256-invocation
 /// default and a power of two, as the reductions require.
@@ -25,6 +26,7 @@ pub fn all_specs() -> Vec<crate::gpu::KernelSpec> {
     v.extend(gelu::specs());
     v.extend(logits::specs());
     v.extend(sample::specs());
+    v.extend(token_mask::specs());
     v.extend(attention::specs());
     v.extend(matmul::specs());
     v.extend(matvec::specs());

@@ -15,6 +15,7 @@ use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut};
 use crate::kernels::norm::{NormOut, RmsNorm, RmsNormIo};
 use crate::kernels::ple::{PleCombine, PleCombineIo, PleConfig};
 use crate::kernels::sample::{VocabSampler, VocabSamplerIo, VocabSampling};
+use crate::kernels::token_mask::{TokenMask, TokenMaskIo};
 use crate::Result;
 
 /// Gemma 4's per-layer inputs: the table rows come from the file, the rest from the GPU.
@@ -111,6 +112,10 @@ pub(super) struct Head {
     /// Full-vocabulary sampling after the top-k (generation head only), and whether it runs.
     pub(super) vocab_sampler: Option<VocabSampler>,
     pub(super) full_vocab: bool,
+    /// Constrained decoding (generation head only): the allowed-token bitmask
+    /// (`[⌈V/32⌉]` u32, written before each step), its op, and whether it runs.
+    pub(super) token_mask: Option<(TokenMask, wgpu::Buffer)>,
+    pub(super) constrained: bool,
 }
 
 impl Head {
@@ -202,6 +207,22 @@ impl Head {
                 cfg.vocab,
             )?),
         };
+        let token_mask = match score_rows {
+            Some(_) => None,
+            None => {
+                let allowed =
+                    ctx.storage("allowed_tokens", TokenMask::words(cfg.vocab) as u64 * 4)?;
+                let op = TokenMask::new(
+                    ctx,
+                    TokenMaskIo {
+                        logits: logits.as_entire_binding(),
+                        allowed: allowed.as_entire_binding(),
+                    },
+                    cfg.vocab,
+                )?;
+                Some((op, allowed))
+            }
+        };
         Ok(Head {
             norm,
             lm_head,
@@ -211,6 +232,8 @@ impl Head {
             rows,
             vocab_sampler,
             full_vocab: false,
+            token_mask,
+            constrained: false,
         })
     }
 
@@ -251,6 +274,9 @@ impl Head {
         };
         rec.op("final_norm", &self.norm, tail);
         rec.op("lm_head", &self.lm_head, &rows);
+        if let (Some((mask, _)), true) = (&self.token_mask, self.constrained) {
+            rec.op("token_mask", mask, &rows);
+        }
         rec.op("logits_topk", &self.logits, &rows);
         if let Some(s) = self.active_sampler() {
             rec.op("sample_vocab", s, &rows);

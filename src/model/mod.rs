@@ -404,6 +404,32 @@ impl Model {
         self.head.set_vocab_sampling(&self.ctx, s.as_ref())
     }
 
+    /// Constrained decoding: only the tokens whose bits are set in `allowed` (`[⌈V/32⌉]` u32,
+    /// bit `i % 32` of word `i / 32` for token `i`) can come out of the next steps; `None`
+    /// lifts the constraint. Write it before every step (it changes with each token).
+    pub fn set_allowed_tokens(&mut self, allowed: Option<&[u32]>) -> Result<()> {
+        let Some((_, buffer)) = &self.head.token_mask else {
+            return Ok(());
+        };
+        match allowed {
+            None => self.head.constrained = false,
+            Some(words) => {
+                let want = self.cfg.vocab.div_ceil(32) as usize;
+                if words.len() != want {
+                    return Err(Error::InvalidArgument(format!(
+                        "the allowed-token mask has {} words, the vocabulary needs {want}",
+                        words.len()
+                    )));
+                }
+                self.ctx
+                    .queue
+                    .write_buffer(buffer, 0, bytemuck::cast_slice(words));
+                self.head.constrained = true;
+            }
+        }
+        Ok(())
+    }
+
     /// The random seed of the next full-vocabulary draw.
     pub fn set_draw_seed(&mut self, seed: u64) {
         if let Some(s) = &self.head.vocab_sampler {

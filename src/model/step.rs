@@ -33,8 +33,9 @@ pub(super) struct PendingStep {
     pos: u32,
     /// Candidates per position the head was recording for (its levels depend on k).
     k: u32,
-    /// Whether it draws from the full vocabulary.
+    /// Whether it draws from the full vocabulary, and whether it masks tokens.
     full_vocab: bool,
+    constrained: bool,
     commands: wgpu::CommandBuffer,
     /// Dispatches in `commands`.
     dispatches: u64,
@@ -125,6 +126,7 @@ impl Model {
                 pos: self.pos,
                 k: self.head.logits.sampling().k,
                 full_vocab: self.head.full_vocab,
+                constrained: self.head.constrained,
                 commands,
                 dispatches,
             });
@@ -169,6 +171,7 @@ impl Model {
             && self.profiler.is_none()
             && self.head.logits.sampling().k == pending.k
             && self.head.full_vocab == pending.full_vocab
+            && self.head.constrained == pending.constrained
     }
 
     /// Records the step's dispatches (and the copy of its candidates for the CPU); returns

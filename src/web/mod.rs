@@ -21,6 +21,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::bench::model::ModelBenchOptions;
 use crate::chat::{ChatTemplate, Message};
+use crate::constrain::{ConstraintFactory, OutputFormat};
 use crate::generate::{Finish, Generation};
 use crate::gguf::{read_header, Gguf, Halt, HeaderParser};
 use crate::gpu::{Caps, GpuContext, GpuOptions};
@@ -231,6 +232,8 @@ struct StartOptions {
     seed: f64,
     /// Tokens the assistant drafts per round, when one is loaded (0: decode without it).
     draft_tokens: Option<u32>,
+    /// What the output must match (constrained decoding), as `constrain::OutputFormat`'s JSON.
+    format: Option<OutputFormat>,
 }
 
 impl Default for StartOptions {
@@ -245,6 +248,7 @@ impl Default for StartOptions {
             repeat_penalty: d.repeat_penalty,
             seed: 0.0,
             draft_tokens: None,
+            format: None,
         }
     }
 }
@@ -365,6 +369,8 @@ struct Loaded {
     stats: GenerationStats,
     /// A Gemma 4 MTP assistant drafting for `model` (`loadAssistant`).
     drafter: Option<Drafter>,
+    /// Built on the first constrained request (the token trie: a few MB for 262,144 tokens).
+    constraints: Option<ConstraintFactory>,
 }
 
 /// Engine state shared by the JS handle and its in-flight promises. A request takes the model
@@ -630,12 +636,22 @@ impl Engine {
                 keep = 0;
             }
             l.cached.truncate(keep);
-            let started = Generation::start(
+            let constraint = match &o.format {
+                None => None,
+                Some(format) => {
+                    if l.constraints.is_none() {
+                        l.constraints = Some(ConstraintFactory::new(&l.tok, l.model.cfg.vocab)?);
+                    }
+                    Some(l.constraints.as_ref().unwrap().build(format)?)
+                }
+            };
+            let started = Generation::start_constrained(
                 &mut l.model,
                 &l.tok,
                 &ids[keep..],
                 params,
                 o.max_tokens as usize,
+                constraint,
             )
             .await;
             let started = started.and_then(|mut g| {
@@ -932,6 +948,7 @@ async fn load_model(
         gen: None,
         stats: GenerationStats::default(),
         drafter: None,
+        constraints: None,
     })
 }
 

@@ -92,7 +92,19 @@ export interface SamplingOptions {
    * tokens; sampling: the same distribution), only the speed. Off while `repeatPenalty` ≠ 1.
    */
   draftTokens?: number;
+  /**
+   * Constrained decoding: the output must match this (checked token by token on the whole
+   * vocabulary, so it always does when the generation ends with an end token).
+   */
+  format?: OutputFormat;
 }
+
+export type OutputFormat =
+  | { type: 'json_object' }
+  | { type: 'json_schema'; schema: object }
+  | { type: 'regex'; pattern: string }
+  /** A Lark grammar (llguidance's dialect). */
+  | { type: 'grammar'; grammar: string };
 
 export interface GenerateOptions extends SamplingOptions {
   /** Stops the generation within one token; the stream then throws GemmaError 'aborted'. */
@@ -226,6 +238,12 @@ export interface ChatCompletionRequest {
   model?: string | null;
   /** Only 1. */
   n?: 1 | null;
+  /** JSON output: any object, or one valid under `json_schema.schema`. */
+  response_format?:
+    | { type: 'text' }
+    | { type: 'json_object' }
+    | { type: 'json_schema'; json_schema: { name?: string; schema: object; strict?: boolean | null } }
+    | null;
   signal?: AbortSignal;
 }
 

@@ -205,8 +205,39 @@ function checkSampling(options, defaults = {}) {
   pick('repeatPenalty', (v) => Number.isFinite(v) && v > 0, 'a number > 0 (1 = off)');
   pick('seed', (v) => Number.isSafeInteger(v) && v >= 0, 'a non-negative integer');
   pick('draftTokens', (v) => Number.isInteger(v) && v >= 0 && v <= 16, 'an integer from 0 to 16 (0 = no drafting)');
+  const format = checkFormat(options.format);
+  if (format) out.format = format;
   checkSignal(options.signal);
   return out;
+}
+
+// Constrained decoding: `{ type: 'json_object' }`, `{ type: 'json_schema', schema }`,
+// `{ type: 'regex', pattern }` or `{ type: 'grammar', grammar }` (Lark). The engine compiles it
+// (and names what it cannot); here only the shape is checked.
+const FORMAT_FIELDS = { json_object: null, json_schema: 'schema', regex: 'pattern', grammar: 'grammar' };
+function checkFormat(format) {
+  if (format === undefined || format === null) return undefined;
+  if (typeof format !== 'object' || !(format.type in FORMAT_FIELDS)) {
+    throw invalid(`format.type must be one of ${Object.keys(FORMAT_FIELDS).map((t) => `'${t}'`).join(', ')}`);
+  }
+  const field = FORMAT_FIELDS[format.type];
+  if (field === null) return { type: format.type };
+  const value = format[field];
+  const ok = field === 'schema' ? value !== null && typeof value === 'object' : typeof value === 'string';
+  if (!ok) throw invalid(`format.${field} must be ${field === 'schema' ? 'a JSON Schema object' : 'a string'}`);
+  return { type: format.type, [field]: value };
+}
+
+// OpenAI's `response_format` as the engine's `format`.
+function responseFormat(rf) {
+  if (rf === undefined || rf === null || rf.type === 'text') return undefined;
+  if (rf.type === 'json_object') return { type: 'json_object' };
+  if (rf.type === 'json_schema') {
+    const schema = rf.json_schema?.schema;
+    if (schema === null || typeof schema !== 'object') throw invalid('response_format.json_schema.schema must be a JSON Schema object');
+    return { type: 'json_schema', schema };
+  }
+  throw invalid(`response_format.type must be 'text', 'json_object' or 'json_schema', got ${JSON.stringify(rf.type)}`);
 }
 
 function checkSignal(signal) {
@@ -668,6 +699,7 @@ function parseCompletionRequest(request, options) {
       minP: request.min_p ?? undefined,
       repeatPenalty: request.repeat_penalty ?? undefined,
       seed: request.seed ?? undefined,
+      format: responseFormat(request.response_format),
       signal,
     },
     CHAT_DEFAULTS,

@@ -4,6 +4,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import os from 'node:os';
+import fs from 'node:fs/promises';
 import { TINY_MODEL_DIR } from './helpers/paths.mjs';
 import { TINY_PROMPTS } from './helpers/prompts.mjs';
 import {
@@ -85,6 +87,60 @@ test('topK: 0 draws on the GPU from the whole vocabulary; seeded tokens equal th
     note(`topK 0, seed ${seed}: ${got.ids.length} tokens equal the native CLI's`);
   }
   await page.evaluate(() => harness.unload('tiny-full'));
+});
+
+test('format: JSON-schema output validates and equals the native CLI (greedy and topK 0)', { timeout: 240_000 }, async () => {
+  const loaded = await page.evaluate(
+    ([url, contextLength]) => harness.load('tiny-json', url, { contextLength }),
+    [`/models/${MODEL}`, CONTEXT],
+  );
+  assert.ok(loaded.ok, `load failed: ${JSON.stringify(loaded.error)}\n${browser.recentLogs()}`);
+  const schema = {
+    type: 'object',
+    properties: {
+      user: {
+        type: 'object',
+        properties: { id: { type: 'integer', minimum: 1, maximum: 999 }, role: { enum: ['admin', 'guest'] } },
+        required: ['id', 'role'],
+        additionalProperties: false,
+      },
+      tags: { type: 'array', items: { type: 'string', maxLength: 6 }, maxItems: 2 },
+    },
+    required: ['user', 'tags'],
+    additionalProperties: false,
+  };
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'gemma-format-'));
+  const file = path.join(dir, 'schema.json');
+  await fs.writeFile(file, JSON.stringify(schema));
+  const maxTokens = 160;
+  const runs = [
+    { name: 'greedy', args: ['--temperature', '0'], options: { temperature: 0 } },
+    { name: 'topK 0, seed 5', args: ['--temperature', '1', '--top-k', '0', '--top-p', '1', '--seed', '5'], options: { temperature: 1, topK: 0, topP: 1, seed: 5 } },
+  ];
+  for (const run of runs) {
+    const want = await nativeGreedy({
+      model: path.join(TINY_MODEL_DIR, MODEL), prompt: TINY_PROMPTS[0], maxTokens, contextLength: CONTEXT,
+      sampling: [...run.args, '--json-schema', file],
+    });
+    const got = await page.evaluate(
+      ([p, n, o]) => harness.generate('tiny-json', p, { maxTokens: n, ...o }),
+      [TINY_PROMPTS[0], maxTokens, { ...run.options, format: { type: 'json_schema', schema } }],
+    );
+    assert.ok(got.ok, `generate failed: ${JSON.stringify(got.error)}\n${browser.recentLogs()}`);
+    assert.deepEqual(got.ids, want.ids, `${run.name}: browser ${got.ids} vs native ${want.ids}`);
+    const value = JSON.parse(got.text);
+    assert.deepEqual(Object.keys(value).sort(), ['tags', 'user'], got.text);
+    assert.ok(Number.isInteger(value.user.id) && value.user.id >= 1 && value.user.id <= 999, got.text);
+    assert.ok(['admin', 'guest'].includes(value.user.role), got.text);
+    assert.ok(Array.isArray(value.tags) && value.tags.length <= 2 && value.tags.every((t) => typeof t === 'string' && [...t].length <= 6), got.text);
+    note(`format ${run.name}: ${got.text}`);
+  }
+  const bad = await page.evaluate(
+    ([p]) => harness.generate('tiny-json', p, { maxTokens: 4, format: { type: 'regex', pattern: '[0-9' } }),
+    [TINY_PROMPTS[0]],
+  );
+  assert.ok(!bad.ok && bad.error.code === 'invalid-argument' && /output format/.test(bad.error.message), JSON.stringify(bad.error));
+  await page.evaluate(() => harness.unload('tiny-json'));
 });
 
 test('bench: the browser runs the CLI bench, with the native op list', { timeout: 180_000 }, async () => {
