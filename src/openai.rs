@@ -383,9 +383,10 @@ fn parse_options(f: &Fields) -> Result<GenerationOptions, ApiError> {
         None => f.integer("max_tokens", 1, limit)?,
     }
     .map(|n| n as u32);
-    if let Some(n) = f.integer("n", 1, u64::MAX).map_err(|_| {
-        ApiError::invalid("n", "only n = 1 is supported (one choice per request)")
-    })? {
+    if let Some(n) = f
+        .integer("n", 1, u64::MAX)
+        .map_err(|_| ApiError::invalid("n", "only n = 1 is supported (one choice per request)"))?
+    {
         if n != 1 {
             return Err(ApiError::invalid(
                 "n",
@@ -406,7 +407,10 @@ fn parse_options(f: &Fields) -> Result<GenerationOptions, ApiError> {
     if f.get("logit_bias")
         .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()))
     {
-        return Err(ApiError::invalid("logit_bias", "logit_bias is not supported"));
+        return Err(ApiError::invalid(
+            "logit_bias",
+            "logit_bias is not supported",
+        ));
     }
     let d = DEFAULT_SAMPLING;
     let temperature = f
@@ -546,10 +550,7 @@ fn message_text(v: Option<&Value>, what: &str, may_be_missing: bool) -> Result<S
                 kind_of(v)
             ),
         )),
-        None => Err(ApiError::invalid(
-            "messages",
-            format!("{what} is missing"),
-        )),
+        None => Err(ApiError::invalid("messages", format!("{what} is missing"))),
     }
 }
 
@@ -666,12 +667,16 @@ fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> 
         Some("text") => Ok(ResponseFormat::Text),
         Some("json_object") => Ok(ResponseFormat::JsonObject),
         Some("json_schema") => {
-            let js = obj.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
-                bad("response_format.json_schema must be an object {name, schema, strict}")
-            })?;
-            let name = js.get("name").and_then(Value::as_str).ok_or_else(|| {
-                bad("response_format.json_schema.name must be a string")
-            })?;
+            let js = obj
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    bad("response_format.json_schema must be an object {name, schema, strict}")
+                })?;
+            let name = js
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("response_format.json_schema.name must be a string"))?;
             if name.is_empty()
                 || name.len() > 64
                 || !name
@@ -683,7 +688,11 @@ fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> 
             let schema = match js.get("schema") {
                 None | Some(Value::Null) => serde_json::json!({}),
                 Some(s @ Value::Object(_)) => s.clone(),
-                Some(_) => return Err(bad("response_format.json_schema.schema must be a JSON Schema object")),
+                Some(_) => {
+                    return Err(bad(
+                        "response_format.json_schema.schema must be a JSON Schema object",
+                    ))
+                }
             };
             let strict = match js.get("strict") {
                 None | Some(Value::Null) => false,
@@ -718,12 +727,20 @@ fn parse_tools(v: Option<&Value>) -> Result<Vec<Tool>, ApiError> {
         let f = t
             .get("function")
             .and_then(Value::as_object)
-            .ok_or_else(|| bad(format!("tools[{i}].function must be an object {{name, description, parameters}}")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "tools[{i}].function must be an object {{name, description, parameters}}"
+                ))
+            })?;
         let name = f
             .get("name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| bad(format!("tools[{i}].function.name must be a non-empty string")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "tools[{i}].function.name must be a non-empty string"
+                ))
+            })?;
         if tools.iter().any(|t| t.name == name) {
             return Err(bad(format!("tools[{i}]: two tools are named '{name}'")));
         }
@@ -771,9 +788,9 @@ fn parse_tool_choice(v: Option<&Value>, tools: &[Tool]) -> Result<ToolChoice, Ap
         Some(v) => return Err(bad(format!("tool_choice must be a string or an object, got {}", kind_of(v)))),
     };
     match &choice {
-        ToolChoice::Auto | ToolChoice::Required if tools.is_empty() => Err(bad(
-            "tool_choice needs tools: the request gives none".into(),
-        )),
+        ToolChoice::Auto | ToolChoice::Required if tools.is_empty() => {
+            Err(bad("tool_choice needs tools: the request gives none".into()))
+        }
         ToolChoice::Function(name) if !tools.iter().any(|t| &t.name == name) => Err(bad(format!(
             "tool_choice names the function '{name}', which is not among tools"
         ))),
@@ -848,7 +865,10 @@ impl CompletionRequest {
             .map_err(|_| ApiError::invalid("best_of", "only best_of = 1 is supported"))?
             .is_some_and(|b| b != 1)
         {
-            return Err(ApiError::invalid("best_of", "only best_of = 1 is supported"));
+            return Err(ApiError::invalid(
+                "best_of",
+                "only best_of = 1 is supported",
+            ));
         }
         Ok(CompletionRequest { prompt, options })
     }
@@ -1006,7 +1026,13 @@ pub struct ChatCompletionChunk {
 }
 
 impl ChatCompletionChunk {
-    pub fn new(id: &str, created: u64, model: &str, delta: Delta, finish: Option<FinishReason>) -> Self {
+    pub fn new(
+        id: &str,
+        created: u64,
+        model: &str,
+        delta: Delta,
+        finish: Option<FinishReason>,
+    ) -> Self {
         ChatCompletionChunk {
             id: id.to_string(),
             object: "chat.completion.chunk",
@@ -1262,39 +1288,147 @@ mod tests {
             (r#"{"messages":"#, None, "not valid JSON"),
             (r#"{}"#, Some("messages"), "messages is missing"),
             (r#"{"messages":[]}"#, Some("messages"), "must not be empty"),
-            (r#"{"messages":[{"role":"robot","content":"x"}]}"#, Some("messages"), "messages[0].role"),
-            (r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, Some("messages"), "text part"),
-            (r#"{"messages":[{"role":"user"}]}"#, Some("messages"), "messages[0].content is missing"),
-            (r#"{"messages":[{"role":"tool","content":"x"}]}"#, Some("messages"), "tool_call_id"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"temperature":-1}"#, Some("temperature"), "temperature must be"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, Some("temperature"), "got a string"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"top_p":0}"#, Some("top_p"), "top_p must be"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"top_k":1.5}"#, Some("top_k"), "top_k must be an integer"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"min_p":2}"#, Some("min_p"), "min_p"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"repeat_penalty":0}"#, Some("repeat_penalty"), "repeat_penalty"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, Some("max_tokens"), "max_tokens must be"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":-3}"#, Some("max_completion_tokens"), "max_completion_tokens"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, Some("n"), "only n = 1"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, Some("stream"), "stream must be a boolean"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#, Some("stream_options.include_usage"), "include_usage"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#, Some("stop"), "at most 4"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"stop":[""]}"#, Some("stop"), "must not be empty"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"stop":[1]}"#, Some("stop"), "stop[0]"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"seed":1.5}"#, Some("seed"), "seed must be an integer"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"frequency_penalty":0.5}"#, Some("frequency_penalty"), "repeat_penalty"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#, Some("logprobs"), "logprobs"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#, Some("response_format"), "response_format.type"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"a b"}}}"#, Some("response_format"), "name"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{}}]}"#, Some("tools"), "tools[0].function.name"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"required"}"#, Some("tool_choice"), "needs tools"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}}"#, Some("tool_choice"), "'g'"),
+            (
+                r#"{"messages":[{"role":"robot","content":"x"}]}"#,
+                Some("messages"),
+                "messages[0].role",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                Some("messages"),
+                "text part",
+            ),
+            (
+                r#"{"messages":[{"role":"user"}]}"#,
+                Some("messages"),
+                "messages[0].content is missing",
+            ),
+            (
+                r#"{"messages":[{"role":"tool","content":"x"}]}"#,
+                Some("messages"),
+                "tool_call_id",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":-1}"#,
+                Some("temperature"),
+                "temperature must be",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                Some("temperature"),
+                "got a string",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_p":0}"#,
+                Some("top_p"),
+                "top_p must be",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_k":1.5}"#,
+                Some("top_k"),
+                "top_k must be an integer",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"min_p":2}"#,
+                Some("min_p"),
+                "min_p",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"repeat_penalty":0}"#,
+                Some("repeat_penalty"),
+                "repeat_penalty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                Some("max_tokens"),
+                "max_tokens must be",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":-3}"#,
+                Some("max_completion_tokens"),
+                "max_completion_tokens",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
+                Some("n"),
+                "only n = 1",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                Some("stream"),
+                "stream must be a boolean",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#,
+                Some("stream_options.include_usage"),
+                "include_usage",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
+                Some("stop"),
+                "at most 4",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stop":[""]}"#,
+                Some("stop"),
+                "must not be empty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stop":[1]}"#,
+                Some("stop"),
+                "stop[0]",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"seed":1.5}"#,
+                Some("seed"),
+                "seed must be an integer",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"frequency_penalty":0.5}"#,
+                Some("frequency_penalty"),
+                "repeat_penalty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#,
+                Some("logprobs"),
+                "logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#,
+                Some("response_format"),
+                "response_format.type",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"a b"}}}"#,
+                Some("response_format"),
+                "name",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{}}]}"#,
+                Some("tools"),
+                "tools[0].function.name",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"required"}"#,
+                Some("tool_choice"),
+                "needs tools",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}}"#,
+                Some("tool_choice"),
+                "'g'",
+            ),
         ];
         for (json, param, text) in cases {
             let e = err(json);
             assert_eq!(e.status, 400, "{json}");
             assert_eq!(e.kind, "invalid_request_error");
             assert_eq!(e.param.as_deref(), param, "{json}: {e:?}");
-            assert!(e.message.contains(text), "{json}: `{}` lacks `{text}`", e.message);
+            assert!(
+                e.message.contains(text),
+                "{json}: `{}` lacks `{text}`",
+                e.message
+            );
         }
     }
 
@@ -1334,7 +1468,8 @@ mod tests {
 
     #[test]
     fn completion_request() {
-        let r = CompletionRequest::parse(br#"{"prompt":"Once","max_tokens":3,"stop":["."]}"#).unwrap();
+        let r =
+            CompletionRequest::parse(br#"{"prompt":"Once","max_tokens":3,"stop":["."]}"#).unwrap();
         assert_eq!(r.prompt, "Once");
         assert_eq!(r.options.max_tokens, Some(3));
         assert_eq!(r.options.stop, vec![".".to_string()]);
@@ -1367,34 +1502,74 @@ mod tests {
             context: 5,
         });
         assert_eq!(e.code, Some("context_length_exceeded"));
-        assert_eq!(ApiError::from_engine(&crate::Error::Gpu("x".into())).status, 500);
+        assert_eq!(
+            ApiError::from_engine(&crate::Error::Gpu("x".into())).status,
+            500
+        );
     }
 
     #[test]
     fn response_shapes() {
-        let c = ChatCompletion::new("id".into(), 1, "m".into(), "hi".into(), FinishReason::Length, Usage::new(3, 2));
+        let c = ChatCompletion::new(
+            "id".into(),
+            1,
+            "m".into(),
+            "hi".into(),
+            FinishReason::Length,
+            Usage::new(3, 2),
+        );
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["choices"][0]["message"]["content"], "hi");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         assert_eq!(v["usage"]["total_tokens"], 5);
-        let k = ChatCompletionChunk::new("id", 1, "m", Delta { role: Some("assistant"), content: Some(String::new()) }, None);
+        let k = ChatCompletionChunk::new(
+            "id",
+            1,
+            "m",
+            Delta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            },
+            None,
+        );
         let v = serde_json::to_value(&k).unwrap();
         assert_eq!(v["object"], "chat.completion.chunk");
-        assert_eq!(v["choices"][0]["delta"], serde_json::json!({"role": "assistant", "content": ""}));
+        assert_eq!(
+            v["choices"][0]["delta"],
+            serde_json::json!({"role": "assistant", "content": ""})
+        );
         assert!(v["choices"][0]["finish_reason"].is_null());
         assert!(v.get("usage").is_none());
-        let v = serde_json::to_value(ChatCompletionChunk::usage("id", 1, "m", Usage::new(1, 1))).unwrap();
+        let v = serde_json::to_value(ChatCompletionChunk::usage("id", 1, "m", Usage::new(1, 1)))
+            .unwrap();
         assert_eq!(v["choices"], serde_json::json!([]));
-        let v = serde_json::to_value(TextCompletion::new("id", 1, "m", "t".into(), Some(FinishReason::Stop), None)).unwrap();
+        let v = serde_json::to_value(TextCompletion::new(
+            "id",
+            1,
+            "m",
+            "t".into(),
+            Some(FinishReason::Stop),
+            None,
+        ))
+        .unwrap();
         assert_eq!(v["object"], "text_completion");
         assert_eq!(v["choices"][0]["text"], "t");
         let v = serde_json::to_value(ModelList::one("gemma", 5)).unwrap();
         assert_eq!(v["data"][0]["id"], "gemma");
         assert_eq!(v["data"][0]["object"], "model");
-        assert_eq!(FinishReason::from_finish(Some(Finish::MaxTokens), true), FinishReason::Stop);
-        assert_eq!(FinishReason::from_finish(Some(Finish::EndToken(1)), false), FinishReason::Stop);
-        assert_eq!(FinishReason::from_finish(Some(Finish::ContextFull), false), FinishReason::Length);
+        assert_eq!(
+            FinishReason::from_finish(Some(Finish::MaxTokens), true),
+            FinishReason::Stop
+        );
+        assert_eq!(
+            FinishReason::from_finish(Some(Finish::EndToken(1)), false),
+            FinishReason::Stop
+        );
+        assert_eq!(
+            FinishReason::from_finish(Some(Finish::ContextFull), false),
+            FinishReason::Length
+        );
     }
 
     /// Feeds `pieces` and returns everything released and whether it stopped.
@@ -1416,7 +1591,10 @@ mod tests {
 
     #[test]
     fn stop_matcher_cuts_at_the_match() {
-        assert_eq!(run(&["\n\n"], &["Hello", " world", "\n", "\nmore"]).0, "Hello world");
+        assert_eq!(
+            run(&["\n\n"], &["Hello", " world", "\n", "\nmore"]).0,
+            "Hello world"
+        );
         assert!(run(&["\n\n"], &["Hello", " world", "\n", "\nmore"]).1);
         // Across pieces, and the earliest of several stops wins.
         let (out, stopped, _) = run(&["END", "xy"], &["abcE", "N", "Dxy"]);
@@ -1434,7 +1612,10 @@ mod tests {
         // "S" and "ST" are held until "x" shows they are not a stop.
         assert_eq!(each, vec!["a ", "", "STx", "!"]);
         // A partial match at the end is released by finish.
-        assert_eq!(run(&["STOP"], &["abc", "ST"]), ("abcST".into(), false, vec!["abc".into(), "".into()]));
+        assert_eq!(
+            run(&["STOP"], &["abc", "ST"]),
+            ("abcST".into(), false, vec!["abc".into(), "".into()])
+        );
         // No stops: everything passes straight through.
         assert_eq!(run(&[], &["a", "b"]).2, vec!["a", "b"]);
         // Multi-byte text is only split at character boundaries.

@@ -19,6 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -27,7 +28,6 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use anyhow::Context;
 use axum::{Json, Router};
 use tokio::sync::mpsc;
 
@@ -35,9 +35,8 @@ use crate::chat::ChatTemplate;
 use crate::generate::Generation;
 use crate::model::Model;
 use crate::openai::{
-    apply_response_format, ApiError, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, CompletionRequest, Delta, FinishReason, ModelList, StopMatcher,
-    TextCompletion, Usage,
+    apply_response_format, ApiError, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    CompletionRequest, Delta, FinishReason, ModelList, StopMatcher, TextCompletion, Usage,
 };
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
@@ -92,7 +91,10 @@ enum Event {
     /// The prompt is in the KV cache; generation begins.
     Started,
     Text(String),
-    Done { finish: FinishReason, usage: Usage },
+    Done {
+        finish: FinishReason,
+        usage: Usage,
+    },
     Failed(ApiError),
 }
 
@@ -174,13 +176,20 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .merge(v1)
         .fallback(|| async {
             ApiError::new(404, "invalid_request_error", "no such endpoint").with_code("not_found")
         })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(405, "invalid_request_error", "method not allowed on this endpoint")
+            ApiError::new(
+                405,
+                "invalid_request_error",
+                "method not allowed on this endpoint",
+            )
         })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -353,7 +362,12 @@ impl Reply {
                 Some(Event::Done { finish, usage }) => {
                     let body = if self.chat {
                         serde_json::to_value(ChatCompletion::new(
-                            self.id, self.created, self.model, text, finish, usage,
+                            self.id,
+                            self.created,
+                            self.model,
+                            text,
+                            finish,
+                            usage,
                         ))
                     } else {
                         serde_json::to_value(TextCompletion::new(

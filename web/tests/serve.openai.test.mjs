@@ -169,12 +169,11 @@ test('a dropped stream cancels its generation: the next request is answered at o
     { signal: controller.signal },
   );
   let first = null;
-  await assert.rejects(async () => {
-    for await (const chunk of stream) {
-      first ??= chunk;
-      controller.abort();
-    }
-  }, (err) => err.name === 'AbortError' || err.constructor.name === 'APIUserAbortError');
+  for await (const chunk of stream) {
+    first = chunk;
+    // The client's stream ends quietly on abort; the server sees the connection close.
+    controller.abort();
+  }
   assert.equal(first?.object, 'text_completion');
   const ms = await assertServing('after a dropped stream');
   note(`request after a dropped 400-token stream answered in ${secs(ms)}`);
@@ -257,19 +256,19 @@ test('a wrong or missing API key gets 401', async () => {
 });
 
 test('20 concurrent clients are all answered', async () => {
+  // Short raw prompts keep the 20 prefills cheap: what is tested is the queue, not the model.
   const t0 = performance.now();
   const results = await Promise.all(
     Array.from({ length: 20 }, (_, i) => {
       const c = new OpenAI({ baseURL, apiKey: API_KEY, maxRetries: 0, timeout: 300_000 });
-      return c.chat.completions.create({
-        model: MODEL_ID, messages: [{ role: 'user', content: `Say ${i}.` }], max_tokens: 2, seed: i,
-      });
+      return c.completions.create({ model: MODEL_ID, prompt: 'Hello', max_tokens: 2, seed: i });
     }),
   );
-  note(`20 concurrent chat completions of 2 tokens ${secs(performance.now() - t0)}`);
+  note(`20 concurrent completions of 2 tokens ${secs(performance.now() - t0)}`);
   for (const r of results) {
-    assert.equal(r.object, 'chat.completion');
+    assert.equal(r.object, 'text_completion');
     assert.ok(r.usage.completion_tokens >= 1 && r.usage.completion_tokens <= 2, JSON.stringify(r.usage));
+    assert.equal(r.usage.prompt_tokens, results[0].usage.prompt_tokens);
   }
   assert.equal(new Set(results.map((r) => r.id)).size, 20, 'every answer has its own id');
 });
