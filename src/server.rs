@@ -549,6 +549,10 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
         crate::Error::InvalidArgument(m) => ApiError::invalid("messages", m),
         e => ApiError::from_engine(&e),
     })?;
+    let prompt_field = match job.prompt {
+        Prompt::Chat(_) => "messages",
+        Prompt::Text(_) => "prompt",
+    };
     model.reset();
     let mut generation = pollster::block_on(Generation::start(
         model,
@@ -557,7 +561,15 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
         job.sampling,
         job.max_tokens as usize,
     ))
-    .map_err(|e| ApiError::from_engine(&e))?;
+    .map_err(|e| {
+        let mut error = ApiError::from_engine(&e);
+        // A prompt too long for the context is the fault of the field that holds it.
+        if error.code == Some("context_length_exceeded") {
+            error.param = Some(prompt_field.into());
+        }
+        error
+    })?;
+    // After the prefill: a constraint attaches to the generation it constrains.
     if let Prompt::Chat(request) = &job.prompt {
         apply_response_format(&mut generation, request)?;
     }

@@ -1,7 +1,7 @@
 // `gemma-wgpu serve` through OpenAI's own npm client: chat completions (whole and streamed, the
 // greedy text checked against the native CLI's), text completions, the model list, stop
 // sequences, a client that drops its stream, refused requests (bad JSON, bad fields, wrong API
-// key, an oversized body), and 20 clients at once. One server on the default Gemma 3 270M model;
+// key, an oversized body), 20 clients at once, and a full queue refused. One server on the default Gemma 3 270M model;
 // token counts stay small because lavapipe decodes about two tokens per second.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -271,4 +271,32 @@ test('20 concurrent clients are all answered', async () => {
     assert.equal(r.usage.prompt_tokens, results[0].usage.prompt_tokens);
   }
   assert.equal(new Set(results.map((r) => r.id)).size, 20, 'every answer has its own id');
+});
+
+test('a full queue refuses more requests with 503 and keeps the ones it took', async () => {
+  const small = startServe(['--queue-limit', '1']);
+  const url = `${await small.ready}/v1`;
+  const c = new OpenAI({ baseURL: url, apiKey: 'unused', maxRetries: 0, timeout: 180_000 });
+  try {
+    // One generation running (its first chunk has arrived), one waiting: the queue is full.
+    const controller = new AbortController();
+    const running = await c.completions.create(
+      { model: MODEL_ID, prompt: '1, 2, 3, 4, 5, 6, 7, 8,', max_tokens: 400, temperature: 0, stream: true },
+      { signal: controller.signal },
+    );
+    const it = running[Symbol.asyncIterator]();
+    assert.equal((await it.next()).value.object, 'text_completion');
+    const waiting = c.completions.create({ model: MODEL_ID, prompt: 'Hello', max_tokens: 1, temperature: 0 });
+    // Give the waiting request time to reach the queue before the one that must be refused.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await assert.rejects(
+      c.completions.create({ model: MODEL_ID, prompt: 'Hello', max_tokens: 1 }),
+      (err) => err instanceof OpenAI.InternalServerError && err.status === 503 && err.code === 'queue_full',
+    );
+    controller.abort();
+    const r = await waiting;
+    assert.equal(r.usage.completion_tokens, 1);
+  } finally {
+    small.child.kill('SIGKILL');
+  }
 });
