@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Browser tests: the npm package built from this tree, packed as npm would publish it, run in
 # headless Chromium on its software WebGPU (SwiftShader), compared against the native CLI. Also
-# the local server, a Vite build of an app using the package, the demo page, and every WGSL
-# kernel variant through Dawn's compiler.
+# the local server, a Vite build of an app using the package, the demo page, every WGSL
+# kernel variant through Dawn's compiler, and `gemma-wgpu serve` through OpenAI's npm client.
 # Installs what is missing (Chromium from apt, web/node_modules with `npm ci`), builds pkg/,
 # makes sure target/debug/gemma-wgpu and the default model exist, then runs web/tests.
 #   pkg-scripts/test-web.sh [--no-build] [test files...]   (default: all of web/tests/*.test.mjs)

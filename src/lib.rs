@@ -12,10 +12,14 @@ pub mod gguf;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod openai;
 pub mod quant;
 pub mod reference;
 pub mod rope;
 pub mod sampler;
+/// The HTTP server of `gemma-wgpu serve` (native only).
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod server;
 pub mod synth;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

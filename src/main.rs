@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `generate` (stream a continuation), `chat` (interactive, KV cache reused across
 //! turns), `score` (per-position top-k logits, for checking numerics), `info` (model and GPU
-//! memory plan). Errors print one line and exit non-zero.
+//! memory plan), `serve` (an OpenAI-compatible HTTP server). Errors print one line and exit
+//! non-zero.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Interactive multi-turn chat (reads lines from stdin).
     Chat(ChatArgs),
+    /// An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models).
+    Serve(ServeArgs),
     /// One prefill over the given token ids; prints the top-k logits of every position as JSON.
     Score(ScoreArgs),
     /// Architecture, sizes, tensor types and the GPU memory plan.
@@ -260,6 +263,30 @@ struct ChatArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed when ready).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 requests.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Largest request body accepted (bytes); larger ones get 413.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_request_bytes: usize,
+    /// Most tokens one request may generate (the default for requests that set no max_tokens).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens_limit: u32,
+    /// Most requests waiting behind the running one; more are refused with 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    queue_limit: u64,
+}
+
+#[derive(Args)]
 struct ScoreArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -387,6 +414,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat(a),
+        Command::Serve(a) => serve(a),
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
         Command::Synth(a) => synth(a),
@@ -729,6 +757,39 @@ fn chat(a: ChatArgs) -> Result<()> {
         conv.finish_reply(reply.trim().to_string());
     }
     Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    use gemma_wgpu::server::{self, Engine, ServerConfig};
+    let model_id = model_path(&a.model)?
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gemma".into());
+    let config = ServerConfig {
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key,
+        max_request_bytes: a.max_request_bytes,
+        max_tokens_limit: a.max_tokens_limit,
+        queue_limit: a.queue_limit as usize,
+        model_id,
+    };
+    let model_args = a.model;
+    let load_engine = move || {
+        let l = load(&model_args, false)?;
+        let template = ChatTemplate::from_gguf(&l.gguf.metadata, &l.tok)?;
+        Ok(Engine {
+            model: l.model,
+            tok: l.tok,
+            template,
+            constraints: None,
+        })
+    };
+    server::run(config, load_engine, |addr| {
+        // Scripts and tests wait for this line (with --port 0 it names the port chosen).
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+    })
 }
 
 fn score(a: ScoreArgs) -> Result<()> {

@@ -271,3 +271,25 @@ fn synth_writes_the_specs_bytes() {
         "the written file differs from the spec's bytes"
     );
 }
+
+#[test]
+fn serve_with_a_missing_model_names_the_path() {
+    let e = fails(&["serve", "--model", "/nonexistent/model.gguf", "--port", "0"]);
+    assert!(e.contains("/nonexistent/model.gguf"), "{e}");
+}
+
+#[test]
+fn serve_on_a_taken_port_fails_before_loading() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    // The model path is never opened: the port is checked first.
+    let e = fails(&[
+        "serve",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--port",
+        &port,
+    ]);
+    assert!(e.contains(&format!("listening on 127.0.0.1:{port}")), "{e}");
+    assert!(!e.contains("nonexistent"), "{e}");
+}
