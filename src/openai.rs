@@ -18,18 +18,6 @@ use crate::sampler::SamplingParams;
 /// Most stop sequences a request may give (OpenAI's limit).
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
-/// Sampling defaults of a request that gives none: Gemma's own (see [`SamplingParams`]), as in
-/// the JS API's `createChatCompletion`.
-const DEFAULT_SAMPLING: SamplingParams = SamplingParams {
-    temperature: 1.0,
-    top_k: 64,
-    top_p: 0.95,
-    min_p: 0.0,
-    repeat_penalty: 1.0,
-    repeat_last_n: 64,
-    seed: 0,
-};
-
 /// An OpenAI-style error: the HTTP status and the `{"error": {...}}` body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -413,7 +401,8 @@ fn parse_options(f: &Fields) -> Result<GenerationOptions, ApiError> {
             "logit_bias is not supported",
         ));
     }
-    let d = DEFAULT_SAMPLING;
+    // A request that gives none gets Gemma's own defaults, as the JS API's createChatCompletion.
+    let d = SamplingParams::default();
     let temperature = f
         .number(
             "temperature",
@@ -1233,7 +1222,7 @@ mod tests {
         assert_eq!(r.messages[0].content, "hi");
         assert!(!r.options.stream);
         assert_eq!(r.options.max_tokens, None);
-        assert_eq!(r.options.sampling, DEFAULT_SAMPLING);
+        assert_eq!(r.options.sampling, SamplingParams::default());
         assert_eq!(r.options.seed, None);
         assert_eq!(r.options.sampling_params(7).seed, 7);
         assert_eq!(r.response_format, ResponseFormat::Text);

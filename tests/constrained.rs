@@ -9,13 +9,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use gemma_wgpu::constrain::{ConstraintFactory, OutputFormat};
 use gemma_wgpu::generate::{Finish, Generation};
-use gemma_wgpu::gguf::{self, MmapSource};
-use gemma_wgpu::model::{LoadOptions, Model};
+use gemma_wgpu::model::Model;
 use gemma_wgpu::sampler::SamplingParams;
 use gemma_wgpu::tokenizer::Tokenizer;
 use serde_json::json;
@@ -23,18 +19,7 @@ use serde_json::json;
 const MAX_TOKENS: usize = 160;
 
 fn load() -> (Model, Tokenizer) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/gemma4_mtp/gemma4_mtp_target.gguf");
-    let (g, mut src) = gguf::open(&path).expect("open fixture");
-    let tok = Tokenizer::from_gguf(&g.metadata).expect("tokenizer");
-    let opts = LoadOptions {
-        context: Some(256),
-        rows: Some(Arc::new(MmapSource::open(&path).expect("map fixture"))),
-        ..Default::default()
-    };
-    let ctx = Arc::new(common::make_with("constrained", false, None).ctx);
-    let model = common::block(Model::load(ctx, &g, &mut src, &opts, |_, _| {})).expect("load");
-    (model, tok)
+    common::tiny_gemma4("constrained", false, 256)
 }
 
 fn settings() -> Vec<(&'static str, SamplingParams)> {

@@ -7,12 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use gemma_wgpu::generate::Generation;
-use gemma_wgpu::gguf::{self, MmapSource};
-use gemma_wgpu::model::{LoadOptions, Model};
+use gemma_wgpu::model::Model;
 use gemma_wgpu::sampler::SamplingParams;
 use gemma_wgpu::tokenizer::Tokenizer;
 
@@ -20,18 +16,7 @@ const DRAWS: u64 = 800;
 const Z_MAX: f64 = 3.72;
 
 fn load() -> (Model, Tokenizer) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/gemma4_mtp/gemma4_mtp_target.gguf");
-    let (g, mut src) = gguf::open(&path).expect("open fixture");
-    let tok = Tokenizer::from_gguf(&g.metadata).expect("tokenizer");
-    let opts = LoadOptions {
-        context: Some(64),
-        rows: Some(Arc::new(MmapSource::open(&path).expect("map fixture"))),
-        ..Default::default()
-    };
-    let ctx = Arc::new(common::make_with("full-vocab", true, None).ctx);
-    let model = common::block(Model::load(ctx, &g, &mut src, &opts, |_, _| {})).expect("load");
-    (model, tok)
+    common::tiny_gemma4("full-vocab", true, 64)
 }
 
 fn params(seed: u64) -> SamplingParams {
@@ -80,30 +65,21 @@ fn first_token_follows_the_softmax_of_the_whole_row() {
         let id = generate(&mut model, &tok, &prompt, params(seed), 1)[0];
         *counts.entry(id).or_default() += 1;
     }
-    let mut bins: Vec<(f64, u64)> = Vec::new();
-    let (mut e, mut o) = (0.0, 0u64);
-    for &(id, p) in &probs {
-        e += p * DRAWS as f64;
-        o += counts.get(&id).copied().unwrap_or(0);
-        if e >= 10.0 {
-            bins.push((e, o));
-            (e, o) = (0.0, 0);
-        }
-    }
-    // The rest of the vocabulary, with what was left of the top 64.
+    // The top 64 in rank order, then the rest of the vocabulary as one bin.
     let in_top: u64 = probs
         .iter()
         .map(|p| counts.get(&p.0).copied().unwrap_or(0))
         .sum();
-    bins.push((e + (1.0 - top_mass) * DRAWS as f64, o + DRAWS - in_top));
-    let chi2: f64 = bins.iter().map(|&(e, o)| (o as f64 - e).powi(2) / e).sum();
-    let df = (bins.len() - 1) as f64;
-    let z = (chi2 - df) / (2.0 * df).sqrt();
+    let entries = probs
+        .iter()
+        .map(|&(id, p)| (p * DRAWS as f64, counts.get(&id).copied().unwrap_or(0)))
+        .chain([((1.0 - top_mass) * DRAWS as f64, DRAWS - in_top)]);
+    let (chi2, df, z) = common::chi_square(entries);
     eprintln!(
         "top-64 mass {top_mass:.3}, {} distinct tokens drawn; χ² {chi2:.1} df {df} z {z:.2}",
         counts.len()
     );
-    assert!(bins.len() >= 5, "too few bins for a test ({})", bins.len());
+    assert!(df >= 4.0, "too few bins for a test (df {df})");
     assert!(
         z < Z_MAX,
         "first tokens do not follow softmax(logits) (z = {z:.2})"

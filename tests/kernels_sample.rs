@@ -170,23 +170,12 @@ fn check_draws(name: &str, row: &[f32], s: VocabSampling, draws: usize) {
             *counts.entry(id).or_default() += 1;
         }
         // χ² over rank-ordered bins of at least 10 expected draws.
-        let mut bins: Vec<(f64, usize)> = Vec::new();
-        let (mut e, mut o) = (0.0, 0usize);
-        for &(id, p) in &want {
-            e += p * draws as f64;
-            o += counts.get(&id).copied().unwrap_or(0);
-            if e >= 10.0 {
-                bins.push((e, o));
-                (e, o) = (0.0, 0);
-            }
-        }
-        if let Some(last) = bins.last_mut() {
-            last.0 += e;
-            last.1 += o;
-        }
-        let chi2: f64 = bins.iter().map(|&(e, o)| (o as f64 - e).powi(2) / e).sum();
-        let df = (bins.len().max(2) - 1) as f64;
-        let z = (chi2 - df) / (2.0 * df).sqrt();
+        let (chi2, df, z) = common::chi_square(want.iter().map(|&(id, p)| {
+            (
+                p * draws as f64,
+                counts.get(&id).copied().unwrap_or(0) as u64,
+            )
+        }));
         eprintln!(
             "{what}: kept {} of {}; χ² {chi2:.1} df {df} z {z:.2} ({draws} draws)",
             kept.len(),

@@ -148,3 +148,61 @@ pub fn block<F: std::future::Future>(f: F) -> F::Output {
 }
 pub mod gguf_writer;
 pub mod reference;
+
+/// The tiny Gemma 4 target of the MTP fixture (vocabulary 1,024, random weights) with its
+/// tokenizer, on a context under WebGPU's default limits (`portable`: no f16, no subgroups).
+pub fn tiny_gemma4(
+    name: &'static str,
+    portable: bool,
+    context: u32,
+) -> (gemma_wgpu::model::Model, gemma_wgpu::tokenizer::Tokenizer) {
+    use gemma_wgpu::gguf::{self, MmapSource};
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/gemma4_mtp/gemma4_mtp_target.gguf");
+    let (g, mut src) = gguf::open(&path).expect("open fixture");
+    let tok = gemma_wgpu::tokenizer::Tokenizer::from_gguf(&g.metadata).expect("tokenizer");
+    let opts = gemma_wgpu::model::LoadOptions {
+        context: Some(context),
+        rows: Some(std::sync::Arc::new(
+            MmapSource::open(&path).expect("map fixture"),
+        )),
+        ..Default::default()
+    };
+    let ctx = std::sync::Arc::new(make_with(name, portable, None).ctx);
+    let model = block(gemma_wgpu::model::Model::load(
+        ctx,
+        &g,
+        &mut src,
+        &opts,
+        |_, _| {},
+    ))
+    .expect("load");
+    (model, tok)
+}
+
+/// Pearson's χ² of observed draws against expected counts, over bins of consecutive entries
+/// (`(expected, observed)` each, in a meaningful order) merged until each expects at least
+/// 10; the leftover joins the last bin. Returns `(χ², df, z)` with the normal approximation
+/// `z = (χ² − df)/√(2·df)`.
+pub fn chi_square(entries: impl IntoIterator<Item = (f64, u64)>) -> (f64, f64, f64) {
+    let mut bins: Vec<(f64, u64)> = Vec::new();
+    let (mut e, mut o) = (0.0, 0u64);
+    for (ei, oi) in entries {
+        e += ei;
+        o += oi;
+        if e >= 10.0 {
+            bins.push((e, o));
+            (e, o) = (0.0, 0);
+        }
+    }
+    match bins.last_mut() {
+        Some(last) => {
+            last.0 += e;
+            last.1 += o;
+        }
+        None => bins.push((e, o)),
+    }
+    let chi2: f64 = bins.iter().map(|&(e, o)| (o as f64 - e).powi(2) / e).sum();
+    let df = (bins.len().max(2) - 1) as f64;
+    (chi2, df, (chi2 - df) / (2.0 * df).sqrt())
+}
