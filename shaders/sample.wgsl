@@ -61,6 +61,9 @@ const E: u32 = 16u;              // entries per invocation
 const S: u32 = 4096u;            // entries per slice (WG · E)
 const N_SLICES: u32 = {{N_SLICES}}u; // ⌈V / S⌉
 const BINS: u32 = 256u;
+// -inf as bits: Tint refuses -inf as a constant f32 value, so it is only ever compared and
+// stored as bits.
+const NEG_INF_BITS: u32 = 0xff800000u;
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;          // [V] f32: softcapped, penalised
 @group(0) @binding(1) var<storage, read> topk: array<u32>;            // logits.wgsl result: [n, lse, id0, value0 bits, …]
@@ -68,7 +71,7 @@ const BINS: u32 = 256u;
 @group(0) @binding(3) var<storage, read_write> state: array<u32>;     // [8] u32, see STATE_*
 @group(0) @binding(4) var<{{PARAMS}}> p: Params;
 @group(0) @binding(5) var<{{PARAMS}}> draw: Draw;
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;         // [V] f32: x/T + Gumbel, or -inf
+@group(0) @binding(6) var<storage, read_write> y: array<u32>;         // [V] f32 bits: x/T + Gumbel, or -inf
 
 const STATE_PREFIX: u32 = 0u;   // digits chosen so far
 const STATE_NEED: u32 = 1u;     // count still needed (count search)
@@ -118,7 +121,7 @@ fn hist(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         let x = logits[i];
         let key = to_key(x);
-        if key < lower || (key & mask) != prefix || x == bitcast<f32>(0xff800000u) {
+        if key < lower || (key & mask) != prefix || bitcast<u32>(x) == NEG_INF_BITS {
             continue;
         }
         let d = (key >> p.shift) & 0xffu;
@@ -270,10 +273,10 @@ fn perturb(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             break;
         }
         let x = logits[i];
-        var out = bitcast<f32>(0xff800000u);
-        if to_key(x) >= threshold && x != bitcast<f32>(0xff800000u) {
+        var out = NEG_INF_BITS;
+        if to_key(x) >= threshold && bitcast<u32>(x) != NEG_INF_BITS {
             let h = pcg4d(vec4<u32>(i, draw.seed_lo, draw.seed_hi, 0x9e3779b9u)).x;
-            out = x * p.inv_temp + gumbel(h);
+            out = bitcast<u32>(x * p.inv_temp + gumbel(h));
         }
         y[i] = out;
     }
