@@ -176,9 +176,4 @@ impl OutputConstraint {
         }
         self.matcher.consume_token(id).map_err(constraint_error)
     }
-
-    /// Whether the output so far is a complete match (the grammar may end here).
-    pub fn is_accepting(&mut self) -> bool {
-        self.matcher.is_stopped() || self.matcher.is_accepting().unwrap_or(false)
-    }
 }
