@@ -171,6 +171,9 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template renders `tools` (Gemma 4's do; Gemma 3's and the built-in Gemma 4 one do
+    /// not).
+    supports_tools: bool,
 }
 
 const NAME: &str = "chat";
@@ -208,12 +211,14 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_template_owned(NAME, source.into())
-            .map_err(jinja_err)?;
+        let source = source.into();
+        let supports_tools = source.contains("tools") && source.contains("tool_call");
+        env.add_template_owned(NAME, source).map_err(jinja_err)?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            supports_tools,
         })
     }
 
@@ -267,18 +272,77 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(Error::InvalidArgument("chat template: no messages".into()));
         }
+        self.render_values(messages_value(messages), None, add_generation_prompt)
+    }
+
+    /// Whether the template declares tools and renders tool calls (see
+    /// [`crate::tool_calls`]).
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
+    }
+
+    /// Renders messages given as JSON, as Hugging Face's `apply_chat_template` takes them
+    /// (`tool_calls`, `tool_responses` and all), with `tools` declared when given.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Prompt> {
+        if messages.as_array().is_none_or(|m| m.is_empty()) {
+            return Err(Error::InvalidArgument("chat template: no messages".into()));
+        }
+        if tools.is_some() && !self.supports_tools {
+            return Err(Error::InvalidArgument(
+                "this model's chat template has no tool-call format".into(),
+            ));
+        }
+        self.render_values(
+            json_value(messages),
+            tools.map(json_value),
+            add_generation_prompt,
+        )
+    }
+
+    fn render_values(
+        &self,
+        messages: Value,
+        tools: Option<Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Prompt> {
         let tmpl = self.env.get_template(NAME).map_err(jinja_err)?;
         let text = tmpl
             .render(minijinja::context! {
-                messages => messages_value(messages),
+                messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
                 enable_thinking => false,
-                tools => Value::UNDEFINED,
+                tools => tools.unwrap_or(Value::UNDEFINED),
             })
             .map_err(jinja_err)?;
         Ok(Prompt { text })
+    }
+}
+
+/// A JSON value as a template value (maps stay maps, so `dictsort` and `is mapping` work).
+fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => items.iter().map(json_value).collect(),
+        J::Object(map) => Value::from_pairs(
+            map.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), json_value(v)))
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod sampler;
 pub mod server;
 pub mod synth;
 pub mod tokenizer;
+pub mod tool_calls;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

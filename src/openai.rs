@@ -11,9 +11,12 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::chat::ChatTemplate;
 use crate::constrain::OutputFormat;
 use crate::generate::Finish;
 use crate::sampler::SamplingParams;
+use crate::tokenizer::Tokenizer;
+use crate::tool_calls::{ParsedCall, ReplyPart, ToolCallSplitter};
 
 /// Most stop sequences a request may give (OpenAI's limit).
 pub const MAX_STOP_SEQUENCES: usize = 4;
@@ -139,13 +142,6 @@ pub struct ChatMessage {
     pub tool_calls: Vec<ToolCall>,
 }
 
-impl ChatMessage {
-    /// The `{role, content}` message the chat template renders.
-    pub fn to_template_message(&self) -> crate::chat::Message {
-        crate::chat::Message::new(self.role.as_str(), self.content.clone())
-    }
-}
-
 /// `response_format`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum ResponseFormat {
@@ -229,6 +225,8 @@ pub struct ChatCompletionRequest {
     pub response_format: ResponseFormat,
     pub tools: Vec<Tool>,
     pub tool_choice: ToolChoice,
+    /// `parallel_tool_calls` (default true): whether a forced reply may hold several calls.
+    pub parallel_tool_calls: bool,
 }
 
 /// A parsed and validated `POST /v1/completions` body: `prompt` is raw text, no template.
@@ -804,21 +802,15 @@ impl ChatCompletionRequest {
         let response_format = parse_response_format(obj.get("response_format"))?;
         let tools = parse_tools(obj.get("tools"))?;
         let tool_choice = parse_tool_choice(obj.get("tool_choice"), &tools)?;
+        let parallel_tool_calls = f.bool("parallel_tool_calls")?.unwrap_or(true);
         Ok(ChatCompletionRequest {
             messages,
             options,
             response_format,
             tools,
             tool_choice,
+            parallel_tool_calls,
         })
-    }
-
-    /// The messages as the chat template takes them.
-    pub fn template_messages(&self) -> Vec<crate::chat::Message> {
-        self.messages
-            .iter()
-            .map(ChatMessage::to_template_message)
-            .collect()
     }
 }
 
@@ -864,23 +856,62 @@ impl CompletionRequest {
     }
 }
 
-/// The output format a chat request asks for (`response_format` json_object or json_schema),
-/// as constrained decoding takes it; `None` for free text. Tool calls are refused until the
-/// model's tool-call format is parsed: answering them as plain text would look like success.
-pub fn output_format(request: &ChatCompletionRequest) -> Result<Option<OutputFormat>, ApiError> {
-    if !request.tools.is_empty() && request.tool_choice != ToolChoice::None {
-        return Err(
-            ApiError::invalid("tools", "tool calls are not supported yet")
-                .with_code("unsupported_parameter"),
-        );
+/// What a chat request runs: the prompt's ids, what the output must match, and whether the
+/// output is read for tool calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedChat {
+    pub ids: Vec<u32>,
+    /// `response_format`, or the tool-call grammar of `tool_choice` `required` / a function.
+    pub format: Option<OutputFormat>,
+    /// The request offers tools (`tool_choice` is not `none`): parse the output for calls.
+    pub tools: bool,
+}
+
+/// Renders a chat request with the model's template (tools declared, past calls and their
+/// results in Gemma's format) and works out its output constraint. The server and the browser
+/// engine both prepare requests here.
+pub fn prepare_chat(
+    template: &ChatTemplate,
+    tok: &Tokenizer,
+    request: &ChatCompletionRequest,
+) -> Result<PreparedChat, ApiError> {
+    let tools = !request.tools.is_empty() && request.tool_choice != ToolChoice::None;
+    if tools && !template.supports_tools() {
+        return Err(ApiError::invalid(
+            "tools",
+            "this model's chat template has no tool-call format (Gemma 3 has none; Gemma 4 \
+             templates do): send the request without tools or with tool_choice 'none'",
+        )
+        .with_code("unsupported_parameter"));
     }
-    Ok(match &request.response_format {
-        ResponseFormat::Text => None,
+    if tools && request.response_format != ResponseFormat::Text {
+        return Err(ApiError::invalid(
+            "response_format",
+            "response_format cannot be combined with tools unless tool_choice is 'none'",
+        ));
+    }
+    let messages = crate::tool_calls::template_messages(&request.messages)?;
+    let declared = tools.then(|| crate::tool_calls::template_tools(&request.tools));
+    let ids = template
+        .render_json(&messages, declared.as_ref(), true)
+        .and_then(|p| p.encode(tok))
+        .map_err(|e| match e {
+            crate::Error::InvalidArgument(m) => ApiError::invalid("messages", m),
+            e => ApiError::from_engine(&e),
+        })?;
+    let format = match &request.response_format {
+        ResponseFormat::Text => crate::tool_calls::call_grammar(
+            &request.tools,
+            &request.tool_choice,
+            request.parallel_tool_calls,
+        )?
+            .map(|grammar| OutputFormat::Grammar { grammar }),
         ResponseFormat::JsonObject => Some(OutputFormat::JsonObject),
         ResponseFormat::JsonSchema { schema, .. } => Some(OutputFormat::JsonSchema {
             schema: schema.clone(),
         }),
-    })
+    };
+    Ok(PreparedChat { ids, format, tools })
 }
 
 /// Why a choice ended, in OpenAI's words.
@@ -891,12 +922,16 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context ran out.
     Length,
+    /// The model called tools and waits for their results.
+    ToolCalls,
 }
 
 impl FinishReason {
-    /// From how the generation ended; `stop_matched` when a stop sequence ended it.
-    pub fn from_finish(finish: Option<Finish>, stop_matched: bool) -> Self {
+    /// From how the generation ended; `stop_matched` when a stop sequence ended it,
+    /// `called_tools` when the reply holds tool calls.
+    pub fn from_finish(finish: Option<Finish>, stop_matched: bool, called_tools: bool) -> Self {
         match finish {
+            _ if called_tools => FinishReason::ToolCalls,
             _ if stop_matched => FinishReason::Stop,
             Some(Finish::EndToken(_)) => FinishReason::Stop,
             _ => FinishReason::Length,
@@ -925,7 +960,50 @@ impl Usage {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the reply is only tool calls, as OpenAI's is.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A tool call in a response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallOut {
+    /// Only in stream chunks: which call of the reply this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+}
+
+impl ToolCallOut {
+    /// The reply's `index`th call, with a fresh id (`call_` and `id_suffix`).
+    pub fn new(call: &ParsedCall, index: u32, id_suffix: &str) -> Self {
+        ToolCallOut {
+            index: None,
+            id: format!("call_{id_suffix}_{index}"),
+            kind: "function",
+            function: FunctionCall {
+                name: call.name.clone(),
+                arguments: call.arguments_json(),
+            },
+        }
+    }
+
+    /// As a stream delta carries it (with `index`).
+    pub fn in_stream(mut self, index: u32) -> Self {
+        self.index = Some(index);
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -953,6 +1031,7 @@ impl ChatCompletion {
         created: u64,
         model: String,
         content: String,
+        tool_calls: Vec<ToolCallOut>,
         finish: FinishReason,
         usage: Usage,
     ) -> Self {
@@ -965,7 +1044,8 @@ impl ChatCompletion {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content,
+                    content: (!content.is_empty() || tool_calls.is_empty()).then_some(content),
+                    tool_calls,
                 },
                 logprobs: None,
                 finish_reason: finish,
@@ -981,6 +1061,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1199,6 +1281,88 @@ impl StopMatcher {
 
     pub fn stopped(&self) -> bool {
         self.stopped
+    }
+}
+
+/// Generated text on its way to the client: tool calls split out (when the request offers
+/// tools) and stop sequences cut, in the text only (a call's arguments never stop a reply).
+#[derive(Debug, Clone, Default)]
+pub struct ReplyFilter {
+    tools: Option<ToolCallSplitter>,
+    stop: StopMatcher,
+    calls: usize,
+}
+
+impl ReplyFilter {
+    pub fn new(stops: Vec<String>, tools: bool) -> Self {
+        ReplyFilter {
+            tools: tools.then(ToolCallSplitter::default),
+            stop: StopMatcher::new(stops),
+            calls: 0,
+        }
+    }
+
+    /// Adds generated text; returns what can be sent now, in order.
+    pub fn push(&mut self, text: &str) -> Vec<ReplyPart> {
+        let mut parts = Vec::new();
+        match &mut self.tools {
+            Some(splitter) => splitter.push(text, &mut parts),
+            None => parts.push(ReplyPart::Text(text.to_string())),
+        }
+        self.release(parts)
+    }
+
+    /// The generation ended: the rest of what was held back.
+    pub fn finish(&mut self) -> Vec<ReplyPart> {
+        let mut parts = Vec::new();
+        if let Some(splitter) = &mut self.tools {
+            splitter.finish(&mut parts);
+        }
+        let mut out = self.release(parts);
+        if !self.stop.stopped() {
+            let rest = self.stop.finish();
+            if !rest.is_empty() {
+                out.push(ReplyPart::Text(rest));
+            }
+        }
+        out
+    }
+
+    fn release(&mut self, parts: Vec<ReplyPart>) -> Vec<ReplyPart> {
+        let mut out = Vec::new();
+        for part in parts {
+            if self.stop.stopped() {
+                break;
+            }
+            match part {
+                ReplyPart::Text(t) => {
+                    let released = self.stop.push(&t);
+                    if !released.text.is_empty() {
+                        out.push(ReplyPart::Text(released.text));
+                    }
+                }
+                ReplyPart::Call(call) => {
+                    // Text held for a possible stop sequence ends where the call begins.
+                    let held = self.stop.finish();
+                    if !held.is_empty() {
+                        out.push(ReplyPart::Text(held));
+                    }
+                    self.calls += 1;
+                    out.push(ReplyPart::Call(call));
+                }
+            }
+        }
+        out
+    }
+
+    /// A stop sequence ended the reply: stop generating.
+    pub fn stopped(&self) -> bool {
+        self.stop.stopped()
+    }
+
+    /// Tool calls released so far.
+    pub fn calls(&self) -> usize {
+        self.calls
     }
 }
 
@@ -1494,6 +1658,7 @@ mod tests {
             1,
             "m".into(),
             "hi".into(),
+            Vec::new(),
             FinishReason::Length,
             Usage::new(3, 2),
         );
@@ -1509,6 +1674,7 @@ mod tests {
             Delta {
                 role: Some("assistant"),
                 content: Some(String::new()),
+                ..Default::default()
             },
             None,
         );
@@ -1538,17 +1704,49 @@ mod tests {
         assert_eq!(v["data"][0]["id"], "gemma");
         assert_eq!(v["data"][0]["object"], "model");
         assert_eq!(
-            FinishReason::from_finish(Some(Finish::MaxTokens), true),
+            FinishReason::from_finish(Some(Finish::MaxTokens), true, false),
             FinishReason::Stop
         );
         assert_eq!(
-            FinishReason::from_finish(Some(Finish::EndToken(1)), false),
+            FinishReason::from_finish(Some(Finish::EndToken(1)), false, false),
             FinishReason::Stop
         );
         assert_eq!(
-            FinishReason::from_finish(Some(Finish::ContextFull), false),
+            FinishReason::from_finish(Some(Finish::ContextFull), false, false),
             FinishReason::Length
         );
+        assert_eq!(
+            FinishReason::from_finish(Some(Finish::EndToken(50)), false, true),
+            FinishReason::ToolCalls
+        );
+        // A reply of tool calls only: content is null, the calls carry JSON text.
+        let call = ParsedCall {
+            name: "f".into(),
+            arguments: serde_json::json!({"a": [1, "x"]}),
+        };
+        let c = ChatCompletion::new(
+            "id".into(),
+            1,
+            "m".into(),
+            String::new(),
+            vec![ToolCallOut::new(&call, 0, "abc")],
+            FinishReason::ToolCalls,
+            Usage::new(3, 2),
+        );
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"],
+            serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_abc_0", "type": "function",
+                 "function": {"name": "f", "arguments": "{\"a\":[1,\"x\"]}"}}]})
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let d = serde_json::to_value(Delta {
+            tool_calls: vec![ToolCallOut::new(&call, 1, "abc").in_stream(1)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(d["tool_calls"][0]["index"], 1);
     }
 
     /// Feeds `pieces` and returns everything released and whether it stopped.

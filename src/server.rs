@@ -36,9 +36,11 @@ use crate::constrain::ConstraintFactory;
 use crate::generate::Generation;
 use crate::model::Model;
 use crate::openai::{
-    output_format, ApiError, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    CompletionRequest, Delta, FinishReason, ModelList, StopMatcher, TextCompletion, Usage,
+    prepare_chat, ApiError, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    CompletionRequest, Delta, FinishReason, ModelList, ReplyFilter, TextCompletion, ToolCallOut,
+    Usage,
 };
+use crate::tool_calls::{ParsedCall, ReplyPart};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
@@ -94,6 +96,8 @@ enum Event {
     /// The prompt is in the KV cache; generation begins.
     Started,
     Text(String),
+    /// A whole tool call (chat requests with tools).
+    ToolCall(ParsedCall),
     Done {
         finish: FinishReason,
         usage: Usage,
@@ -359,9 +363,13 @@ impl Reply {
             return Ok(self.stream(events));
         }
         let mut text = String::new();
+        let mut calls = Vec::new();
         loop {
             match events.recv().await {
                 Some(Event::Text(t)) => text.push_str(&t),
+                Some(Event::ToolCall(c)) => {
+                    calls.push(ToolCallOut::new(&c, calls.len() as u32, call_id_base(&self.id)))
+                }
                 Some(Event::Done { finish, usage }) => {
                     let body = if self.chat {
                         serde_json::to_value(ChatCompletion::new(
@@ -369,6 +377,7 @@ impl Reply {
                             self.created,
                             self.model,
                             text,
+                            calls,
                             finish,
                             usage,
                         ))
@@ -400,17 +409,22 @@ impl Reply {
                 Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    ..Default::default()
                 },
                 None,
             ));
         }
-        let state = (self, events, queued, false);
+        // The state: the reply, its events, chunks to send, whether it ended, calls so far.
+        let state = (self, events, queued, false, 0u32);
         let body = futures_util::stream::unfold(
             state,
-            |(reply, mut events, mut queued, mut finished)| async move {
+            |(reply, mut events, mut queued, mut finished, mut calls)| async move {
                 loop {
                     if let Some(e) = queued.pop_front() {
-                        return Some((Ok::<_, Infallible>(e), (reply, events, queued, finished)));
+                        return Some((
+                            Ok::<_, Infallible>(e),
+                            (reply, events, queued, finished, calls),
+                        ));
                     }
                     if finished {
                         return None;
@@ -418,11 +432,23 @@ impl Reply {
                     match events.recv().await {
                         Some(Event::Text(t)) => queued.push_back(reply.chunk(
                             Delta {
-                                role: None,
                                 content: Some(t),
+                                ..Default::default()
                             },
                             None,
                         )),
+                        // A call streams whole, in one delta (OpenAI's clients accept that).
+                        Some(Event::ToolCall(c)) => {
+                            let call = ToolCallOut::new(&c, calls, call_id_base(&reply.id)).in_stream(calls);
+                            calls += 1;
+                            queued.push_back(reply.chunk(
+                                Delta {
+                                    tool_calls: vec![call],
+                                    ..Default::default()
+                                },
+                                None,
+                            ))
+                        }
                         Some(Event::Done { finish, usage }) => {
                             queued.push_back(reply.chunk(Delta::default(), Some(finish)));
                             if reply.include_usage {
@@ -543,23 +569,21 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
         template,
         constraints,
     } = engine;
-    let ids = match &job.prompt {
-        Prompt::Chat(request) => template
-            .render(&request.template_messages(), true)
-            .and_then(|p| p.encode(tok)),
-        Prompt::Text(text) => tok.encode(text, true),
-    }
-    .map_err(|e| match e {
-        crate::Error::InvalidArgument(m) => ApiError::invalid("messages", m),
-        e => ApiError::from_engine(&e),
-    })?;
+    let prepared = match &job.prompt {
+        Prompt::Chat(request) => prepare_chat(template, tok, request)?,
+        Prompt::Text(text) => crate::openai::PreparedChat {
+            ids: tok
+                .encode(text, true)
+                .map_err(|e| ApiError::from_engine(&e))?,
+            format: None,
+            tools: false,
+        },
+    };
+    let ids = prepared.ids;
+    let format = prepared.format;
     let prompt_field = match job.prompt {
         Prompt::Chat(_) => "messages",
         Prompt::Text(_) => "prompt",
-    };
-    let format = match &job.prompt {
-        Prompt::Chat(request) => output_format(request)?,
-        Prompt::Text(_) => None,
     };
     let constraint = match format {
         None => None,
@@ -571,8 +595,12 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
                 );
             }
             let built = constraints.as_ref().map(|f| f.build(&format));
+            let field = match format {
+                crate::constrain::OutputFormat::Grammar { .. } => "tools",
+                _ => "response_format",
+            };
             Some(built.expect("built above").map_err(|e| match e {
-                crate::Error::InvalidArgument(m) => ApiError::invalid("response_format", m),
+                crate::Error::InvalidArgument(m) => ApiError::invalid(field, m),
                 e => ApiError::from_engine(&e),
             })?)
         }
@@ -611,7 +639,15 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
         log(&generation, "client gone before the first token");
         return Ok(());
     }
-    let mut stop = StopMatcher::new(job.stop);
+    let mut filter = ReplyFilter::new(job.stop, prepared.tools);
+    let send_parts = |parts: Vec<ReplyPart>| {
+        parts.into_iter().all(|part| {
+            send(match part {
+                ReplyPart::Text(t) => Event::Text(t),
+                ReplyPart::Call(c) => Event::ToolCall(c),
+            })
+        })
+    };
     loop {
         if job.events.is_closed() {
             generation.cancel();
@@ -620,22 +656,18 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
         }
         match pollster::block_on(generation.next(model, tok)) {
             Ok(Some(piece)) => {
-                let released = stop.push(&piece.text);
-                if !released.text.is_empty() && !send(Event::Text(released.text)) {
+                if !send_parts(filter.push(&piece.text)) {
                     generation.cancel();
                     log(&generation, "cancelled (client gone)");
                     return Ok(());
                 }
-                if released.stopped {
+                if filter.stopped() {
                     generation.cancel();
                     break;
                 }
             }
             Ok(None) => {
-                let rest = stop.finish();
-                if !rest.is_empty() {
-                    send(Event::Text(rest));
-                }
+                send_parts(filter.finish());
                 break;
             }
             Err(e) => {
@@ -644,11 +676,13 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
             }
         }
     }
-    let finish = FinishReason::from_finish(generation.finish(), stop.stopped());
+    let finish =
+        FinishReason::from_finish(generation.finish(), filter.stopped(), filter.calls() > 0);
     log(
         &generation,
-        match (finish, stop.stopped()) {
+        match (finish, filter.stopped()) {
             (_, true) => "stop sequence",
+            (FinishReason::ToolCalls, false) => "tool calls",
             (FinishReason::Stop, false) => "end token",
             (FinishReason::Length, false) => "length",
         },
@@ -658,6 +692,11 @@ fn run_job(engine: &mut Engine, job: Job) -> Result<(), ApiError> {
         usage: Usage::new(ids.len(), generation.tokens().len()),
     });
     Ok(())
+}
+
+/// The random part of a response id, which its tool calls' ids share.
+fn call_id_base(response_id: &str) -> &str {
+    response_id.rsplit('-').next().unwrap_or(response_id)
 }
 
 fn unix_time() -> u64 {
