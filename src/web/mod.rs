@@ -113,6 +113,72 @@ fn from_js<T: for<'de> Deserialize<'de> + Default>(
         .map_err(|e| js_error("invalid-argument", &format!("{what}: {e}")))
 }
 
+/// Generated text on its way to the page (`ReplyFilter` in JS): stop sequences cut and tool
+/// calls split out, by the same code as `gemma-wgpu serve` ([`crate::openai::ReplyFilter`]).
+/// `push(text)` and `finish()` return the parts that can be sent now, in order: `{ text }` or
+/// `{ call: { name, arguments } }` (`arguments` as JSON text).
+#[wasm_bindgen(js_name = ReplyFilter)]
+pub struct WebReplyFilter(crate::openai::ReplyFilter);
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WebReplyPart {
+    Text { text: String },
+    Call { call: WebCall },
+}
+
+#[derive(Serialize)]
+struct WebCall {
+    name: String,
+    arguments: String,
+}
+
+fn reply_parts(parts: Vec<crate::tool_calls::ReplyPart>) -> Result<JsValue, JsValue> {
+    use crate::tool_calls::ReplyPart;
+    let parts: Vec<WebReplyPart> = parts
+        .into_iter()
+        .map(|p| match p {
+            ReplyPart::Text(text) => WebReplyPart::Text { text },
+            ReplyPart::Call(c) => WebReplyPart::Call {
+                call: WebCall {
+                    arguments: c.arguments_json(),
+                    name: c.name,
+                },
+            },
+        })
+        .collect();
+    to_js(&parts)
+}
+
+#[wasm_bindgen(js_class = ReplyFilter)]
+impl WebReplyFilter {
+    /// `stops`: stop sequences (strings); `tools`: read the output for tool calls.
+    #[wasm_bindgen(constructor)]
+    pub fn new(stops: Vec<String>, tools: bool) -> WebReplyFilter {
+        WebReplyFilter(crate::openai::ReplyFilter::new(stops, tools))
+    }
+
+    pub fn push(&mut self, text: &str) -> Result<JsValue, JsValue> {
+        reply_parts(self.0.push(text))
+    }
+
+    pub fn finish(&mut self) -> Result<JsValue, JsValue> {
+        reply_parts(self.0.finish())
+    }
+
+    /// A stop sequence matched: the generation should stop.
+    #[wasm_bindgen(getter)]
+    pub fn stopped(&self) -> bool {
+        self.0.stopped()
+    }
+
+    /// Tool calls released so far.
+    #[wasm_bindgen(getter)]
+    pub fn calls(&self) -> u32 {
+        self.0.calls() as u32
+    }
+}
+
 /// Incremental GGUF header parser fed with the first bytes of a download, so the model can be
 /// checked against the adapter before its weights arrive.
 #[wasm_bindgen]
@@ -600,6 +666,38 @@ impl Engine {
         let l = s.loaded.as_ref().ok_or_else(|| self.busy_or_no_model())?;
         let prompt = l.template.render(&messages, add_generation_prompt)?;
         Ok(prompt.encode(&l.tok)?)
+    }
+
+    /// An OpenAI chat completion request (`{messages, tools, tool_choice,
+    /// parallel_tool_calls, response_format}`; other fields are ignored here) validated and
+    /// rendered exactly as `gemma-wgpu serve` does it: `{ ids, format, tools }`, where `format`
+    /// goes to [`Engine::start`] and `tools` says whether to read the output for tool calls
+    /// (with a [`WebReplyFilter`]). A refusal is an `invalid-argument` error naming the field.
+    #[wasm_bindgen(js_name = prepareChatCompletion)]
+    pub fn prepare_chat_completion(&self, request: JsValue) -> Result<JsValue, JsValue> {
+        let body: serde_json::Map<String, serde_json::Value> =
+            serde_wasm_bindgen::from_value(request).map_err(|e| {
+                js_error(
+                    "invalid-argument",
+                    &format!("the request must be a JSON object: {e}"),
+                )
+            })?;
+        let api = |e: crate::openai::ApiError| js_error("invalid-argument", &e.message);
+        let request = crate::openai::ChatCompletionRequest::from_object(&body).map_err(api)?;
+        let s = self.state.borrow();
+        let l = s.loaded.as_ref().ok_or_else(|| self.busy_or_no_model())?;
+        let prepared = crate::openai::prepare_chat(&l.template, &l.tok, &request).map_err(api)?;
+        #[derive(Serialize)]
+        struct Prepared {
+            ids: Vec<u32>,
+            format: Option<OutputFormat>,
+            tools: bool,
+        }
+        to_js(&Prepared {
+            ids: prepared.ids,
+            format: prepared.format,
+            tools: prepared.tools,
+        })
     }
 
     /// Starts a generation after `ids`: keeps the longest prefix of `ids` already in the KV

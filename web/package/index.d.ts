@@ -97,6 +97,11 @@ export interface SamplingOptions {
    * vocabulary, so it always does when the generation ends with an end token).
    */
   format?: OutputFormat;
+  /**
+   * Stop sequences, as OpenAI's `stop`: a string or up to 4. The output ends just before the
+   * first one to appear (it is not part of the output) and the generation stops there.
+   */
+  stop?: string | ReadonlyArray<string>;
 }
 
 export type OutputFormat =
@@ -112,10 +117,15 @@ export interface GenerateOptions extends SamplingOptions {
 }
 
 export interface Piece {
-  /** Text this token adds; may be '' (part of a multi-byte character). */
+  /**
+   * Text this token adds; may be '' (part of a multi-byte character, or text held back while
+   * it could still be the start of a stop sequence or a tool call).
+   */
   text: string;
-  /** The token id. */
-  id: number;
+  /** The token id (null for text released when the generation ended). */
+  id: number | null;
+  /** Only in `createChatCompletion` with tools: a whole tool call the model made. */
+  toolCall?: { name: string; arguments: string };
 }
 
 /** A generation's tokens as they arrive. Leaving a for-await loop early stops the generation. */
@@ -215,8 +225,31 @@ export interface Stats {
   draft: DraftStats;
 }
 
+type MessageContent = string | ReadonlyArray<{ type: 'text'; text: string }>;
+
 export type ChatCompletionMessage =
-  | { role: 'system' | 'user' | 'assistant'; content: string | ReadonlyArray<{ type: 'text'; text: string }> };
+  | { role: 'system' | 'developer' | 'user'; content: MessageContent }
+  | { role: 'assistant'; content: MessageContent | null; tool_calls?: ReadonlyArray<ChatCompletionToolCall> | null }
+  /** A tool's result: goes back to the model in the turn that made the call. */
+  | { role: 'tool'; tool_call_id: string; content: MessageContent; name?: string };
+
+export interface ChatCompletionToolCall {
+  id: string;
+  type: 'function';
+  /** `arguments`: JSON text. */
+  function: { name: string; arguments: string };
+}
+
+/** A function the model may call (Gemma 4; Gemma 3's template has no tool format). */
+export interface ChatCompletionTool {
+  type: 'function';
+  function: {
+    name: string;
+    description?: string;
+    /** JSON Schema of the arguments. */
+    parameters?: object;
+  };
+}
 
 export interface ChatCompletionRequest {
   messages: ReadonlyArray<ChatCompletionMessage>;
@@ -244,6 +277,17 @@ export interface ChatCompletionRequest {
     | { type: 'json_object' }
     | { type: 'json_schema'; json_schema: { name?: string; schema: object; strict?: boolean | null } }
     | null;
+  /** See `SamplingOptions.stop`. */
+  stop?: string | ReadonlyArray<string> | null;
+  tools?: ReadonlyArray<ChatCompletionTool> | null;
+  /**
+   * 'auto' (default with tools): the model decides and its calls are parsed; 'required' or a
+   * named function: the model must call (one or more tools, or that one), with arguments
+   * shaped by the tool's schema (types, enums, required keys, lengths; not numeric bounds).
+   */
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } } | null;
+  /** false: a forced reply holds exactly one call. Default true. */
+  parallel_tool_calls?: boolean | null;
   signal?: AbortSignal;
 }
 
@@ -263,9 +307,10 @@ export interface ChatCompletion {
   choices: [
     {
       index: 0;
-      message: { role: 'assistant'; content: string };
+      /** content is null when the reply is only tool calls. */
+      message: { role: 'assistant'; content: string | null; tool_calls?: ChatCompletionToolCall[] };
       logprobs: null;
-      finish_reason: 'stop' | 'length';
+      finish_reason: 'stop' | 'length' | 'tool_calls';
     },
   ];
   usage: ChatCompletionUsage;
@@ -282,9 +327,10 @@ export interface ChatCompletionChunk {
         {
           index: 0;
           /** The first chunk has role 'assistant'; the last has an empty delta and a finish_reason. */
-          delta: { role?: 'assistant'; content?: string };
+          /** A tool call comes whole, in one delta. */
+          delta: { role?: 'assistant'; content?: string; tool_calls?: Array<ChatCompletionToolCall & { index: number }> };
           logprobs: null;
-          finish_reason: 'stop' | 'length' | null;
+          finish_reason: 'stop' | 'length' | 'tool_calls' | null;
         },
       ]
     | [];

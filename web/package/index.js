@@ -207,8 +207,21 @@ function checkSampling(options, defaults = {}) {
   pick('draftTokens', (v) => Number.isInteger(v) && v >= 0 && v <= 16, 'an integer from 0 to 16 (0 = no drafting)');
   const format = checkFormat(options.format);
   if (format) out.format = format;
+  const stop = checkStop(options.stop);
+  if (stop) out.stop = stop;
   checkSignal(options.signal);
   return out;
+}
+
+// Stop sequences (as OpenAI's `stop`): a string or up to 4 of them. The output ends just
+// before the first one, which is not part of it.
+function checkStop(stop) {
+  if (stop === undefined || stop === null) return undefined;
+  const list = typeof stop === 'string' ? [stop] : stop;
+  if (!Array.isArray(list) || list.length > 4 || !list.every((s) => typeof s === 'string' && s.length > 0)) {
+    throw invalid('stop must be a non-empty string or an array of up to 4 of them');
+  }
+  return list.length > 0 ? [...list] : undefined;
 }
 
 // Constrained decoding: `{ type: 'json_object' }`, `{ type: 'json_schema', schema }`,
@@ -226,18 +239,6 @@ function checkFormat(format) {
   const ok = field === 'schema' ? value !== null && typeof value === 'object' : typeof value === 'string';
   if (!ok) throw invalid(`format.${field} must be ${field === 'schema' ? 'a JSON Schema object' : 'a string'}`);
   return { type: format.type, [field]: value };
-}
-
-// OpenAI's `response_format` as the engine's `format`.
-function responseFormat(rf) {
-  if (rf === undefined || rf === null || rf.type === 'text') return undefined;
-  if (rf.type === 'json_object') return { type: 'json_object' };
-  if (rf.type === 'json_schema') {
-    const schema = rf.json_schema?.schema;
-    if (schema === null || typeof schema !== 'object') throw invalid('response_format.json_schema.schema must be a JSON Schema object');
-    return { type: 'json_schema', schema };
-  }
-  throw invalid(`response_format.type must be 'text', 'json_object' or 'json_schema', got ${JSON.stringify(rf.type)}`);
 }
 
 function checkSignal(signal) {
@@ -431,7 +432,8 @@ export class Gemma {
         hooks.onStarted?.(message);
       } else if (message.type === 'piece') {
         // `generate` keeps the engine's text as is: a raw completion shows what was sampled.
-        const piece = { text: input.messages ? printable(message.text) : message.text, id: message.token };
+        const piece = { text: input.prompt === undefined ? printable(message.text) : message.text, id: message.token };
+        if (message.toolCall) piece.toolCall = message.toolCall;
         hooks.onPiece?.(piece);
         stream._push(piece);
       }
@@ -495,15 +497,28 @@ export class Gemma {
     const model = parsed.model ?? this.#name;
     let started = null;
     let result = null;
-    const pieces = this.#start({ messages: parsed.messages }, parsed.sampling, parsed.signal, {
+    let ready;
+    // Settles once the prompt is in the KV cache, or the request was refused: a refused
+    // request rejects here, stream or not, as OpenAI's create() does.
+    const startedOrRefused = new Promise((resolve, reject) => {
+      ready = { resolve, reject };
+    });
+    const pieces = this.#start({ chat: parsed.chat }, parsed.sampling, parsed.signal, {
       onStarted: (message) => {
         started = message;
+        ready.resolve();
       },
       onEnd: (error, value) => {
         result = value ?? null;
+        if (error) ready.reject(error);
+        else ready.resolve();
       },
     });
-    const finishReason = () => (result.finishReason === 'stop' ? 'stop' : 'length');
+    await startedOrRefused;
+    const callId = id.slice('chatcmpl-'.length);
+    const toolCall = (call, index) => ({ id: `call_${callId}_${index}`, type: 'function', function: { name: call.name, arguments: call.arguments } });
+    let calls = 0;
+    const finishReason = () => (calls > 0 ? 'tool_calls' : result.finishReason === 'stop' ? 'stop' : 'length');
     const usage = () => ({
       prompt_tokens: started.promptTokens,
       completion_tokens: result.generatedTokens,
@@ -513,13 +528,19 @@ export class Gemma {
 
     if (!parsed.stream) {
       let content = '';
-      for await (const piece of pieces) content += piece.text;
+      const toolCalls = [];
+      for await (const piece of pieces) {
+        if (piece.toolCall) toolCalls.push(toolCall(piece.toolCall, calls++));
+        else content += piece.text;
+      }
+      const message = { role: 'assistant', content: content === '' && toolCalls.length > 0 ? null : content };
+      if (toolCalls.length > 0) message.tool_calls = toolCalls;
       return {
         id,
         object: 'chat.completion',
         created,
         model,
-        choices: [{ index: 0, message: { role: 'assistant', content }, logprobs: null, finish_reason: finishReason() }],
+        choices: [{ index: 0, message, logprobs: null, finish_reason: finishReason() }],
         usage: usage(),
       };
     }
@@ -534,7 +555,13 @@ export class Gemma {
     async function* chunks() {
       yield chunk({ role: 'assistant', content: '' }, null);
       for await (const piece of pieces) {
-        if (piece.text) yield chunk({ content: piece.text }, null);
+        if (piece.toolCall) {
+          const index = calls++;
+          // A call streams whole, in one delta.
+          yield chunk({ tool_calls: [{ index, ...toolCall(piece.toolCall, index) }] }, null);
+        } else if (piece.text) {
+          yield chunk({ content: piece.text }, null);
+        }
       }
       yield chunk({}, finishReason());
       if (parsed.includeUsage) yield { id, object: 'chat.completion.chunk', created, model, choices: [], usage: usage() };
@@ -671,18 +698,17 @@ export class Chat {
   }
 }
 
+// The page-side checks of an OpenAI chat completion request: sampling and the stream's shape.
+// messages, tools, tool_choice and response_format are validated and rendered by the engine,
+// with the same code as `gemma-wgpu serve`.
 function parseCompletionRequest(request, options) {
   if (request === null || typeof request !== 'object') throw invalid('the request must be an object');
   if (options === null || typeof options !== 'object') throw invalid('options must be an object');
   const signal = request.signal ?? options.signal ?? undefined;
-  const messages = checkMessages(request.messages, 'messages');
-  if (messages.length === 0) throw invalid('messages must not be empty');
-  if (request.n !== undefined && request.n !== null && request.n !== 1) throw invalid('only n = 1 is supported');
-  const stop = request.stop;
-  if (stop !== undefined && stop !== null && !(Array.isArray(stop) && stop.length === 0)) {
-    throw invalid('stop sequences are not supported');
+  if (!Array.isArray(request.messages) || request.messages.length === 0) {
+    throw invalid('messages must be a non-empty array of {role, content}');
   }
-  if (Array.isArray(request.tools) && request.tools.length > 0) throw invalid('tools are not supported');
+  if (request.n !== undefined && request.n !== null && request.n !== 1) throw invalid('only n = 1 is supported');
   if (request.stream !== undefined && request.stream !== null && typeof request.stream !== 'boolean') {
     throw invalid('stream must be a boolean');
   }
@@ -699,13 +725,21 @@ function parseCompletionRequest(request, options) {
       minP: request.min_p ?? undefined,
       repeatPenalty: request.repeat_penalty ?? undefined,
       seed: request.seed ?? undefined,
-      format: responseFormat(request.response_format),
+      stop: request.stop ?? undefined,
       signal,
     },
     CHAT_DEFAULTS,
   );
+  let chat;
+  try {
+    // Plain JSON for the engine (undefined fields dropped).
+    const { messages, tools, tool_choice, parallel_tool_calls, response_format } = request;
+    chat = JSON.parse(JSON.stringify({ messages, tools, tool_choice, parallel_tool_calls, response_format }));
+  } catch (err) {
+    throw invalid(`the request must be plain JSON data: ${err.message}`);
+  }
   return {
-    messages,
+    chat,
     sampling,
     signal,
     stream: request.stream === true,

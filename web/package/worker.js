@@ -7,7 +7,7 @@
 // message, fatal}; {type: 'stats', stats} whenever the numbers change; {type: 'fatal', message}
 // when the engine crashed outside any request.
 
-import init, { Engine, HeaderProbe } from './wasm/gemma_wgpu.js';
+import init, { Engine, HeaderProbe, ReplyFilter } from './wasm/gemma_wgpu.js';
 import { BlobSource, codedError, openUrl, preflightSource } from './cache.js';
 
 const CODES = new Set([
@@ -244,31 +244,66 @@ const handlers = {
     }
   },
 
+  // input: { prompt } (raw text), { messages } (a chat turn) or { chat } (an OpenAI chat
+  // completion request, prepared by the engine as `serve` prepares it: tools, tool results,
+  // response_format). options.stop: stop sequences.
   async generate({ id, input, options }, signal) {
     requireEngine();
-    const ids = input.messages ? engine.renderChat(input.messages, true) : engine.encode(input.prompt, true);
-    const started = await engine.start(ids, options);
+    const { stop = [], ...engineOptions } = options ?? {};
+    let ids;
+    let tools = false;
+    if (input.chat) {
+      const prepared = engine.prepareChatCompletion(input.chat);
+      ids = prepared.ids;
+      tools = prepared.tools;
+      if (prepared.format) engineOptions.format = prepared.format;
+    } else {
+      ids = input.messages ? engine.renderChat(input.messages, true) : engine.encode(input.prompt, true);
+    }
+    // Stop sequences and tool calls are found in the text on its way out (the same Rust code
+    // as the server's); without either, each token's text goes out as it is.
+    const filter = stop.length > 0 || tools ? new ReplyFilter(stop, tools) : null;
+    const send = (parts, token) => {
+      for (const part of parts) {
+        if (part.call) post({ type: 'piece', id, token, text: '', toolCall: part.call });
+        else post({ type: 'piece', id, token, text: part.text });
+      }
+    };
+    const started = await engine.start(ids, engineOptions);
     post({ type: 'started', id, promptTokens: started.promptTokens, cachedTokens: started.cachedTokens });
     let generatedTokens = 0;
     let finished = false;
+    let stopped = false;
     try {
       // The abort flag is checked before every token, so a stop lands within one token.
       while (!signal.aborted) {
         const piece = await engine.next();
         if (piece === undefined) {
           finished = true;
+          if (filter) send(filter.finish(), null);
           break;
         }
         generatedTokens += 1;
-        post({ type: 'piece', id, token: piece.id, text: piece.text });
+        if (!filter) {
+          post({ type: 'piece', id, token: piece.id, text: piece.text });
+          continue;
+        }
+        send(filter.push(piece.text), piece.id);
+        if (filter.stopped) {
+          engine.cancel();
+          finished = true;
+          stopped = true;
+          break;
+        }
       }
       if (!finished) engine.cancel();
     } finally {
+      filter?.free();
       postStatsSafely();
     }
     if (!finished) throw codedError('aborted', 'the generation was aborted');
     return {
-      finishReason: engine.finishReason() ?? 'stop',
+      finishReason: stopped ? 'stop' : (engine.finishReason() ?? 'stop'),
       promptTokens: started.promptTokens,
       cachedTokens: started.cachedTokens,
       generatedTokens,

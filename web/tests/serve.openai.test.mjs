@@ -5,12 +5,12 @@
 // token counts stay small because lavapipe decodes about two tokens per second.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { NATIVE_CLI, REPO_ROOT, MODEL_270M } from './helpers/paths.mjs';
-import { ensureNativeCli, record, secs } from './helpers/setup.mjs';
+import { ensureNativeCli, record, secs, startServe, stopServe } from './helpers/setup.mjs';
 
 const run = promisify(execFile);
 const API_KEY = 'test-key-1234';
@@ -25,25 +25,6 @@ let server;
 let baseURL;
 let client;
 let reference;
-
-/** Starts `gemma-wgpu serve --port 0` and resolves once it prints the address it listens on. */
-function startServe(args) {
-  const child = spawn(NATIVE_CLI, ['serve', '--port', '0', ...args], { cwd: REPO_ROOT, env });
-  let stderr = '';
-  child.stderr.on('data', (d) => {
-    stderr = (stderr + d).slice(-4000);
-  });
-  const ready = new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/listening on (http:\/\/[^\s]+)/);
-      if (m) resolve(m[1]);
-    });
-    child.on('exit', (code) => reject(new Error(`gemma-wgpu serve exited with ${code} before listening:\n${stderr}`)));
-  });
-  return { child, ready, stderr: () => stderr };
-}
 
 before(async () => {
   await ensureNativeCli();
@@ -64,16 +45,7 @@ before(async () => {
 });
 
 after(async () => {
-  const child = server?.child;
-  if (!child || child.exitCode !== null) return;
-  // Ctrl-C stops it gracefully; a server that does not stop fails the run instead of hanging it.
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  child.kill('SIGINT');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const { code, signal } = await exited;
-  clearTimeout(timer);
-  assert.equal(signal, null, `gemma-wgpu serve did not stop on SIGINT:\n${server.stderr()}`);
-  assert.equal(code, 0, `gemma-wgpu serve exited with ${code}:\n${server.stderr()}`);
+  await stopServe(server);
 });
 
 const greedy = { model: MODEL_ID, messages: [{ role: 'user', content: PROMPT }], temperature: 0, max_tokens: MAX_TOKENS };
@@ -328,4 +300,102 @@ test('a full queue refuses more requests with 503 and keeps the ones it took', a
   } finally {
     small.child.kill('SIGKILL');
   }
+});
+
+// Tool calls, on the tiny Gemma 4 fixture (its chat template has Gemma 4's tool format; its
+// weights are random, so `tool_choice` makes it call: the grammar built from the tool's schema
+// shapes what it writes).
+const TINY_GEMMA4 = path.join(REPO_ROOT, 'tests', 'data', 'gemma4_mtp', 'gemma4_mtp_target.gguf');
+const WEATHER_TOOL = {
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Current weather for a city',
+    parameters: {
+      type: 'object',
+      properties: {
+        city: { type: 'string', maxLength: 12 },
+        unit: { type: 'string', enum: ['celsius', 'fahrenheit'] },
+        days: { type: 'integer' },
+      },
+      required: ['city', 'unit'],
+    },
+  },
+};
+const ALARM_TOOL = {
+  type: 'function',
+  function: {
+    name: 'set_alarm',
+    description: 'Sets an alarm',
+    parameters: { type: 'object', properties: { time: { type: 'string', minLength: 4, maxLength: 5 } }, required: ['time'] },
+  },
+};
+
+test('tool calls on Gemma 4: forced, streamed, answered; Gemma 3 refuses tools', { timeout: 300_000 }, async () => {
+  const tiny = startServe(['--model', TINY_GEMMA4, '--context', '1024']);
+  try {
+    const c = new OpenAI({ baseURL: `${await tiny.ready}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 180_000 });
+    const request = {
+      model: 'tiny',
+      messages: [{ role: 'user', content: 'What is the weather in Oslo?' }],
+      tools: [WEATHER_TOOL, ALARM_TOOL],
+      tool_choice: { type: 'function', function: { name: 'get_weather' } },
+      temperature: 0,
+      max_tokens: 120,
+    };
+    const r = await c.chat.completions.create(request);
+    const message = r.choices[0].message;
+    note(`tool call: ${JSON.stringify(message.tool_calls)}`);
+    assert.equal(r.choices[0].finish_reason, 'tool_calls');
+    assert.equal(message.content, null);
+    assert.equal(message.tool_calls.length, 1);
+    const call = message.tool_calls[0];
+    assert.equal(call.type, 'function');
+    assert.match(call.id, /^call_/);
+    assert.equal(call.function.name, 'get_weather');
+    const args = JSON.parse(call.function.arguments);
+    assert.equal(typeof args.city, 'string');
+    assert.ok([...args.city].length <= 12, args.city);
+    assert.ok(['celsius', 'fahrenheit'].includes(args.unit), args.unit);
+    assert.ok(args.days === undefined || Number.isInteger(args.days), JSON.stringify(args));
+    assert.deepEqual(Object.keys(args).filter((k) => !['city', 'unit', 'days'].includes(k)), []);
+
+    // Streamed: the same call, in a delta with its index.
+    const stream = await c.chat.completions.create({ ...request, stream: true });
+    const deltas = [];
+    let finish = null;
+    for await (const chunk of stream) {
+      deltas.push(...(chunk.choices[0]?.delta?.tool_calls ?? []));
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    assert.equal(finish, 'tool_calls');
+    assert.deepEqual(deltas.map((d) => [d.index, d.function.name, d.function.arguments]), [[0, call.function.name, call.function.arguments]]);
+
+    // The tool's result goes back; the model answers (auto: text or more calls, parsed).
+    const next = await c.chat.completions.create({
+      ...request,
+      tool_choice: 'auto',
+      max_tokens: 8,
+      messages: [
+        ...request.messages,
+        { role: 'assistant', content: null, tool_calls: [call] },
+        { role: 'tool', tool_call_id: call.id, content: JSON.stringify({ temperature: -3, sky: 'snow' }) },
+      ],
+    });
+    assert.ok(['stop', 'length', 'tool_calls'].includes(next.choices[0].finish_reason), next.choices[0].finish_reason);
+    assert.ok(next.usage.prompt_tokens > r.usage.prompt_tokens, JSON.stringify([next.usage, r.usage]));
+
+    // A tool result that answers no call is refused, naming the message.
+    await assert.rejects(
+      c.chat.completions.create({ ...request, messages: [...request.messages, { role: 'tool', tool_call_id: 'x', content: '1' }] }),
+      (err) => err instanceof OpenAI.BadRequestError && /messages\[1\]/.test(err.message),
+    );
+  } finally {
+    await stopServe(tiny);
+  }
+  // Gemma 3's template has no tool format: a clear 400 about `tools`.
+  await assert.rejects(
+    client.chat.completions.create({ ...greedy, tools: [WEATHER_TOOL] }),
+    (err) => err instanceof OpenAI.BadRequestError && err.param === 'tools' && /no tool-call format/.test(err.message),
+  );
 });

@@ -10,7 +10,7 @@ import { TINY_MODEL_DIR } from './helpers/paths.mjs';
 import { TINY_PROMPTS } from './helpers/prompts.mjs';
 import {
   packedPackage, testServer, launchBrowser, harnessPage, nativeGreedy, nativeGreedyAll, nativeBench, assertSubgroupKernels, record, secs,
-  PAGES_DIR,
+  PAGES_DIR, startServe, stopServe,
 } from './helpers/setup.mjs';
 
 const MODEL = 'gemma4_tiny_a.gguf';
@@ -232,6 +232,71 @@ test('createChatCompletion: streamed chunks add up to the non-streamed answer', 
   const text = streamed.chunks.map((ch) => ch.choices[0]?.delta?.content ?? '').join('');
   assert.equal(text, c.choices[0].message.content);
   assert.equal(streamed.chunks.at(-1).choices[0].finish_reason, c.choices[0].finish_reason);
+});
+
+test('createChatCompletion with tools: the native server\'s call, whole and streamed; stop sequences', { timeout: 240_000 }, async () => {
+  const weather = {
+    type: 'function',
+    function: {
+      name: 'get_weather',
+      description: 'Current weather for a city',
+      parameters: {
+        type: 'object',
+        properties: { city: { type: 'string', maxLength: 12 }, unit: { enum: ['celsius', 'fahrenheit'] }, days: { type: 'integer' } },
+        required: ['city', 'unit'],
+      },
+    },
+  };
+  const request = {
+    messages: [{ role: 'user', content: 'What is the weather in Oslo?' }],
+    tools: [weather],
+    tool_choice: 'required',
+    parallel_tool_calls: false,
+    max_tokens: 120,
+    temperature: 0,
+  };
+  // The native server, same model and context, same request.
+  const server = startServe(['--model', path.join(TINY_MODEL_DIR, MODEL), '--context', String(CONTEXT)]);
+  let want;
+  try {
+    const res = await fetch(`${await server.ready}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(request),
+    });
+    want = await res.json();
+    assert.equal(res.status, 200, JSON.stringify(want));
+  } finally {
+    await stopServe(server);
+  }
+  const whole = await page.evaluate((req) => harness.chatCompletion('tiny', { ...req, stream: false }), request);
+  assert.ok(whole.ok, JSON.stringify(whole.error));
+  const got = whole.value.choices[0];
+  const calls = (m) => m.tool_calls.map((c) => [c.type, c.function.name, c.function.arguments]);
+  assert.equal(got.finish_reason, 'tool_calls');
+  assert.equal(got.message.content, null);
+  assert.deepEqual(calls(got.message), calls(want.choices[0].message));
+  const args = JSON.parse(got.message.tool_calls[0].function.arguments);
+  assert.ok(['celsius', 'fahrenheit'].includes(args.unit) && typeof args.city === 'string', JSON.stringify(args));
+  note(`tool call in the browser: ${JSON.stringify(got.message.tool_calls[0].function)}`);
+  const streamed = await page.evaluate((req) => harness.chatCompletion('tiny', { ...req, stream: true }), request);
+  assert.ok(streamed.ok, JSON.stringify(streamed.error));
+  const deltas = streamed.chunks.flatMap((ch) => ch.choices[0]?.delta?.tool_calls ?? []);
+  assert.deepEqual(deltas.map((d) => [d.index, d.id, d.function.arguments]), [[0, deltas[0].id, got.message.tool_calls[0].function.arguments]]);
+  assert.equal(streamed.chunks.at(-1).choices[0].finish_reason, 'tool_calls');
+  // A bad request is refused by the engine's request parser, naming what is wrong.
+  const bad = await page.evaluate(
+    (req) => harness.chatCompletion('tiny', req),
+    { ...request, tool_choice: { type: 'function', function: { name: 'nope' } } },
+  );
+  assert.ok(!bad.ok && bad.error.code === 'invalid-argument' && /nope/.test(bad.error.message), JSON.stringify(bad.error));
+
+  // Stop sequences: the native greedy text, cut before the first match.
+  const text = native[0].text;
+  const stop = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 3);
+  const cut = await page.evaluate(([p, n, s]) => harness.generate('tiny', p, { maxTokens: n, stop: [s] }), [TINY_PROMPTS[0], MAX_TOKENS, stop]);
+  assert.ok(cut.ok, JSON.stringify(cut.error));
+  assert.equal(cut.text, text.slice(0, text.indexOf(stop)), `stop ${JSON.stringify(stop)}`);
 });
 
 test('subgroups: false runs the portable kernels; greedy tokens equal the native CLI with --no-subgroups', { timeout: 180_000 }, async () => {

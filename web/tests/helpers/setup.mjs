@@ -1,7 +1,7 @@
 // Shared setup for the browser tests: the packed npm package, the local server, Chromium, and
 // reference tokens from the native CLI.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { existsSync, mkdtempSync, mkdirSync, rmSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -197,5 +197,41 @@ export function record(file, line) {
 
 export const mib = (bytes) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 export const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
+
+/**
+ * Starts `gemma-wgpu serve --port 0 ARGS` and resolves `ready` once it prints the address it
+ * listens on.
+ */
+export function startServe(args) {
+  const env = { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' };
+  const child = spawn(NATIVE_CLI, ['serve', '--port', '0', ...args], { cwd: REPO_ROOT, env });
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr = (stderr + d).slice(-4000);
+  });
+  const ready = new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/listening on (http:\/\/[^\s]+)/);
+      if (m) resolve(m[1]);
+    });
+    child.on('exit', (code) => reject(new Error(`gemma-wgpu serve exited with ${code} before listening:\n${stderr}`)));
+  });
+  return { child, ready, stderr: () => stderr };
+}
+
+/** Stops a server of `startServe` with Ctrl-C; one that does not stop cleanly fails the run. */
+export async function stopServe(server) {
+  const child = server?.child;
+  if (!child || child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.kill('SIGINT');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const { code, signal } = await exited;
+  clearTimeout(timer);
+  assert.equal(signal, null, `gemma-wgpu serve did not stop on SIGINT:\n${server.stderr()}`);
+  assert.equal(code, 0, `gemma-wgpu serve exited with ${code}:\n${server.stderr()}`);
+}
 
 export { run };
