@@ -5,7 +5,22 @@ const PRESETS = [
   { label: 'Gemma 3 270M (Q4_K_M, 253 MB)', url: './models/gemma-3-270m-q4_k_m.gguf' },
 ];
 
-const DEFAULT_SETTINGS = { temperature: 1, topK: 64, topP: 0.95, maxTokens: 512, system: '' };
+// The JSON-schema example of the reply-format setting: a bounded answer the page can show.
+const EXAMPLE_SCHEMA = JSON.stringify(
+  {
+    type: 'object',
+    properties: {
+      answer: { type: 'string', maxLength: 200 },
+      confidence: { type: 'integer', minimum: 0, maximum: 100 },
+      topics: { type: 'array', items: { type: 'string', maxLength: 24 }, maxItems: 3 },
+    },
+    required: ['answer', 'confidence', 'topics'],
+    additionalProperties: false,
+  },
+  null,
+  2,
+);
+const DEFAULT_SETTINGS = { temperature: 1, topK: 64, topP: 0.95, maxTokens: 512, system: '', format: 'text', schema: EXAMPLE_SCHEMA };
 const SETTINGS_KEY = 'gemma-wgpu-demo/settings';
 
 const LOAD_HINTS = {
@@ -64,6 +79,8 @@ const ui = {
   topP: $('top-p'),
   maxTokens: $('max-tokens'),
   system: $('system-prompt'),
+  format: $('reply-format'),
+  schema: $('json-schema'),
   resetSettings: $('reset-settings'),
   empty: $('empty'),
   messages: $('messages'),
@@ -173,7 +190,20 @@ function readSettings() {
     topP: readNumber(ui.topP, DEFAULT_SETTINGS.topP, 0.01, 1, false),
     maxTokens: readNumber(ui.maxTokens, DEFAULT_SETTINGS.maxTokens, 1, 32768, true),
     system: ui.system.value.trim(),
+    format: ui.format.value,
+    schema: ui.schema.value,
   };
+}
+
+// The `format` option for the engine, or an error message for a schema that is not JSON.
+function replyFormat(settings) {
+  if (settings.format === 'json_object') return { format: { type: 'json_object' } };
+  if (settings.format !== 'json_schema') return {};
+  try {
+    return { format: { type: 'json_schema', schema: JSON.parse(settings.schema) } };
+  } catch (err) {
+    return { error: `The reply schema is not valid JSON: ${err.message}` };
+  }
 }
 
 function writeSettings(s) {
@@ -182,6 +212,9 @@ function writeSettings(s) {
   ui.topP.value = String(s.topP);
   ui.maxTokens.value = String(s.maxTokens);
   ui.system.value = s.system;
+  ui.format.value = ['text', 'json_object', 'json_schema'].includes(s.format) ? s.format : 'text';
+  ui.schema.value = s.schema;
+  ui.schema.hidden = ui.format.value !== 'json_schema';
 }
 
 function restoreSettings() {
@@ -519,6 +552,12 @@ function send() {
   const text = ui.prompt.value;
   if (!text.trim() || !chat || genController || loadController) return;
   const settings = readSettings();
+  const format = replyFormat(settings);
+  if (format.error) {
+    appendNote(format.error, true);
+    scrollToBottom();
+    return;
+  }
   // A changed system prompt takes effect at once while the conversation is still empty.
   if (ui.messages.childElementCount === 0 && settings.system !== chatSystem) {
     chat = null;
@@ -526,10 +565,10 @@ function send() {
   }
   ui.prompt.value = '';
   fitPrompt();
-  genDone = generate(text, settings);
+  genDone = generate(text, settings, format.format);
 }
 
-async function generate(text, settings) {
+async function generate(text, settings, format) {
   appendMessage('user', text);
   const reply = appendMessage('assistant', '');
   reply.classList.add('pending');
@@ -553,6 +592,7 @@ async function generate(text, settings) {
       topK: settings.topK,
       topP: settings.topP,
       maxTokens: settings.maxTokens,
+      format,
     });
     for await (const piece of stream) {
       const now = performance.now();
@@ -700,6 +740,9 @@ stacked.addEventListener('change', () => {
 
 ui.settingsForm.addEventListener('submit', (e) => e.preventDefault());
 ui.settingsForm.addEventListener('input', saveSettings);
+ui.format.addEventListener('change', () => {
+  ui.schema.hidden = ui.format.value !== 'json_schema';
+});
 ui.resetSettings.addEventListener('click', () => {
   writeSettings(DEFAULT_SETTINGS);
   saveSettings();

@@ -200,3 +200,36 @@ test('demo on a phone: fits its width, the model panel folds away once ready and
   await page.screenshot({ path: path.join(ARTIFACTS_DIR, 'demo-375x812-reply.png') });
   await page.close();
 });
+
+test('demo: the JSON-schema reply format gives a reply that parses and follows the example schema', { timeout: 180_000 }, async () => {
+  const page = await browser.newPage();
+  await page.goto(srv.url('/?model=./models/tiny/gemma4_tiny_a.gguf'));
+  await waitState(page, 'ready');
+  await page.click('#settings > summary');
+  assert.equal(await page.isVisible('#json-schema'), false, 'the schema box shows only for the schema format');
+  await page.selectOption('#reply-format', 'json_schema');
+  assert.equal(await page.isVisible('#json-schema'), true);
+  const schema = JSON.parse(await page.inputValue('#json-schema'));
+  await page.fill('#max-tokens', '400');
+  await page.click('#settings > summary');
+  await page.fill('#prompt', 'Is the sea salty?');
+  await page.click('#send');
+  await waitState(page, 'generating', 10_000);
+  await waitState(page, 'ready', 150_000);
+  const reply = JSON.parse((await lastReply(page)).text);
+  note(`demo JSON reply: ${JSON.stringify(reply)}`);
+  assert.deepEqual(Object.keys(reply).sort(), [...schema.required].sort());
+  assert.ok(typeof reply.answer === 'string' && [...reply.answer].length <= 200, JSON.stringify(reply));
+  assert.ok(Number.isInteger(reply.confidence) && reply.confidence >= 0 && reply.confidence <= 100, JSON.stringify(reply));
+  assert.ok(Array.isArray(reply.topics) && reply.topics.length <= 3 && reply.topics.every((t) => typeof t === 'string'), JSON.stringify(reply));
+  // A schema that is not JSON is reported on the page and nothing is sent.
+  await page.click('#settings > summary');
+  await page.fill('#json-schema', '{ not json');
+  await page.click('#settings > summary');
+  await page.fill('#prompt', 'Again?');
+  await page.click('#send');
+  await page.waitForSelector('.note.error-note', { timeout: 10_000 });
+  assert.match(await page.textContent('.note.error-note'), /not valid JSON/);
+  assert.equal(await state(page), 'ready');
+  await page.close();
+});

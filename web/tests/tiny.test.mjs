@@ -135,6 +135,45 @@ test('format: JSON-schema output validates and equals the native CLI (greedy and
     assert.ok(Array.isArray(value.tags) && value.tags.length <= 2 && value.tags.every((t) => typeof t === 'string' && [...t].length <= 6), got.text);
     note(`format ${run.name}: ${got.text}`);
   }
+  // A second schema, greedy: an array of objects with a bounded number, a boolean and an enum.
+  const readings = {
+    type: 'object',
+    properties: {
+      readings: {
+        type: 'array',
+        minItems: 1,
+        maxItems: 2,
+        items: {
+          type: 'object',
+          properties: { value: { type: 'number', minimum: -5, maximum: 5 }, ok: { type: 'boolean' }, unit: { enum: ['m', 's'] } },
+          required: ['value', 'ok', 'unit'],
+          additionalProperties: false,
+        },
+      },
+    },
+    required: ['readings'],
+    additionalProperties: false,
+  };
+  const readingsFile = path.join(dir, 'readings.json');
+  await fs.writeFile(readingsFile, JSON.stringify(readings));
+  const want = await nativeGreedy({
+    model: path.join(TINY_MODEL_DIR, MODEL), prompt: TINY_PROMPTS[1], maxTokens, contextLength: CONTEXT,
+    sampling: ['--temperature', '0', '--json-schema', readingsFile],
+  });
+  const got = await page.evaluate(
+    ([p, n, f]) => harness.generate('tiny-json', p, { maxTokens: n, format: f }),
+    [TINY_PROMPTS[1], maxTokens, { type: 'json_schema', schema: readings }],
+  );
+  assert.ok(got.ok, `generate failed: ${JSON.stringify(got.error)}\n${browser.recentLogs()}`);
+  assert.deepEqual(got.ids, want.ids, `readings: browser ${got.ids} vs native ${want.ids}`);
+  const value = JSON.parse(got.text);
+  assert.ok(Array.isArray(value.readings) && value.readings.length >= 1 && value.readings.length <= 2, got.text);
+  for (const r of value.readings) {
+    assert.deepEqual(Object.keys(r).sort(), ['ok', 'unit', 'value'], got.text);
+    assert.ok(typeof r.value === 'number' && r.value >= -5 && r.value <= 5, got.text);
+    assert.ok(typeof r.ok === 'boolean' && ['m', 's'].includes(r.unit), got.text);
+  }
+  note(`format readings, greedy: ${got.text}`);
   const bad = await page.evaluate(
     ([p]) => harness.generate('tiny-json', p, { maxTokens: 4, format: { type: 'regex', pattern: '[0-9' } }),
     [TINY_PROMPTS[0]],
