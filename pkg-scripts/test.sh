@@ -5,9 +5,10 @@
 # then the browser tests (pkg-scripts/test-web.sh). Without a GPU the kernels run on Mesa's
 # lavapipe (software Vulkan) and Chromium's SwiftShader.
 #
-# The fuzz targets, clippy and the Apple check build in their own target directories, in the
-# background at low priority while the tests run: the GPU tests on lavapipe leave a core idle
-# much of the time, and those builds would otherwise add a quarter of an hour.
+# The fuzz targets, clippy, the Apple check and the browser package (wasm32) build in their own
+# target directories, in the background at low priority while the tests run: the GPU tests on
+# lavapipe leave a core idle much of the time, and those builds would otherwise add more than a
+# quarter of an hour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkg-scripts/setup.sh
@@ -20,11 +21,17 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export LP_NATIVE_VECTOR_WIDTH="${LP_NATIVE_VECTOR_WIDTH:-128}"
 
 logs=$(mktemp -d)
+# Toolchain parts the background jobs need, installed once here: rustup is not safe to run
+# from several of them at once.
+rustup component add clippy rustfmt >&2
+rustup target add wasm32-unknown-unknown >&2
 cargo test --locked --no-run "$@"
 nice -n 19 pkg-scripts/fuzz.sh --build-only > "$logs/fuzz-build" 2>&1 &
 fuzz_build=$!
 nice -n 19 pkg-scripts/check-portability.sh > "$logs/portability" 2>&1 &
 portability=$!
+CARGO_TARGET_DIR=target/web nice -n 19 pkg-scripts/build-web.sh > "$logs/web-build" 2>&1 &
+web_build=$!
 
 cargo test --locked "$@"
 
@@ -37,5 +44,8 @@ cat "$logs/portability"
 [ "$status" -eq 0 ] || { echo "test: the portability checks failed" >&2; exit 1; }
 
 FUZZ_PARALLEL=4 pkg-scripts/fuzz.sh 60
+wait "$web_build" || status=$?
+tail -n 4 "$logs/web-build"
+[ "$status" -eq 0 ] || { echo "test: the browser package build failed:" >&2; cat "$logs/web-build" >&2; exit 1; }
 # The browser build, in headless Chromium's WebGPU (installs Chromium and the npm tooling).
-pkg-scripts/test-web.sh
+pkg-scripts/test-web.sh --no-build
