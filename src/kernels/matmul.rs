@@ -3,10 +3,13 @@
 //! `t < step.n_tokens`, with `W` a [`QuantMatrix`] of any supported type.
 //!
 //! `encode` picks the kernel from `step.n_tokens`: the mat-vec (decode: ≤ 8 tokens, bandwidth
-//! bound, each weight read once for all tokens) or the tiled mat-mat (prefill: compute bound,
-//! each weight dequantized once per 32-token tile). Both are built up front so encoding never
-//! creates pipelines, and one op serves every step size. A matrix split across buffers is one
-//! dispatch per part, each writing its own row range of `y`.
+//! bound, each weight read once for all tokens) or the mat-mat (prefill: compute bound). The
+//! mat-mat is the tiled one (`shaders/matmul.wgsl`, each weight dequantized once per 32-token
+//! tile, staged in workgroup memory) on GPUs, and on CPU adapters, where barriers are what
+//! costs, the one with a register block per invocation (`shaders/matmul_lanes.wgsl`; chosen
+//! with the mat-vec's row-per-lane mapping, `Caps::matvec_lane_rows`). Both are built up front
+//! so encoding never creates pipelines, and one op serves every step size. A matrix split
+//! across buffers is one dispatch per part, each writing its own row range of `y`.
 
 use std::sync::Arc;
 
@@ -18,9 +21,15 @@ use crate::quant::QuantMatrix;
 use crate::Result;
 
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const MATMUL_LANES: &str = include_str!("../../shaders/matmul_lanes.wgsl");
 
 /// Output tile of the mat-mat kernel (rows × tokens), mirrored from `shaders/matmul.wgsl`.
 pub const MATMUL_TILE: (u32, u32) = (64, 32);
+
+/// The CPU mat-mat's block per invocation (rows × tokens) and its workgroup size, mirrored
+/// from `shaders/matmul_lanes.wgsl`.
+const LANES_BLOCK: (u32, u32) = (4, 16);
+const LANES_WG: u32 = 64;
 
 /// Parameters of one part, mirrored by `struct Params` in matmul.wgsl.
 #[repr(C)]
@@ -45,15 +54,17 @@ pub enum MatmulOut {
     Accumulate,
 }
 
-fn matmul_spec(ty: GgmlType, out: MatmulOut) -> KernelSpec {
+/// `lanes`: the CPU kernel (a register block per invocation) instead of the tiled one.
+fn matmul_spec(ty: GgmlType, out: MatmulOut, lanes: bool) -> KernelSpec {
     let acc = out == MatmulOut::Accumulate;
     KernelSpec::new(
         format!(
-            "matmul_{}{}",
+            "matmul{}_{}{}",
+            if lanes { "_lanes" } else { "" },
             ty.name().to_lowercase(),
             if acc { "_acc" } else { "" }
         ),
-        MATMUL,
+        if lanes { MATMUL_LANES } else { MATMUL },
     )
     .define("QUANT", quant_wgsl(&[ty], &[SINGLE]))
     .flag("ACC", acc)
@@ -64,7 +75,9 @@ pub fn specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for ty in TYPES {
         for out in [MatmulOut::Store, MatmulOut::Accumulate] {
-            v.push(matmul_spec(ty, out));
+            for lanes in [false, true] {
+                v.push(matmul_spec(ty, out, lanes));
+            }
         }
     }
     v
@@ -115,6 +128,8 @@ pub struct Matmul {
     mv1: Matvec,
     mv4: Matvec,
     mm: Arc<Kernel>,
+    /// `mm` is the CPU kernel (`shaders/matmul_lanes.wgsl`).
+    lanes: bool,
     parts: Vec<Part>,
     max_per_dim: u32,
 }
@@ -154,7 +169,9 @@ impl Matmul {
         };
         let mv1 = matvec(1)?;
         let mv4 = matvec(MATVEC_MAX_TOKENS)?;
-        let mm = ctx.kernel(&matmul_spec(ty, out))?;
+        // The CPU kernel reads x as vec4s.
+        let lanes = ctx.caps.matvec_lane_rows && io.x_offset % 4 == 0 && w.k % 8 == 0;
+        let mm = ctx.kernel(&matmul_spec(ty, out, lanes))?;
         let parts = w
             .parts
             .iter()
@@ -192,6 +209,7 @@ impl Matmul {
             mv1,
             mv4,
             mm,
+            lanes,
             parts,
             max_per_dim: ctx.caps.max_workgroups_per_dim,
         })
@@ -212,7 +230,11 @@ impl Op for Matmul {
         }
         pass.set_pipeline(self.mm.pipeline());
         for part in &self.parts {
-            let groups = part.rows.div_ceil(MATMUL_TILE.0) * t.div_ceil(MATMUL_TILE.1);
+            let groups = if self.lanes {
+                (part.rows.div_ceil(LANES_BLOCK.0) * t.div_ceil(LANES_BLOCK.1)).div_ceil(LANES_WG)
+            } else {
+                part.rows.div_ceil(MATMUL_TILE.0) * t.div_ceil(MATMUL_TILE.1)
+            };
             pass.set_bind_group(0, part.bind_group.get(), &[]);
             crate::gpu::dispatch(pass, grid(groups, self.max_per_dim));
         }
