@@ -905,7 +905,7 @@ pub fn prepare_chat(
             &request.tool_choice,
             request.parallel_tool_calls,
         )?
-            .map(|grammar| OutputFormat::Grammar { grammar }),
+        .map(|grammar| OutputFormat::Grammar { grammar }),
         ResponseFormat::JsonObject => Some(OutputFormat::JsonObject),
         ResponseFormat::JsonSchema { schema, .. } => Some(OutputFormat::JsonSchema {
             schema: schema.clone(),

@@ -40,9 +40,9 @@ use crate::openai::{
     CompletionRequest, Delta, FinishReason, ModelList, ReplyFilter, TextCompletion, ToolCallOut,
     Usage,
 };
-use crate::tool_calls::{ParsedCall, ReplyPart};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
+use crate::tool_calls::{ParsedCall, ReplyPart};
 
 /// How the server is set up (the command line of `serve`).
 #[derive(Debug, Clone)]
@@ -367,9 +367,11 @@ impl Reply {
         loop {
             match events.recv().await {
                 Some(Event::Text(t)) => text.push_str(&t),
-                Some(Event::ToolCall(c)) => {
-                    calls.push(ToolCallOut::new(&c, calls.len() as u32, call_id_base(&self.id)))
-                }
+                Some(Event::ToolCall(c)) => calls.push(ToolCallOut::new(
+                    &c,
+                    calls.len() as u32,
+                    call_id_base(&self.id),
+                )),
                 Some(Event::Done { finish, usage }) => {
                     let body = if self.chat {
                         serde_json::to_value(ChatCompletion::new(
@@ -439,7 +441,8 @@ impl Reply {
                         )),
                         // A call streams whole, in one delta (OpenAI's clients accept that).
                         Some(Event::ToolCall(c)) => {
-                            let call = ToolCallOut::new(&c, calls, call_id_base(&reply.id)).in_stream(calls);
+                            let call = ToolCallOut::new(&c, calls, call_id_base(&reply.id))
+                                .in_stream(calls);
                             calls += 1;
                             queued.push_back(reply.chunk(
                                 Delta {

@@ -182,7 +182,10 @@ impl ArgParser<'_> {
             self.at += de.byte_offset();
             return Ok(Value::String(s));
         }
-        let end = self.rest().find([',', '}', ']']).unwrap_or(self.rest().len());
+        let end = self
+            .rest()
+            .find([',', '}', ']'])
+            .unwrap_or(self.rest().len());
         let word = self.rest()[..end].trim().to_string();
         // A colon in a bare word is a key after a missing comma.
         if word.is_empty() || word.contains(':') {
@@ -640,7 +643,9 @@ fn list_of(item: &str, min: u64, max: Option<u64>, at: &str) -> Result<String, S
     if max.is_some_and(|m| m > 64) || min > 64 {
         // Spelled out item by item below; larger bounds would make huge grammars.
         if min > 64 {
-            return Err(format!("{at}: minItems above 64 is not supported in tool arguments"));
+            return Err(format!(
+                "{at}: minItems above 64 is not supported in tool arguments"
+            ));
         }
         return list_of(item, min, None, at);
     }
@@ -756,11 +761,21 @@ mod tests {
             })
         };
         assert_eq!(
-            split(&["Sure.", "<|tool", "_call>call:f{x:", "1}<tool_", "call|>", "<|tool_call>call:g{x:1}<tool_call|>"]),
+            split(&[
+                "Sure.",
+                "<|tool",
+                "_call>call:f{x:",
+                "1}<tool_",
+                "call|>",
+                "<|tool_call>call:g{x:1}<tool_call|>"
+            ]),
             vec![ReplyPart::Text("Sure.".into()), call("f"), call("g")]
         );
         // Held-back text that turns out not to open a call is released.
-        assert_eq!(split(&["a <|to", "ken"]), vec![ReplyPart::Text("a <|token".into())]);
+        assert_eq!(
+            split(&["a <|to", "ken"]),
+            vec![ReplyPart::Text("a <|token".into())]
+        );
         // An unfinished or malformed call comes back as the text it was.
         assert_eq!(
             split(&["<|tool_call>call:f{x:"]),
@@ -845,17 +860,29 @@ mod tests {
             .unwrap();
         assert!(g.starts_with("start: call\n"), "{g}");
         assert!(!g.contains("\"ping\""), "{g}");
-        let g = call_grammar(&tools, &ToolChoice::Required, true).unwrap().unwrap();
-        let one = call_grammar(&tools, &ToolChoice::Required, false).unwrap().unwrap();
+        let g = call_grammar(&tools, &ToolChoice::Required, true)
+            .unwrap()
+            .unwrap();
+        let one = call_grammar(&tools, &ToolChoice::Required, false)
+            .unwrap()
+            .unwrap();
         assert!(one.starts_with("start: call\n"), "{one}");
         assert!(g.starts_with("start: call+\n"), "{g}");
-        assert!(g.contains(r#""unit:" ("<|\"|>c<|\"|>" | "<|\"|>f<|\"|>")"#), "{g}");
+        assert!(
+            g.contains(r#""unit:" ("<|\"|>c<|\"|>" | "<|\"|>f<|\"|>")"#),
+            "{g}"
+        );
         let e = call_grammar(
             &[tool("f", json!({"properties": {"a": {"type": "strin"}}}))],
             &ToolChoice::Required,
             true,
         )
         .unwrap_err();
-        assert!(e.message.contains("tools[0].function.parameters.properties.a.type"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("tools[0].function.parameters.properties.a.type"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -26,7 +26,7 @@ fn fixture_path() -> std::path::PathBuf {
 }
 
 fn template(tok: &Tokenizer) -> ChatTemplate {
-    let (g, _) = gguf::open(&fixture_path()).expect("open fixture");
+    let (g, _) = gguf::open(fixture_path()).expect("open fixture");
     ChatTemplate::from_gguf(&g.metadata, tok).expect("template")
 }
 
@@ -149,7 +149,10 @@ fn forced_calls_follow_each_tools_schema() {
     let forced = [
         (json!("required"), false),
         (json!("required"), true),
-        (json!({"type": "function", "function": {"name": "set_alarm"}}), true),
+        (
+            json!({"type": "function", "function": {"name": "set_alarm"}}),
+            true,
+        ),
     ];
     for (choice, parallel) in forced {
         let req = request(json!({
@@ -181,7 +184,9 @@ fn forced_calls_follow_each_tools_schema() {
                     other => panic!("{name}: ended with {other:?}: {parts:?}"),
                 };
                 assert!(
-                    parts[..complete].iter().all(|p| matches!(p, ReplyPart::Call(_))),
+                    parts[..complete]
+                        .iter()
+                        .all(|p| matches!(p, ReplyPart::Call(_))),
                     "{name}: text beside the calls: {parts:?}"
                 );
             }
@@ -211,7 +216,7 @@ fn tool_results_render_like_transformers() {
         .expect("tests/data/gemma4/tool_chat.json"),
     )
     .expect("fixture JSON");
-    let tok = Tokenizer::from_gguf(&gguf::open(&fixture_path()).unwrap().0.metadata).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf::open(fixture_path()).unwrap().0.metadata).unwrap();
     let template = template(&tok);
     for case in fixture["cases"].as_array().unwrap() {
         let req = request(json!({
@@ -220,7 +225,12 @@ fn tool_results_render_like_transformers() {
         }));
         let prepared = prepare_chat(&template, &tok, &req).expect("prepare");
         let text = tok.decode(&prepared.ids).unwrap();
-        assert_eq!(text, case["text"].as_str().unwrap(), "case {}", case["name"]);
+        assert_eq!(
+            text,
+            case["text"].as_str().unwrap(),
+            "case {}",
+            case["name"]
+        );
         let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         assert_eq!(prepared.ids, ids, "case {}", case["name"]);
     }
@@ -277,7 +287,7 @@ fn the_conversation_goes_on_after_a_tool_result() {
 
 #[test]
 fn templates_without_tools_refuse_them() {
-    let tok = Tokenizer::from_gguf(&gguf::open(&fixture_path()).unwrap().0.metadata).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf::open(fixture_path()).unwrap().0.metadata).unwrap();
     let req = request(json!({
         "messages": [{"role": "user", "content": "hi"}],
         "tools": tools(),
