@@ -14,6 +14,7 @@
 //! For interactive chat, [`Conversation`] re-renders the whole history each turn and returns
 //! only the ids that the KV cache does not already hold.
 
+use minijinja::value::Serde;
 use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -298,8 +299,8 @@ impl ChatTemplate {
             ));
         }
         self.render_values(
-            json_value(messages),
-            tools.map(json_value),
+            Value::from(Serde(messages)),
+            tools.map(|t| Value::from(Serde(t))),
             add_generation_prompt,
         )
     }
@@ -322,27 +323,6 @@ impl ChatTemplate {
             })
             .map_err(jinja_err)?;
         Ok(Prompt { text })
-    }
-}
-
-/// A JSON value as a template value (maps stay maps, so `dictsort` and `is mapping` work).
-fn json_value(v: &serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => Value::from(()),
-        J::Bool(b) => Value::from(*b),
-        J::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Value::from(i),
-            (None, Some(u)) => Value::from(u),
-            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        J::String(s) => Value::from(s.as_str()),
-        J::Array(items) => items.iter().map(json_value).collect(),
-        J::Object(map) => Value::from_pairs(
-            map.iter()
-                .map(|(k, v)| (Value::from(k.as_str()), json_value(v)))
-                .collect::<Vec<_>>(),
-        ),
     }
 }
 

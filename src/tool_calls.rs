@@ -305,8 +305,10 @@ pub fn template_tools(tools: &[Tool]) -> Value {
 pub fn template_messages(messages: &[ChatMessage]) -> Result<Value, ApiError> {
     let bad = |m: String| ApiError::invalid("messages", m);
     let mut out: Vec<Map<String, Value>> = Vec::with_capacity(messages.len());
-    // Index in `out` of the assistant message whose calls the next tool messages answer.
+    // Index in `out` of the assistant message whose calls the next tool messages answer, and
+    // its index in `messages`.
     let mut open_turn: Option<usize> = None;
+    let mut open_calls = 0;
     for (i, m) in messages.iter().enumerate() {
         match m.role {
             Role::Tool => {
@@ -316,7 +318,7 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Value, ApiError> {
                          assistant message with tool_calls"
                     )));
                 };
-                let calls = &messages_with_calls(messages, i);
+                let calls = &messages[open_calls].tool_calls;
                 let name = calls
                     .iter()
                     .find(|c| Some(&c.id) == m.tool_call_id.as_ref() && !c.id.is_empty())
@@ -371,23 +373,13 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Value, ApiError> {
                         .collect();
                     msg.insert("tool_calls".into(), Value::Array(calls));
                     open_turn = Some(out.len());
+                    open_calls = i;
                 }
                 out.push(msg);
             }
         }
     }
     Ok(Value::Array(out.into_iter().map(Value::Object).collect()))
-}
-
-/// The calls of the assistant message that the tool message at `i` answers (the nearest one
-/// before it).
-fn messages_with_calls(messages: &[ChatMessage], i: usize) -> Vec<crate::openai::ToolCall> {
-    messages[..i]
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::Assistant && !m.tool_calls.is_empty())
-        .map(|m| m.tool_calls.clone())
-        .unwrap_or_default()
 }
 
 /// The Lark grammar (llguidance's dialect) that makes the model call a tool: `Required` is one
@@ -578,18 +570,18 @@ impl LarkBuilder {
                 required.contains(&key.as_str()),
             ));
         }
-        // rest[i]: the items from i on, each after a comma.
-        let mut rest = String::new();
+        // rests[i]: the items from i on, each after a comma.
         let mut rests = vec![String::new(); items.len() + 1];
-        for i in (0..items.len()).rev() {
-            let (item, req) = &items[i];
+        for (i, (item, req)) in items.iter().enumerate().rev() {
             let one = format!("\",\" {item}");
-            rest = if *req {
-                format!("{one} {rest}")
+            let after = &rests[i + 1];
+            rests[i] = if *req {
+                format!("{one} {after}")
             } else {
-                format!("({one})? {rest}")
-            };
-            rests[i] = rest.trim().to_string();
+                format!("({one})? {after}")
+            }
+            .trim()
+            .to_string();
         }
         // The first item present is some j with every item before it optional.
         let mut alts = Vec::new();
