@@ -23,19 +23,12 @@ fn load() -> (Model, Tokenizer) {
 }
 
 fn settings() -> Vec<(&'static str, SamplingParams)> {
-    let sampled = |top_k, seed| SamplingParams {
-        temperature: 1.0,
-        top_k,
-        top_p: 1.0,
-        seed,
-        ..Default::default()
-    };
     vec![
         ("greedy", SamplingParams::greedy()),
-        ("top-k 64, seed 1", sampled(64, 1)),
-        ("top-k 64, seed 2", sampled(64, 2)),
-        ("top-k 0, seed 3", sampled(0, 3)),
-        ("top-k 0, seed 4", sampled(0, 4)),
+        ("top-k 64, seed 1", common::sampled(64, 1)),
+        ("top-k 64, seed 2", common::sampled(64, 2)),
+        ("top-k 0, seed 3", common::sampled(0, 3)),
+        ("top-k 0, seed 4", common::sampled(0, 4)),
     ]
 }
 

@@ -133,17 +133,10 @@ fn forced_calls_follow_each_tools_schema() {
     let template = template(&tok);
     assert!(template.supports_tools());
     let factory = ConstraintFactory::new(&tok, model.cfg.vocab).expect("factory");
-    let sampled = |top_k, seed| SamplingParams {
-        temperature: 1.0,
-        top_k,
-        top_p: 1.0,
-        seed,
-        ..Default::default()
-    };
     let settings = [
         ("greedy", SamplingParams::greedy()),
-        ("top-k 64, seed 1", sampled(64, 1)),
-        ("top-k 0, seed 2", sampled(0, 2)),
+        ("top-k 64, seed 1", common::sampled(64, 1)),
+        ("top-k 0, seed 2", common::sampled(0, 2)),
     ];
     let mut seen = std::collections::BTreeSet::new();
     let forced = [

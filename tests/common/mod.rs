@@ -180,6 +180,18 @@ pub fn tiny_gemma4(
     (model, tok)
 }
 
+/// Plain sampling at temperature 1 with no top-p cut: `top_k` 64 takes the GPU's candidates,
+/// 0 the whole vocabulary.
+pub fn sampled(top_k: u32, seed: u64) -> gemma_wgpu::sampler::SamplingParams {
+    gemma_wgpu::sampler::SamplingParams {
+        temperature: 1.0,
+        top_k,
+        top_p: 1.0,
+        seed,
+        ..Default::default()
+    }
+}
+
 /// Pearson's χ² of observed draws against expected counts, over bins of consecutive entries
 /// (`(expected, observed)` each, in a meaningful order) merged until each expects at least
 /// 10; the leftover joins the last bin. Returns `(χ², df, z)` with the normal approximation
