@@ -381,6 +381,12 @@ struct BenchArgs {
     /// profiling: the model's output is meaningless.
     #[arg(long, value_delimiter = ',')]
     skip_ops: Vec<String>,
+    /// Record these ops twice in every step, the second run right after the first (same
+    /// names as --skip-ops): what an op costs when it follows itself, on weights and data it
+    /// has just read, against what it costs in the chain. An ablation: the output is
+    /// meaningless.
+    #[arg(long, value_delimiter = ',')]
+    double_ops: Vec<String>,
     /// Kernel microbenchmarks (mat-vec GB/s, mat-mat TFLOP/s at model shapes, decode attention
     /// µs) instead of a model.
     #[arg(long)]
@@ -1152,6 +1158,7 @@ fn bench(mut a: BenchArgs) -> Result<()> {
         kv_elem_bytes: if a.model.kv_f32 { 4 } else { 2 },
         copy_bandwidth: !a.no_copy_bandwidth,
         skip_ops: a.skip_ops.clone(),
+        double_ops: a.double_ops.clone(),
         draft_tokens: if a.draft.is_some() { a.draft_tokens } else { 0 },
     };
     // Everything is checked before a synthetic model is written or the model loaded, so a bench

@@ -248,8 +248,9 @@ fn bench_json_on_a_tiny_gemma4_model() {
     let _ = std::fs::remove_dir_all(cache);
 }
 
-/// `--skip-ops` leaves ops out by name (the first word of a fused op's label too) and says so
-/// in the JSON; a name no op of the model has is refused, naming it and the ops that exist.
+/// `--skip-ops` leaves ops out by name (the first word of a fused op's label too) and
+/// `--double-ops` records them twice, and the JSON says so; a name no op of the model has is
+/// refused, naming it and the ops that exist.
 #[test]
 fn bench_skip_ops_by_name() {
     let model = TINY;
@@ -282,6 +283,17 @@ fn bench_skip_ops_by_name() {
         positive(&full, "/results/dispatches_per_decode_token")
             - positive(&j, "/results/dispatches_per_decode_token"),
         2.0 * layers
+    );
+    // --double-ops records an op a second time: one mat-vec more per layer.
+    let doubled = bench(&[&args[..], &["--double-ops", "attn_output"]].concat(), &cache);
+    assert_eq!(
+        at(&doubled, "/results/doubled_ops"),
+        &serde_json::json!(["attn_output"])
+    );
+    assert_eq!(
+        positive(&doubled, "/results/dispatches_per_decode_token")
+            - positive(&full, "/results/dispatches_per_decode_token"),
+        layers
     );
 
     let stderr = bench_fails(

@@ -38,8 +38,10 @@ pub struct ModelBenchOptions {
     pub kv_elem_bytes: u32,
     /// Measure the device's copy bandwidth as the yardstick.
     pub copy_bandwidth: bool,
-    /// Profile labels of ops left out of every step (an ablation: see `Model::skip_ops`).
+    /// Profile labels of ops left out of every step (an ablation: see `Model::ablate`).
     pub skip_ops: Vec<String>,
+    /// Profile labels of ops recorded twice in every step (see `Model::ablate`).
+    pub double_ops: Vec<String>,
     /// With a drafter: the largest draft length whose costs are measured (1..=this; 0 without
     /// a drafter).
     pub draft_tokens: u32,
@@ -55,6 +57,7 @@ impl Default for ModelBenchOptions {
             kv_elem_bytes: 2,
             copy_bandwidth: true,
             skip_ops: Vec::new(),
+            double_ops: Vec::new(),
             draft_tokens: 0,
         }
     }
@@ -210,6 +213,9 @@ pub struct ModelBench {
     pub breakdown_note: Option<String>,
     /// Ops left out of every step (`--skip-ops`): the figures measure the model without them.
     pub skipped_ops: Vec<String>,
+    /// Ops recorded twice in every step (`--double-ops`): the figures measure the model with
+    /// each of them run a second time right after the first.
+    pub doubled_ops: Vec<String>,
     /// With a drafter (`bench --draft`): what speculative decoding costs and would give.
     pub draft: Option<DraftBench>,
 }
@@ -390,14 +396,14 @@ pub async fn run(
     opts.check_context(model.context)?;
     let prompt = bench_prompt(opts.prompt_len, model.cfg.vocab);
     let repeat = opts.repeat;
-    model.skip_ops(opts.skip_ops.clone());
+    model.ablate(opts.skip_ops.clone(), opts.double_ops.clone());
 
     let ttft_cold = first_token(model, tok, &prompt).await?;
     // Warm-up. After it a prefill and decode steps have run, so every op name has been seen.
     run_once(model, &prompt, opts.gen.min(8)).await?;
     if let Some((unknown, known)) = model.unknown_skipped_ops() {
         return Err(Error::InvalidArgument(format!(
-            "--skip-ops: no op named {} in this model's steps (its ops: {})",
+            "--skip-ops/--double-ops: no op named {} in this model's steps (its ops: {})",
             unknown
                 .iter()
                 .map(|n| format!("`{n}`"))
@@ -503,6 +509,7 @@ pub async fn run(
         breakdown,
         breakdown_note,
         skipped_ops: opts.skip_ops.clone(),
+        doubled_ops: opts.double_ops.clone(),
         draft,
     })
 }

@@ -150,11 +150,13 @@ impl Profiler {
     }
 }
 
-/// Ops left out of every step (an ablation for benchmarks: see `Model::skip_ops`), and the
-/// names of the ops recorded while any are, so a name that matches no op can be refused.
+/// Ops left out of every step, or recorded twice (ablations for benchmarks: see
+/// `Model::ablate`), and the names of the ops recorded while any are named, so a name that
+/// matches no op can be refused.
 #[derive(Debug, Default)]
 pub struct SkipList {
     pub names: Vec<String>,
+    pub doubled: Vec<String>,
     pub seen: std::collections::BTreeSet<&'static str>,
 }
 
@@ -163,6 +165,7 @@ impl SkipList {
     pub fn unknown(&self) -> Vec<&str> {
         self.names
             .iter()
+            .chain(&self.doubled)
             .filter(|n| !self.seen.contains(n.as_str()))
             .map(String::as_str)
             .collect()
@@ -193,16 +196,23 @@ impl<'r, 'p> Recorder<'r, 'p> {
     }
 
     /// Encodes `op` for `step`, labelled `label` in profiles (nothing if its name, the label's
-    /// first word without what a fused op folds in, is skipped).
+    /// first word without what a fused op folds in, is skipped; twice, back to back, if it is
+    /// doubled).
     pub fn op(&mut self, label: &'static str, op: &dyn Op, step: &StepParams) {
-        if !self.skipped.names.is_empty() {
+        let mut times = 1;
+        if !self.skipped.names.is_empty() || !self.skipped.doubled.is_empty() {
             let name = label.split(' ').next().unwrap_or(label);
             self.skipped.seen.insert(name);
             if self.skipped.names.iter().any(|s| s == name) {
                 return;
             }
+            if self.skipped.doubled.iter().any(|s| s == name) {
+                times = 2;
+            }
         }
-        op.encode(self.pass, step);
+        for _ in 0..times {
+            op.encode(self.pass, step);
+        }
         if let Some(p) = self.profiler.as_deref_mut() {
             p.mark(self.pass, label);
         }

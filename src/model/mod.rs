@@ -633,19 +633,22 @@ impl Model {
         Ok(())
     }
 
-    /// Leaves the ops with these names (`attention`, `ffn_down`, …: see `Recorder::op`) out of
-    /// every step from now on: an ablation for benchmarks, where the change in wall time is what
-    /// those ops cost in the dependent chain of a step (GPU timestamps between ops overstate
-    /// short ops). The model's outputs are meaningless while any op is skipped.
-    pub fn skip_ops(&mut self, names: Vec<String>) {
+    /// Leaves the ops named in `skip` (`attention`, `ffn_down`, …: see `Recorder::op`) out of
+    /// every step from now on, and records those in `double` twice in a row: ablations for
+    /// benchmarks, where the change in wall time is what those ops cost in the dependent chain
+    /// of a step (GPU timestamps between ops overstate short ops) — a doubled op's second run
+    /// follows itself, on the weights and data its first run just read. The model's outputs are
+    /// meaningless while any op is skipped or doubled.
+    pub fn ablate(&mut self, skip: Vec<String>, double: Vec<String>) {
         self.pending = None;
         self.skipped_ops = SkipList {
-            names,
+            names: skip,
+            doubled: double,
             ..Default::default()
         };
     }
 
-    /// Names given to [`Model::skip_ops`] that matched no op of the steps run since, with the
+    /// Names given to [`Model::ablate`] that matched no op of the steps run since, with the
     /// names that exist: `None` when every name matched.
     pub fn unknown_skipped_ops(&self) -> Option<(Vec<String>, Vec<String>)> {
         let unknown = self.skipped_ops.unknown();
