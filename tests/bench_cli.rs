@@ -285,7 +285,10 @@ fn bench_skip_ops_by_name() {
         2.0 * layers
     );
     // --double-ops records an op a second time: one mat-vec more per layer.
-    let doubled = bench(&[&args[..], &["--double-ops", "attn_output"]].concat(), &cache);
+    let doubled = bench(
+        &[&args[..], &["--double-ops", "attn_output"]].concat(),
+        &cache,
+    );
     assert_eq!(
         at(&doubled, "/results/doubled_ops"),
         &serde_json::json!(["attn_output"])
