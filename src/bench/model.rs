@@ -401,7 +401,7 @@ pub async fn run(
     let ttft_cold = first_token(model, tok, &prompt).await?;
     // Warm-up. After it a prefill and decode steps have run, so every op name has been seen.
     run_once(model, &prompt, opts.gen.min(8)).await?;
-    if let Some((unknown, known)) = model.unknown_skipped_ops() {
+    if let Some((unknown, known)) = model.unknown_ablated_ops() {
         return Err(Error::InvalidArgument(format!(
             "--skip-ops/--double-ops: no op named {} in this model's steps (its ops: {})",
             unknown

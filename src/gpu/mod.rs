@@ -9,7 +9,7 @@ pub mod shader;
 
 pub use context::{map_read, Caps, GpuContext, GpuOptions, DEFAULT_MAX_BUFFER, PARAMS_USAGE};
 pub use kernel::{BindGroup, Kernel, KernelSpec, COMMON_WGSL};
-pub use profile::{OpTime, Profile, Profiler, Recorder, SkipList};
+pub use profile::{Ablation, OpTime, Profile, Profiler, Recorder};
 
 /// Values that change every step, uploaded once per step into one small buffer that every
 /// kernel needing them binds (uniform or storage: [`Caps::uniform_params`]). Mirrors `struct Step` in `shaders/common.wgsl`.

@@ -154,18 +154,35 @@ impl Profiler {
 /// `Model::ablate`), and the names of the ops recorded while any are named, so a name that
 /// matches no op can be refused.
 #[derive(Debug, Default)]
-pub struct SkipList {
-    pub names: Vec<String>,
-    pub doubled: Vec<String>,
+pub struct Ablation {
+    pub skip: Vec<String>,
+    pub double: Vec<String>,
     pub seen: std::collections::BTreeSet<&'static str>,
 }
 
-impl SkipList {
+impl Ablation {
+    /// How many times the op labelled `label` is recorded (0, 1 or 2), by its name: the
+    /// label's first word, without what a fused op folds in. Notes the name as seen.
+    fn times(&mut self, label: &'static str) -> usize {
+        if self.skip.is_empty() && self.double.is_empty() {
+            return 1;
+        }
+        let name = label.split(' ').next().unwrap_or(label);
+        self.seen.insert(name);
+        if self.skip.iter().any(|s| s == name) {
+            0
+        } else if self.double.iter().any(|s| s == name) {
+            2
+        } else {
+            1
+        }
+    }
+
     /// The names that matched no op recorded so far.
     pub fn unknown(&self) -> Vec<&str> {
-        self.names
+        self.skip
             .iter()
-            .chain(&self.doubled)
+            .chain(&self.double)
             .filter(|n| !self.seen.contains(n.as_str()))
             .map(String::as_str)
             .collect()
@@ -176,14 +193,14 @@ impl SkipList {
 pub struct Recorder<'r, 'p> {
     pub pass: &'r mut wgpu::ComputePass<'p>,
     profiler: Option<&'r mut Profiler>,
-    skipped: &'r mut SkipList,
+    ablation: &'r mut Ablation,
 }
 
 impl<'r, 'p> Recorder<'r, 'p> {
     pub fn new(
         pass: &'r mut wgpu::ComputePass<'p>,
         mut profiler: Option<&'r mut Profiler>,
-        skipped: &'r mut SkipList,
+        ablation: &'r mut Ablation,
     ) -> Self {
         if let Some(p) = profiler.as_deref_mut() {
             p.begin(pass);
@@ -191,24 +208,16 @@ impl<'r, 'p> Recorder<'r, 'p> {
         Self {
             pass,
             profiler,
-            skipped,
+            ablation,
         }
     }
 
-    /// Encodes `op` for `step`, labelled `label` in profiles (nothing if its name, the label's
-    /// first word without what a fused op folds in, is skipped; twice, back to back, if it is
-    /// doubled).
+    /// Encodes `op` for `step`, labelled `label` in profiles (nothing if the ablation skips
+    /// it; twice, back to back, if it doubles it).
     pub fn op(&mut self, label: &'static str, op: &dyn Op, step: &StepParams) {
-        let mut times = 1;
-        if !self.skipped.names.is_empty() || !self.skipped.doubled.is_empty() {
-            let name = label.split(' ').next().unwrap_or(label);
-            self.skipped.seen.insert(name);
-            if self.skipped.names.iter().any(|s| s == name) {
-                return;
-            }
-            if self.skipped.doubled.iter().any(|s| s == name) {
-                times = 2;
-            }
+        let times = self.ablation.times(label);
+        if times == 0 {
+            return;
         }
         for _ in 0..times {
             op.encode(self.pass, step);

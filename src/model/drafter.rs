@@ -25,7 +25,7 @@ use super::plan::attention_params;
 use super::step::read_candidates;
 use super::{weights, Candidates, MemoryReport, Model};
 use crate::gguf::{Gguf, TensorSource};
-use crate::gpu::{GpuContext, Recorder, SkipList, StepParams};
+use crate::gpu::{Ablation, GpuContext, Recorder, StepParams};
 use crate::kernels::embed::{Embed, EmbedIo};
 use crate::kernels::logits::{LogitRows, Logits, LogitsConfig, LogitsIo, Sampling};
 use crate::kernels::matmul::{Matmul, MatmulIo, MatmulOut};
@@ -77,7 +77,7 @@ pub struct Drafter {
     memory: MemoryReport,
     /// The assistant's weights (its ops' bind groups reference them).
     _weights: weights::Weights,
-    skipped: SkipList,
+    ablation: Ablation,
 }
 
 impl Drafter {
@@ -272,7 +272,7 @@ impl Drafter {
             k,
             memory,
             _weights: weights,
-            skipped: SkipList::default(),
+            ablation: Ablation::default(),
         })
     }
 
@@ -348,7 +348,7 @@ impl Drafter {
                     label: Some("draft step"),
                     timestamp_writes: None,
                 });
-                let mut rec = Recorder::new(&mut pass, None, &mut self.skipped);
+                let mut rec = Recorder::new(&mut pass, None, &mut self.ablation);
                 rec.op("draft_embed", &self.embed, &step);
                 rec.op("draft_pre_projection", &self.pre_projection, &step);
                 for l in &self.layers {

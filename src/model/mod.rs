@@ -38,7 +38,7 @@ pub use plan::{check, preflight, Preflight};
 use std::sync::Arc;
 
 use crate::gguf::{Gguf, RowSource, TensorSource};
-use crate::gpu::{GpuContext, Profile, Profiler, SkipList};
+use crate::gpu::{Ablation, GpuContext, Profile, Profiler};
 use crate::kernels::embed::{Embed, EmbedIo};
 use crate::kernels::logits::{Logits, MAX_K};
 use crate::kernels::ple::LastRowToFront;
@@ -179,8 +179,8 @@ pub struct Model {
     readback: wgpu::Buffer,
     /// Per-op GPU timestamps of every step while profiling (benchmarks).
     profiler: Option<Profiler>,
-    /// Ops left out of every step (`skip_ops`).
-    skipped_ops: SkipList,
+    /// Ops left out of every step or recorded twice (`ablate`).
+    ablation: Ablation,
     /// The next decode step, recorded while the GPU ran the last one.
     pending: Option<PendingStep>,
     /// CPU seconds spent recording and submitting steps (benchmarks: what encoding costs).
@@ -370,7 +370,7 @@ impl Model {
             rope_scratch: Vec::new(),
             readback,
             profiler: None,
-            skipped_ops: SkipList::default(),
+            ablation: Ablation::default(),
             pending: None,
             encode_seconds: 0.0,
         })
@@ -641,25 +641,21 @@ impl Model {
     /// meaningless while any op is skipped or doubled.
     pub fn ablate(&mut self, skip: Vec<String>, double: Vec<String>) {
         self.pending = None;
-        self.skipped_ops = SkipList {
-            names: skip,
-            doubled: double,
+        self.ablation = Ablation {
+            skip,
+            double,
             ..Default::default()
         };
     }
 
     /// Names given to [`Model::ablate`] that matched no op of the steps run since, with the
     /// names that exist: `None` when every name matched.
-    pub fn unknown_skipped_ops(&self) -> Option<(Vec<String>, Vec<String>)> {
-        let unknown = self.skipped_ops.unknown();
+    pub fn unknown_ablated_ops(&self) -> Option<(Vec<String>, Vec<String>)> {
+        let unknown = self.ablation.unknown();
         (!unknown.is_empty()).then(|| {
             (
                 unknown.into_iter().map(String::from).collect(),
-                self.skipped_ops
-                    .seen
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                self.ablation.seen.iter().map(|s| s.to_string()).collect(),
             )
         })
     }

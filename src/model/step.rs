@@ -195,7 +195,7 @@ impl Model {
                 label: Some("step"),
                 timestamp_writes: None,
             });
-            let mut rec = Recorder::new(&mut pass, self.profiler.as_mut(), &mut self.skipped_ops);
+            let mut rec = Recorder::new(&mut pass, self.profiler.as_mut(), &mut self.ablation);
             rec.op("embed", &self.embed, &step);
             if let Some(p) = &self.ple {
                 p.encode(&mut rec, &step);
