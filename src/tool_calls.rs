@@ -14,7 +14,7 @@
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
-use crate::openai::{ApiError, ChatMessage, Role, Tool, ToolChoice};
+use crate::openai::{ApiError, ChatMessage, Role, Tool, ToolCall, ToolChoice};
 
 /// Opens a call in the model's output (a token of its own in Gemma 4's vocabulary).
 pub const CALL_OPEN: &str = "<|tool_call>";
@@ -305,20 +305,18 @@ pub fn template_tools(tools: &[Tool]) -> Value {
 pub fn template_messages(messages: &[ChatMessage]) -> Result<Value, ApiError> {
     let bad = |m: String| ApiError::invalid("messages", m);
     let mut out: Vec<Map<String, Value>> = Vec::with_capacity(messages.len());
-    // Index in `out` of the assistant message whose calls the next tool messages answer, and
-    // its index in `messages`.
-    let mut open_turn: Option<usize> = None;
-    let mut open_calls = 0;
+    // The assistant message whose calls the next tool messages answer: its index in `out`,
+    // and its calls.
+    let mut open_turn: Option<(usize, &[ToolCall])> = None;
     for (i, m) in messages.iter().enumerate() {
         match m.role {
             Role::Tool => {
-                let Some(turn) = open_turn else {
+                let Some((turn, calls)) = open_turn else {
                     return Err(bad(format!(
                         "messages[{i}] is a tool result, but the message before it is not an \
                          assistant message with tool_calls"
                     )));
                 };
-                let calls = &messages[open_calls].tool_calls;
                 let name = calls
                     .iter()
                     .find(|c| Some(&c.id) == m.tool_call_id.as_ref() && !c.id.is_empty())
@@ -344,10 +342,10 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Value, ApiError> {
             }
             Role::Assistant
                 if m.tool_calls.is_empty()
-                    && open_turn.is_some_and(|t| out[t].contains_key("tool_responses")) =>
+                    && open_turn.is_some_and(|(t, _)| out[t].contains_key("tool_responses")) =>
             {
                 // What the model said after the tool results belongs to the same turn.
-                let turn = open_turn.take().expect("checked above");
+                let (turn, _) = open_turn.take().expect("checked above");
                 out[turn].insert("content".into(), m.content.clone().into());
             }
             _ => {
@@ -372,8 +370,7 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Value, ApiError> {
                         })
                         .collect();
                     msg.insert("tool_calls".into(), Value::Array(calls));
-                    open_turn = Some(out.len());
-                    open_calls = i;
+                    open_turn = Some((out.len(), &m.tool_calls));
                 }
                 out.push(msg);
             }
